@@ -1,0 +1,162 @@
+//! The admin socket protocol: one JSON object per line each way, documented in
+//! docs/admin-socket.md. Requests run one at a time in the daemon.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Longest request or response line either side accepts.
+pub const MAX_LINE: u64 = 4 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    /// Bring resources up; `None` means all.
+    Up {
+        resource: Option<String>,
+    },
+    Down {
+        resource: Option<String>,
+    },
+    /// Re-read the config directory and apply the difference.
+    Adjust {
+        resource: Option<String>,
+    },
+    CreateMd {
+        resource: String,
+        #[serde(default)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Response {
+            ok: true,
+            message: Some(message.into()),
+            ..Default::default()
+        }
+    }
+    pub fn err(error: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(error.into()),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub config_dir: String,
+    pub run_dir: String,
+    pub resources: Vec<ResourceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub name: String,
+    pub file: String,
+    /// "up" or "down".
+    pub state: String,
+    /// Why the resource is not up, and what to do.
+    pub error: Option<String>,
+    pub volumes: Vec<VolumeStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    pub number: u32,
+    pub backing: String,
+    /// Exported bytes, when the metadata could be read.
+    pub size: Option<u64>,
+    pub backing_size: Option<u64>,
+    /// Being served.
+    pub open: bool,
+    pub nbd_socket: String,
+    pub nbd_uri: String,
+    pub nbd_tcp: Option<String>,
+    pub nbd_tcp_uri: Option<String>,
+    pub export_name: String,
+    pub connections: u64,
+    /// "clean" or "unclean": how the run before this open ended.
+    pub previous_shutdown: Option<String>,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach blockd at {path}: {source} (is `tandem blockd` running? pass --admin-socket PATH if it uses another socket)"
+    )]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("talking to blockd: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("blockd sent an unreadable answer: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("blockd closed the connection without answering")]
+    NoAnswer,
+}
+
+/// Sends one request and waits for its answer.
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(s.take(MAX_LINE)).read_line(&mut answer)?;
+    if answer.is_empty() {
+        return Err(ClientError::NoAnswer);
+    }
+    Ok(serde_json::from_str(&answer)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_shape_is_stable() {
+        let r: Request =
+            serde_json::from_str(r#"{"command":"create-md","resource":"r0"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::CreateMd {
+                resource: "r0".into(),
+                force: false
+            }
+        );
+        let r: Request = serde_json::from_str(r#"{"command":"up"}"#).unwrap();
+        assert_eq!(r, Request::Up { resource: None });
+        assert!(serde_json::from_str::<Request>(r#"{"command":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"command":"status","x":1}"#).is_err());
+    }
+}

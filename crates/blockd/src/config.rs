@@ -1,0 +1,481 @@
+//! Resource files: one TOML file per resource in the config directory.
+//!
+//! Every problem is reported with the file, the line and what to change; a directory
+//! with any bad file is rejected whole, so the running configuration is never half
+//! replaced. The format is documented in docs/resource-files.md.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+/// Largest resource file we read; a real one is a few hundred bytes.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Most resource files in one directory.
+pub const MAX_RESOURCES: usize = 4096;
+/// Most volumes per resource.
+pub const MAX_VOLUMES: usize = 64;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {msg}")]
+    At {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error("{dir}: {msg}")]
+    Dir { dir: PathBuf, msg: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceConfig {
+    pub name: String,
+    pub file: PathBuf,
+    pub volumes: BTreeMap<u32, VolumeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeConfig {
+    pub number: u32,
+    pub backing: PathBuf,
+    /// Size to create the backing file with when it does not exist.
+    pub size: Option<u64>,
+    pub preallocate: bool,
+    pub nbd_tcp: Option<SocketAddr>,
+    pub max_peers: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawResource {
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    volume: Vec<Spanned<RawVolume>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawVolume {
+    number: Spanned<i64>,
+    backing: Spanned<String>,
+    size: Option<Spanned<SizeValue>>,
+    #[serde(default)]
+    preallocate: bool,
+    nbd_tcp: Option<Spanned<String>>,
+    max_peers: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(i64),
+    Text(String),
+}
+
+/// Names as LINSTOR allows them: a letter or `_` first, then letters, digits, `_`, `-`;
+/// 2 to 48 characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !(2..=48).contains(&name.len()) || !first_ok || !rest_ok {
+        return Err(format!(
+            "invalid resource name {name:?}: use 2-48 characters, a letter or '_' first, then letters, digits, '_' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses sizes like `4096`, `512K`, `10MiB`, `1.5G` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (use K, M, G or T, binary)"
+            ));
+        }
+    };
+    let bad = || format!("invalid size {s:?}: expected a number with an optional unit, like 10G");
+    let bytes = if num.contains('.') {
+        let v: f64 = num.parse().map_err(|_| bad())?;
+        let b = v * mult as f64;
+        if !(0.0..1.8e19).contains(&b) {
+            return Err(bad());
+        }
+        b as u64
+    } else {
+        num.parse::<u64>()
+            .map_err(|_| bad())?
+            .checked_mul(mult)
+            .ok_or_else(bad)?
+    };
+    Ok(bytes)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parses one resource file's text. `path` is used for the name and in messages.
+pub fn parse_resource(path: &Path, text: &str) -> Result<ResourceConfig, ConfigError> {
+    let at = |span: std::ops::Range<usize>, msg: String| ConfigError::At {
+        path: path.to_owned(),
+        line: line_of(text, span.start),
+        msg,
+    };
+    let raw: RawResource = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+        ConfigError::At {
+            path: path.to_owned(),
+            line,
+            msg: e.message().trim().to_owned(),
+        }
+    })?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let name = match raw.name {
+        Some(n) if *n.get_ref() != stem => {
+            return Err(at(
+                n.span(),
+                format!(
+                    "name {:?} differs from the file name {stem:?}; rename the file to {}.toml",
+                    n.get_ref(),
+                    n.get_ref()
+                ),
+            ));
+        }
+        _ => stem,
+    };
+    check_name(&name).map_err(|msg| ConfigError::File {
+        path: path.to_owned(),
+        msg,
+    })?;
+    if raw.volume.is_empty() {
+        return Err(ConfigError::File {
+            path: path.to_owned(),
+            msg: "no [[volume]] section: a resource needs at least one volume".into(),
+        });
+    }
+    if raw.volume.len() > MAX_VOLUMES {
+        return Err(ConfigError::File {
+            path: path.to_owned(),
+            msg: format!(
+                "{} volumes exceed the limit of {MAX_VOLUMES}",
+                raw.volume.len()
+            ),
+        });
+    }
+    let mut volumes = BTreeMap::new();
+    for v in raw.volume {
+        let vspan = v.span();
+        let v = v.into_inner();
+        let number = u32::try_from(*v.number.get_ref())
+            .ok()
+            .filter(|n| *n < 65536)
+            .ok_or_else(|| {
+                at(
+                    v.number.span(),
+                    format!(
+                        "volume number {} is out of range 0..65535",
+                        v.number.get_ref()
+                    ),
+                )
+            })?;
+        let backing = PathBuf::from(v.backing.get_ref());
+        if !backing.is_absolute() {
+            return Err(at(
+                v.backing.span(),
+                format!("backing {:?} must be an absolute path", v.backing.get_ref()),
+            ));
+        }
+        let size = match v.size {
+            None => None,
+            Some(s) => {
+                let span = s.span();
+                let bytes = match s.into_inner() {
+                    SizeValue::Bytes(b) => {
+                        u64::try_from(b).map_err(|_| "size must not be negative".to_owned())
+                    }
+                    SizeValue::Text(t) => parse_size(&t),
+                }
+                .map_err(|m| at(span.clone(), m))?;
+                Some(bytes)
+            }
+        };
+        let nbd_tcp = match v.nbd_tcp {
+            None => None,
+            Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
+                at(
+                    a.span(),
+                    format!(
+                        "nbd-tcp {:?} is not an address like 127.0.0.1:10809",
+                        a.get_ref()
+                    ),
+                )
+            })?),
+        };
+        let max_peers = match v.max_peers {
+            None => replica::md::DEFAULT_MAX_PEERS,
+            Some(m) => u32::try_from(*m.get_ref())
+                .ok()
+                .filter(|m| (1..=replica::md::MAX_PEERS).contains(m))
+                .ok_or_else(|| {
+                    at(
+                        m.span(),
+                        format!("max-peers must be 1..={}", replica::md::MAX_PEERS),
+                    )
+                })?,
+        };
+        let vc = VolumeConfig {
+            number,
+            backing,
+            size,
+            preallocate: v.preallocate,
+            nbd_tcp,
+            max_peers,
+        };
+        if volumes.insert(number, vc).is_some() {
+            return Err(at(vspan, format!("volume number {number} appears twice")));
+        }
+    }
+    Ok(ResourceConfig {
+        name,
+        file: path.to_owned(),
+        volumes,
+    })
+}
+
+/// Reads every `*.toml` file in `dir`. Cross-file conflicts (the same backing file or
+/// TCP address twice) are reported naming both files.
+pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, ResourceConfig>, ConfigError> {
+    let derr = |msg: String| ConfigError::Dir {
+        dir: dir.to_owned(),
+        msg,
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| derr(format!("cannot read config directory: {e}")))?;
+    let mut files = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| derr(format!("cannot list config directory: {e}")))?;
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.len() > MAX_RESOURCES {
+        return Err(derr(format!(
+            "{} resource files exceed the limit of {MAX_RESOURCES}",
+            files.len()
+        )));
+    }
+    let mut out: BTreeMap<String, ResourceConfig> = BTreeMap::new();
+    let mut backings: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    let mut addrs: BTreeMap<SocketAddr, PathBuf> = BTreeMap::new();
+    for path in files {
+        let read = |e| ConfigError::Read {
+            path: path.clone(),
+            source: e,
+        };
+        let meta = std::fs::metadata(&path).map_err(read)?;
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(ConfigError::File {
+                path,
+                msg: format!(
+                    "{} bytes exceed the {MAX_FILE_BYTES}-byte limit for a resource file",
+                    meta.len()
+                ),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(read)?;
+        let res = parse_resource(&path, &text)?;
+        for v in res.volumes.values() {
+            if let Some(other) = backings.insert(v.backing.clone(), path.clone()) {
+                return Err(ConfigError::File {
+                    path,
+                    msg: format!(
+                        "backing {} is also used by {}",
+                        v.backing.display(),
+                        other.display()
+                    ),
+                });
+            }
+            if let Some(a) = v.nbd_tcp
+                && let Some(other) = addrs.insert(a, path.clone())
+            {
+                return Err(ConfigError::File {
+                    path,
+                    msg: format!("nbd-tcp {a} is also used by {}", other.display()),
+                });
+            }
+        }
+        out.insert(res.name.clone(), res);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ResourceConfig, ConfigError> {
+        parse_resource(Path::new("/etc/tandem/r0.toml"), text)
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let r = parse(
+            r#"
+name = "r0"
+[[volume]]
+number = 0
+backing = "/var/lib/tandem/r0-0.img"
+size = "10GiB"
+preallocate = true
+nbd-tcp = "127.0.0.1:10809"
+
+[[volume]]
+number = 1
+backing = "/var/lib/tandem/r0-1.img"
+size = 1048576
+"#,
+        )
+        .unwrap();
+        assert_eq!(r.name, "r0");
+        assert_eq!(r.volumes[&0].size, Some(10 << 30));
+        assert!(r.volumes[&0].preallocate);
+        assert_eq!(
+            r.volumes[&0].nbd_tcp,
+            Some("127.0.0.1:10809".parse().unwrap())
+        );
+        assert_eq!(r.volumes[&1].size, Some(1 << 20));
+        assert_eq!(r.volumes[&1].max_peers, replica::md::DEFAULT_MAX_PEERS);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let cases = [
+            (
+                "[[volume]]\nnumber = 0\nbacking = \"/x\"\nsize = \"10QB\"\n",
+                4,
+                "unknown size unit",
+            ),
+            (
+                "[[volume]]\nnumber = 0\nbacking = \"relative.img\"\n",
+                3,
+                "absolute",
+            ),
+            (
+                "[[volume]]\nnumber = 0\nbacking = \"/x\"\ncolour = 1\n",
+                4,
+                "unknown field",
+            ),
+            (
+                "[[volume]]\nnumber = 0\nbacking = \"/x\"\n[[volume]]\nnumber = 0\nbacking = \"/y\"\n",
+                4,
+                "twice",
+            ),
+            (
+                "[[volume]]\nnumber = -1\nbacking = \"/x\"\n",
+                2,
+                "out of range",
+            ),
+            (
+                "name = \"other\"\n[[volume]]\nnumber = 0\nbacking = \"/x\"\n",
+                1,
+                "differs from the file name",
+            ),
+            ("[[volume]\nnumber = 0\n", 1, ""),
+            (
+                "[[volume]]\nnumber = 0\nbacking = \"/x\"\nnbd-tcp = \"nowhere\"\n",
+                4,
+                "not an address",
+            ),
+        ];
+        for (text, line, what) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("/etc/tandem/r0.toml:{line}: ")),
+                "{e}"
+            );
+            assert!(e.contains(what), "{e}");
+        }
+        let e = parse("").unwrap_err().to_string();
+        assert!(e.contains("no [[volume]]"), "{e}");
+    }
+
+    #[test]
+    fn names_follow_linstor_rules() {
+        assert!(check_name("vm-100-disk-0").is_ok());
+        assert!(check_name("_x").is_ok());
+        assert!(check_name("1abc").is_err());
+        assert!(check_name("a").is_err());
+        assert!(check_name("a.b").is_err());
+        assert!(check_name(&"a".repeat(49)).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("2 MiB"), Ok(2 << 20));
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999999T").is_err());
+    }
+
+    #[test]
+    fn directory_conflicts_name_both_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("aa.toml"),
+            "[[volume]]\nnumber = 0\nbacking = \"/x\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("bb.toml"),
+            "[[volume]]\nnumber = 0\nbacking = \"/x\"\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("notes.txt"), "ignored").unwrap();
+        let e = load_dir(d.path()).unwrap_err().to_string();
+        assert!(e.contains("bb.toml") && e.contains("aa.toml"), "{e}");
+        std::fs::write(
+            d.path().join("bb.toml"),
+            "[[volume]]\nnumber = 0\nbacking = \"/y\"\n",
+        )
+        .unwrap();
+        let all = load_dir(d.path()).unwrap();
+        assert_eq!(all.keys().collect::<Vec<_>>(), vec!["aa", "bb"]);
+    }
+}

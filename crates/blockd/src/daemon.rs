@@ -1,0 +1,792 @@
+//! The blockd daemon: resources from the config directory, their volumes served over
+//! NBD, and the admin socket that changes them.
+//!
+//! State changes (up, down, adjust, create-md) run one at a time under one lock and do
+//! their blocking file work on tokio's blocking pool. NBD connections run on their own
+//! threads (see the `nbd` crate), so the data path never waits for the control path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nbd::{BlockDevice, ExportInfo, Exports, Limits, OpenError};
+use thiserror::Error;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Request, ResourceStatus, Response, Status, VolumeStatus};
+use crate::config::{self, ResourceConfig, VolumeConfig};
+use crate::volume::{self, LocalVolume};
+
+/// Most NBD connections one volume accepts at once.
+pub const MAX_CONNS_PER_VOLUME: usize = 64;
+/// How long `down` waits for running requests to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Admin connections served at once.
+pub const MAX_ADMIN_CONNS: usize = 32;
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another blockd is already answering on {0}; stop it first, or give this one another --run-dir / --admin-socket"
+    )]
+    AlreadyRunning(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub limits: Limits,
+}
+
+impl Options {
+    /// Relative paths are made absolute so that the NBD URIs in status work from any
+    /// directory.
+    pub fn new(config_dir: PathBuf, run_dir: PathBuf, admin_socket: Option<PathBuf>) -> Self {
+        let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+        let (config_dir, run_dir) = (abs(config_dir), abs(run_dir));
+        let admin_socket = admin_socket
+            .map(abs)
+            .unwrap_or_else(|| run_dir.join("admin.sock"));
+        Options {
+            config_dir,
+            run_dir,
+            admin_socket,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Live NBD connections of one volume, so `down` can end them.
+#[derive(Default)]
+struct Conns {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, Box<dyn Fn() + Send>>>,
+}
+
+impl std::fmt::Debug for Conns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conns")
+            .field("live", &self.count())
+            .finish()
+    }
+}
+
+impl Conns {
+    fn count(&self) -> usize {
+        self.live.lock().map(|m| m.len()).unwrap_or(0)
+    }
+    fn shutdown_all(&self) {
+        if let Ok(m) = self.live.lock() {
+            m.values().for_each(|hook| hook());
+        }
+    }
+}
+
+#[derive(Debug)]
+struct VolumeRt {
+    dev: Arc<LocalVolume>,
+    export_name: String,
+    listeners: Vec<JoinHandle<()>>,
+    conns: Arc<Conns>,
+}
+
+#[derive(Debug)]
+struct ResourceRt {
+    cfg: ResourceConfig,
+    /// Non-empty exactly when the resource is up.
+    volumes: BTreeMap<u32, VolumeRt>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    resources: BTreeMap<String, ResourceRt>,
+}
+
+#[derive(Debug)]
+pub struct Daemon {
+    opts: Options,
+    state: Mutex<State>,
+    rt: tokio::runtime::Handle,
+}
+
+fn export_name(res: &str, vol: u32) -> String {
+    format!("{res}/{vol}")
+}
+
+/// `nbd+unix://` URI with the socket as an absolute path, as libnbd and QEMU take it.
+pub fn nbd_unix_uri(export: &str, socket: &Path) -> String {
+    format!("nbd+unix:///{export}?socket={}", socket.display())
+}
+
+/// Exports of one volume endpoint: its own name, or the empty default name.
+#[derive(Debug)]
+struct VolumeExport {
+    name: String,
+    dev: Arc<LocalVolume>,
+}
+
+impl Exports for VolumeExport {
+    fn list(&self) -> Vec<ExportInfo> {
+        vec![ExportInfo {
+            name: self.name.clone(),
+            description: format!("tandem volume {}", self.name),
+        }]
+    }
+    fn describe(&self, name: &str) -> Result<(ExportInfo, u64, bool), OpenError> {
+        if !name.is_empty() && name != self.name {
+            return Err(OpenError::Unknown(format!(
+                "{name} (this socket serves {})",
+                self.name
+            )));
+        }
+        Ok((self.list().remove(0), self.dev.size(), false))
+    }
+    fn open(&self, name: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
+        self.describe(name)?;
+        Ok(self.dev.clone())
+    }
+}
+
+impl Daemon {
+    /// Prepares the run directory and admin socket path and loads the configuration.
+    /// Resources are brought up by [`Daemon::up`].
+    pub fn new(opts: Options, rt: tokio::runtime::Handle) -> Result<Arc<Daemon>, DaemonError> {
+        let io = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| DaemonError::Io { what, path, source }
+        };
+        std::fs::create_dir_all(opts.run_dir.join("nbd"))
+            .map_err(io("create run directory", &opts.run_dir))?;
+        let configs = config::load_dir(&opts.config_dir)?;
+        let resources = configs
+            .into_iter()
+            .map(|(name, cfg)| {
+                (
+                    name,
+                    ResourceRt {
+                        cfg,
+                        volumes: BTreeMap::new(),
+                        error: None,
+                    },
+                )
+            })
+            .collect();
+        Ok(Arc::new(Daemon {
+            opts,
+            state: Mutex::new(State { resources }),
+            rt,
+        }))
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves state that is still worth reporting.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn socket_path(&self, res: &str, vol: u32) -> PathBuf {
+        self.opts
+            .run_dir
+            .join("nbd")
+            .join(format!("{res}-{vol}.sock"))
+    }
+
+    /// Serves the admin socket until the task is dropped.
+    pub async fn serve_admin(self: Arc<Self>) -> Result<(), DaemonError> {
+        let path = self.opts.admin_socket.clone();
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(DaemonError::AlreadyRunning(path));
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let listener = tokio::net::UnixListener::bind(&path).map_err(|source| DaemonError::Io {
+            what: "bind admin socket",
+            path: path.clone(),
+            source,
+        })?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNS));
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("admin accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!("admin socket: too many connections, dropping one");
+                continue;
+            };
+            let me = self.clone();
+            let Ok(stream) = stream.into_std() else {
+                continue;
+            };
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                me.admin_conn(stream);
+            });
+        }
+    }
+
+    fn admin_conn(&self, stream: std::os::unix::net::UnixStream) {
+        let _ = stream.set_nonblocking(false);
+        let Ok(mut w) = stream.try_clone() else {
+            return;
+        };
+        let mut r = BufReader::new(stream);
+        loop {
+            let mut line = String::new();
+            match (&mut r).take(admin::MAX_LINE).read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let resp = if !line.ends_with('\n') && line.len() as u64 >= admin::MAX_LINE {
+                Response::err(format!("request longer than {} bytes", admin::MAX_LINE))
+            } else {
+                match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => self.handle(req),
+                    Err(e) => Response::err(format!("bad request: {e}; see docs/admin-socket.md")),
+                }
+            };
+            let mut out = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+            out.push(b'\n');
+            if w.write_all(&out).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Carries out one admin request.
+    pub fn handle(&self, req: Request) -> Response {
+        tracing::info!(?req, "admin request");
+        let res = match req {
+            Request::Status => {
+                return Response {
+                    ok: true,
+                    status: Some(self.status()),
+                    ..Default::default()
+                };
+            }
+            Request::Up { resource } => self.up(resource.as_deref()),
+            Request::Down { resource } => self.down(resource.as_deref()),
+            Request::Adjust { resource } => self.adjust(resource.as_deref()),
+            Request::CreateMd { resource, force } => self.create_md(&resource, force),
+        };
+        match res {
+            Ok(msg) => Response::ok(msg),
+            Err(e) => Response::err(e),
+        }
+    }
+
+    fn targets(state: &State, resource: Option<&str>) -> Result<Vec<String>, String> {
+        match resource {
+            None | Some("all") => Ok(state.resources.keys().cloned().collect()),
+            Some(r) if state.resources.contains_key(r) => Ok(vec![r.to_owned()]),
+            Some(r) => Err(format!(
+                "no resource {r:?} in the configuration; add a resource file and run `tandem local adjust`"
+            )),
+        }
+    }
+
+    /// Brings resources up; each one that fails stays down with its reason in status.
+    pub fn up(&self, resource: Option<&str>) -> Result<String, String> {
+        let mut state = self.lock();
+        let names = Self::targets(&state, resource)?;
+        let mut failed = Vec::new();
+        let mut done = 0;
+        for name in names {
+            let Some(r) = state.resources.get_mut(&name) else {
+                continue;
+            };
+            if !r.volumes.is_empty() {
+                continue;
+            }
+            match self.up_resource(&r.cfg) {
+                Ok(vols) => {
+                    r.volumes = vols;
+                    r.error = None;
+                    done += 1;
+                }
+                Err(e) => {
+                    failed.push(format!("{name}: {e}"));
+                    r.error = Some(e);
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(format!("{done} resource(s) brought up"))
+        } else {
+            Err(failed.join("\n"))
+        }
+    }
+
+    fn up_resource(&self, cfg: &ResourceConfig) -> Result<BTreeMap<u32, VolumeRt>, String> {
+        let mut vols = BTreeMap::new();
+        for v in cfg.volumes.values() {
+            match self.up_volume(&cfg.name, v) {
+                Ok(rt) => {
+                    vols.insert(v.number, rt);
+                }
+                Err(e) => {
+                    // All or nothing: a half-up resource would be a state nobody asked for.
+                    for (n, rt) in std::mem::take(&mut vols) {
+                        let _ = self.down_volume(&cfg.name, n, rt);
+                    }
+                    return Err(format!("volume {}: {e}", v.number));
+                }
+            }
+        }
+        Ok(vols)
+    }
+
+    fn up_volume(&self, res: &str, cfg: &VolumeConfig) -> Result<VolumeRt, String> {
+        let dev = Arc::new(LocalVolume::open(cfg, res).map_err(|e| e.to_string())?);
+        let name = export_name(res, cfg.number);
+        let conns = Arc::new(Conns::default());
+        let export = Arc::new(VolumeExport {
+            name: name.clone(),
+            dev: dev.clone(),
+        });
+        let sock = self.socket_path(res, cfg.number);
+        let mut listeners = Vec::new();
+        let started = (|| {
+            listeners.push(self.listen_unix(&sock, export.clone(), conns.clone())?);
+            if let Some(addr) = cfg.nbd_tcp {
+                listeners.push(self.listen_tcp(addr, export.clone(), conns.clone())?);
+            }
+            Ok::<(), String>(())
+        })();
+        if let Err(e) = started {
+            listeners.iter().for_each(|l| l.abort());
+            let _ = std::fs::remove_file(&sock);
+            let _ = dev.close();
+            return Err(e);
+        }
+        tracing::info!(export = %name, socket = %sock.display(), size = dev.size(), "volume up");
+        Ok(VolumeRt {
+            dev,
+            export_name: name,
+            listeners,
+            conns,
+        })
+    }
+
+    fn listen_unix(
+        &self,
+        path: &Path,
+        export: Arc<VolumeExport>,
+        conns: Arc<Conns>,
+    ) -> Result<JoinHandle<()>, String> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(format!(
+                    "{} exists and is not a socket; remove it",
+                    path.display()
+                ));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let _guard = self.rt.enter();
+        let l = tokio::net::UnixListener::bind(path)
+            .map_err(|e| format!("bind NBD socket {}: {e}", path.display()))?;
+        let limits = self.opts.limits.clone();
+        Ok(self.rt.spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                if let Ok(s) = s.into_std() {
+                    spawn_conn(s, export.clone(), conns.clone(), limits.clone());
+                }
+            }
+        }))
+    }
+
+    fn listen_tcp(
+        &self,
+        addr: SocketAddr,
+        export: Arc<VolumeExport>,
+        conns: Arc<Conns>,
+    ) -> Result<JoinHandle<()>, String> {
+        let std_l = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("listen on nbd-tcp {addr}: {e}"))?;
+        std_l
+            .set_nonblocking(true)
+            .map_err(|e| format!("nbd-tcp {addr}: {e}"))?;
+        let _guard = self.rt.enter();
+        let l =
+            tokio::net::TcpListener::from_std(std_l).map_err(|e| format!("nbd-tcp {addr}: {e}"))?;
+        let limits = self.opts.limits.clone();
+        Ok(self.rt.spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                if let Ok(s) = s.into_std() {
+                    spawn_conn(s, export.clone(), conns.clone(), limits.clone());
+                }
+            }
+        }))
+    }
+
+    /// Takes resources down: stops listening, ends connections, flushes, and records a
+    /// clean close in the metadata.
+    pub fn down(&self, resource: Option<&str>) -> Result<String, String> {
+        let mut state = self.lock();
+        let names = Self::targets(&state, resource)?;
+        let mut failed = Vec::new();
+        let mut done = 0;
+        for name in names {
+            let Some(r) = state.resources.get_mut(&name) else {
+                continue;
+            };
+            r.error = None;
+            if r.volumes.is_empty() {
+                continue;
+            }
+            for (n, v) in std::mem::take(&mut r.volumes) {
+                if let Err(e) = self.down_volume(&name, n, v) {
+                    failed.push(format!("{name}/{n}: {e}"));
+                }
+            }
+            done += 1;
+        }
+        if failed.is_empty() {
+            Ok(format!("{done} resource(s) taken down"))
+        } else {
+            Err(failed.join("\n"))
+        }
+    }
+
+    fn down_volume(&self, res: &str, number: u32, v: VolumeRt) -> Result<(), String> {
+        v.listeners.iter().for_each(|l| l.abort());
+        let _ = std::fs::remove_file(self.socket_path(res, number));
+        v.dev.stop_io();
+        v.conns.shutdown_all();
+        let start = Instant::now();
+        while v.conns.count() > 0 {
+            if start.elapsed() > DRAIN_TIMEOUT {
+                return Err(format!(
+                    "{} connection(s) still running after {}s; the volume stays open, try `down` again",
+                    v.conns.count(),
+                    DRAIN_TIMEOUT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        v.dev.close().map_err(|e| e.to_string())?;
+        tracing::info!(export = %v.export_name, "volume down");
+        Ok(())
+    }
+
+    /// Re-reads the config directory and applies the difference: new resources come
+    /// up, removed ones go down, changed volumes are reopened, untouched volumes are
+    /// not disturbed. A bad file rejects the whole adjust and keeps the running config.
+    pub fn adjust(&self, resource: Option<&str>) -> Result<String, String> {
+        let new = config::load_dir(&self.opts.config_dir)
+            .map_err(|e| format!("{e}\nnothing was changed; the running configuration is kept"))?;
+        let mut state = self.lock();
+        let mut names: Vec<String> = state.resources.keys().chain(new.keys()).cloned().collect();
+        names.sort();
+        names.dedup();
+        if let Some(r) = resource.filter(|r| *r != "all") {
+            if !names.iter().any(|n| n == r) {
+                return Err(format!("no resource {r:?} in the configuration or running"));
+            }
+            names.retain(|n| n == r);
+        }
+        let mut report = Vec::new();
+        let mut failed = Vec::new();
+        for name in names {
+            match (state.resources.remove(&name), new.get(&name)) {
+                (Some(mut old), None) => {
+                    for (n, v) in std::mem::take(&mut old.volumes) {
+                        if let Err(e) = self.down_volume(&name, n, v) {
+                            failed.push(format!("{name}/{n}: {e}"));
+                        }
+                    }
+                    report.push(format!("{name}: removed"));
+                }
+                (None, Some(cfg)) => {
+                    let mut r = ResourceRt {
+                        cfg: cfg.clone(),
+                        volumes: BTreeMap::new(),
+                        error: None,
+                    };
+                    match self.up_resource(cfg) {
+                        Ok(v) => {
+                            r.volumes = v;
+                            report.push(format!("{name}: added and up"));
+                        }
+                        Err(e) => {
+                            failed.push(format!("{name}: {e}"));
+                            r.error = Some(e);
+                        }
+                    }
+                    state.resources.insert(name, r);
+                }
+                (Some(mut old), Some(cfg)) => {
+                    let r = self.adjust_resource(&mut old, cfg, &mut report);
+                    if let Err(e) = r {
+                        failed.push(format!("{name}: {e}"));
+                        old.error = Some(e);
+                    }
+                    state.resources.insert(name, old);
+                }
+                (None, None) => {}
+            }
+        }
+        if !failed.is_empty() {
+            return Err(failed.join("\n"));
+        }
+        if report.is_empty() {
+            report.push("nothing to change".into());
+        }
+        Ok(report.join("\n"))
+    }
+
+    fn adjust_resource(
+        &self,
+        r: &mut ResourceRt,
+        cfg: &ResourceConfig,
+        report: &mut Vec<String>,
+    ) -> Result<(), String> {
+        let name = cfg.name.clone();
+        let was_up = !r.volumes.is_empty();
+        let old_cfg = std::mem::replace(&mut r.cfg, cfg.clone());
+        if !was_up {
+            r.volumes = self.up_resource(cfg)?;
+            r.error = None;
+            report.push(format!("{name}: up"));
+            return Ok(());
+        }
+        let mut numbers: Vec<u32> = old_cfg
+            .volumes
+            .keys()
+            .chain(cfg.volumes.keys())
+            .copied()
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        for n in numbers {
+            let (old, new) = (old_cfg.volumes.get(&n), cfg.volumes.get(&n));
+            if old == new {
+                continue;
+            }
+            if let Some(v) = r.volumes.remove(&n) {
+                self.down_volume(&name, n, v)?;
+            }
+            if let Some(new) = new {
+                r.volumes.insert(
+                    n,
+                    self.up_volume(&name, new)
+                        .map_err(|e| format!("volume {n}: {e}"))?,
+                );
+                report.push(format!(
+                    "{name}/{n}: {}",
+                    if old.is_some() { "reopened" } else { "added" }
+                ));
+            } else {
+                report.push(format!("{name}/{n}: removed"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn create_md(&self, resource: &str, force: bool) -> Result<String, String> {
+        let state = self.lock();
+        let r = state.resources.get(resource).ok_or_else(|| {
+            format!("no resource {resource:?} in the configuration; add its file and run `tandem local adjust` first")
+        })?;
+        if !r.volumes.is_empty() {
+            return Err(format!(
+                "resource {resource} is up; run `tandem local down {resource}` first"
+            ));
+        }
+        let mut out = Vec::new();
+        for v in r.cfg.volumes.values() {
+            let sb =
+                volume::create_md(v, force).map_err(|e| format!("volume {}: {e}", v.number))?;
+            out.push(format!(
+                "{resource}/{}: metadata written on {} ({} bytes of data)",
+                v.number,
+                v.backing.display(),
+                sb.layout.data_size
+            ));
+        }
+        Ok(out.join("\n"))
+    }
+
+    pub fn status(&self) -> Status {
+        let state = self.lock();
+        let resources = state
+            .resources
+            .values()
+            .map(|r| {
+                let volumes = r
+                    .cfg
+                    .volumes
+                    .values()
+                    .map(|v| self.volume_status(&r.cfg.name, v, r.volumes.get(&v.number)))
+                    .collect();
+                ResourceStatus {
+                    name: r.cfg.name.clone(),
+                    file: r.cfg.file.display().to_string(),
+                    state: if r.volumes.is_empty() { "down" } else { "up" }.into(),
+                    error: r.error.clone(),
+                    volumes,
+                }
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            config_dir: self.opts.config_dir.display().to_string(),
+            run_dir: self.opts.run_dir.display().to_string(),
+            resources,
+        }
+    }
+
+    fn volume_status(&self, res: &str, cfg: &VolumeConfig, rt: Option<&VolumeRt>) -> VolumeStatus {
+        let export = export_name(res, cfg.number);
+        let sock = self.socket_path(res, cfg.number);
+        let (sb, error) = match rt {
+            Some(rt) => (rt.dev.superblock(), None),
+            None => match volume::peek(&cfg.backing) {
+                Ok(sb) => (Some(sb), None),
+                Err(e) => (None, Some(e.to_string())),
+            },
+        };
+        VolumeStatus {
+            number: cfg.number,
+            backing: cfg.backing.display().to_string(),
+            size: sb.as_ref().map(|s| s.layout.data_size),
+            backing_size: sb.as_ref().map(|s| s.layout.backing_size),
+            open: rt.is_some(),
+            nbd_uri: nbd_unix_uri(&export, &sock),
+            nbd_socket: sock.display().to_string(),
+            nbd_tcp: cfg.nbd_tcp.map(|a| a.to_string()),
+            nbd_tcp_uri: cfg.nbd_tcp.map(|a| format!("nbd://{a}/{export}")),
+            export_name: export,
+            connections: rt.map(|r| r.conns.count() as u64).unwrap_or(0),
+            previous_shutdown: rt
+                .map(|r| if r.dev.was_clean { "clean" } else { "unclean" }.to_owned()),
+            read_bytes: rt
+                .map(|r| r.dev.stats.read_bytes.load(Ordering::Relaxed))
+                .unwrap_or(0),
+            written_bytes: rt
+                .map(|r| r.dev.stats.written_bytes.load(Ordering::Relaxed))
+                .unwrap_or(0),
+            error,
+        }
+    }
+
+    /// Takes everything down and removes the admin socket; for a clean exit.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.down(None) {
+            tracing::error!("shutdown: {e}");
+        }
+        let _ = std::fs::remove_file(&self.opts.admin_socket);
+    }
+}
+
+fn spawn_conn<S>(stream: S, export: Arc<VolumeExport>, conns: Arc<Conns>, limits: Limits)
+where
+    S: nbd::Stream + IntoBlocking + TryCloneHook,
+    for<'a> &'a S: Read + Write,
+{
+    if conns.count() >= MAX_CONNS_PER_VOLUME {
+        tracing::warn!(export = %export.name, "connection limit {MAX_CONNS_PER_VOLUME} reached; refusing a client");
+        return;
+    }
+    if stream.into_blocking().is_err() {
+        return;
+    }
+    let id = conns.next.fetch_add(1, Ordering::Relaxed);
+    let Some(hook) = stream.shutdown_hook() else {
+        return;
+    };
+    if let Ok(mut m) = conns.live.lock() {
+        m.insert(id, hook);
+    }
+    let spawned = std::thread::Builder::new()
+        .name(format!("nbd-{}", export.name))
+        .spawn({
+            let conns = conns.clone();
+            move || {
+                let outcome = nbd::serve(Arc::new(stream), &*export, &limits);
+                tracing::debug!(export = %export.name, ?outcome, "NBD connection ended");
+                if let Ok(mut m) = conns.live.lock() {
+                    m.remove(&id);
+                }
+            }
+        });
+    if spawned.is_err()
+        && let Ok(mut m) = conns.live.lock()
+    {
+        m.remove(&id);
+    }
+}
+
+/// Accepted sockets come from tokio in non-blocking mode; NBD threads want blocking.
+trait IntoBlocking {
+    fn into_blocking(&self) -> std::io::Result<()>;
+}
+
+/// A closure that ends the connection from another thread.
+trait TryCloneHook {
+    fn shutdown_hook(&self) -> Option<Box<dyn Fn() + Send>>;
+}
+
+impl IntoBlocking for std::os::unix::net::UnixStream {
+    fn into_blocking(&self) -> std::io::Result<()> {
+        self.set_nonblocking(false)
+    }
+}
+
+impl IntoBlocking for std::net::TcpStream {
+    fn into_blocking(&self) -> std::io::Result<()> {
+        self.set_nonblocking(false)
+    }
+}
+
+impl TryCloneHook for std::os::unix::net::UnixStream {
+    fn shutdown_hook(&self) -> Option<Box<dyn Fn() + Send>> {
+        let c = self.try_clone().ok()?;
+        Some(Box::new(move || {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }))
+    }
+}
+
+impl TryCloneHook for std::net::TcpStream {
+    fn shutdown_hook(&self) -> Option<Box<dyn Fn() + Send>> {
+        let c = self.try_clone().ok()?;
+        Some(Box::new(move || {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }))
+    }
+}

@@ -1,0 +1,558 @@
+//! A volume on a local backing file: data at offset 0, metadata at the end
+//! (`replica::md`). Opening marks the metadata dirty; a clean close clears the mark, so
+//! the next open knows whether the previous run ended in a crash.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use nbd::{BlockDevice, DeviceError};
+use replica::md::{self, Layout, MdError, Superblock};
+use rustix::fs::{FallocateFlags, FlockOperation};
+use rustix::io::ReadWriteFlags;
+use thiserror::Error;
+
+use crate::config::VolumeConfig;
+
+#[derive(Debug, Error)]
+pub enum VolumeError {
+    #[error(
+        "backing {path} does not exist; set `size` for this volume in the resource file so tandem creates it, or create it yourself"
+    )]
+    Missing { path: PathBuf },
+    #[error("backing {path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "backing {path} is in use by another process (it holds the lock); stop that process or fix the backing path"
+    )]
+    Busy { path: PathBuf },
+    #[error(
+        "backing {path} has no tandem metadata at its end; if it is new, run `tandem local create-md {resource}` to initialise it (this overwrites its last {md_bytes} bytes); if it was resized, restore its previous size"
+    )]
+    NoMetadata {
+        path: PathBuf,
+        resource: String,
+        md_bytes: u64,
+    },
+    #[error(
+        "backing {path} already has tandem metadata; `create-md --force` overwrites it and resets the volume's replication state"
+    )]
+    HasMetadata { path: PathBuf },
+    #[error("backing {path}: {source}")]
+    Md { path: PathBuf, source: MdError },
+    #[error(
+        "backing {path} is {actual} bytes but its metadata was made for {recorded} bytes; restore the original size (online resize is not supported yet)"
+    )]
+    SizeChanged {
+        path: PathBuf,
+        recorded: u64,
+        actual: u64,
+    },
+}
+
+/// Counters shown by status and read by benchmarks.
+#[derive(Debug, Default)]
+pub struct IoStats {
+    pub read_bytes: AtomicU64,
+    pub written_bytes: AtomicU64,
+    pub flushes: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct LocalVolume {
+    file: File,
+    path: PathBuf,
+    data_size: u64,
+    thick: bool,
+    sb: Mutex<Superblock>,
+    /// The previous run closed the volume cleanly.
+    pub was_clean: bool,
+    closed: AtomicBool,
+    pub stats: IoStats,
+}
+
+fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> VolumeError + 'a {
+    move |source| VolumeError::Io {
+        path: path.to_owned(),
+        what,
+        source,
+    }
+}
+
+fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    use std::io::Read;
+    let mut b = [0u8; N];
+    File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
+}
+
+/// Reads the newest valid superblock of an open backing file of `size` bytes.
+fn read_sb(file: &File, path: &Path, size: u64) -> Result<Superblock, VolumeError> {
+    let usable = size / md::MD_BLOCK * md::MD_BLOCK;
+    let start = usable
+        .checked_sub(2 * md::MD_BLOCK)
+        .ok_or(VolumeError::Md {
+            path: path.to_owned(),
+            source: MdError::NotFound,
+        })?;
+    let mut slots = vec![0u8; 2 * md::MD_BLOCK as usize];
+    file.read_exact_at(&mut slots, start)
+        .map_err(io_err(path, "read superblock"))?;
+    let (a, b) = slots.split_at(md::MD_BLOCK as usize);
+    Superblock::pick(a, b).map_err(|source| VolumeError::Md {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn write_sb(file: &File, path: &Path, sb: &Superblock) -> Result<(), VolumeError> {
+    file.write_all_at(&sb.encode(), sb.layout.sb_slot(sb.slot()))
+        .map_err(io_err(path, "write superblock"))?;
+    file.sync_data().map_err(io_err(path, "sync superblock"))
+}
+
+fn file_size(file: &File, path: &Path) -> Result<u64, VolumeError> {
+    // Works for regular files and block devices alike.
+    let mut f = file;
+    io::Seek::seek(&mut f, io::SeekFrom::End(0)).map_err(io_err(path, "size"))
+}
+
+fn lock(file: &File, path: &Path) -> Result<(), VolumeError> {
+    rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+        if e == rustix::io::Errno::WOULDBLOCK {
+            VolumeError::Busy {
+                path: path.to_owned(),
+            }
+        } else {
+            VolumeError::Io {
+                path: path.to_owned(),
+                what: "lock",
+                source: e.into(),
+            }
+        }
+    })
+}
+
+/// Reads what the metadata says about a backing file without opening it for use.
+pub fn peek(path: &Path) -> Result<Superblock, VolumeError> {
+    let file = File::open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            VolumeError::Missing {
+                path: path.to_owned(),
+            }
+        } else {
+            VolumeError::Io {
+                path: path.to_owned(),
+                what: "open",
+                source: e,
+            }
+        }
+    })?;
+    let size = file_size(&file, path)?;
+    read_sb(&file, path, size)
+}
+
+/// Initialises metadata on the volume's backing file, creating the file when it does
+/// not exist and the config gives a size. Refuses to overwrite valid metadata unless
+/// `force`.
+pub fn create_md(cfg: &VolumeConfig, force: bool) -> Result<Superblock, VolumeError> {
+    let path = &cfg.backing;
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let size = cfg
+                .size
+                .ok_or_else(|| VolumeError::Missing { path: path.clone() })?;
+            // Check the size before creating anything.
+            Layout::compute(size, cfg.max_peers, md::DEFAULT_AL_SLOTS).map_err(|source| {
+                VolumeError::Md {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(io_err(path, "create"))?;
+            let sized = if cfg.preallocate {
+                rustix::fs::fallocate(&f, FallocateFlags::empty(), 0, size).map_err(io::Error::from)
+            } else {
+                f.set_len(size)
+            };
+            if let Err(e) = sized {
+                let _ = std::fs::remove_file(path);
+                return Err(VolumeError::Io {
+                    path: path.clone(),
+                    what: "allocate",
+                    source: e,
+                });
+            }
+            f
+        }
+        Err(e) => {
+            return Err(VolumeError::Io {
+                path: path.clone(),
+                what: "open",
+                source: e,
+            });
+        }
+    };
+    lock(&file, path)?;
+    let size = file_size(&file, path)?;
+    match read_sb(&file, path, size) {
+        Ok(_) if !force => return Err(VolumeError::HasMetadata { path: path.clone() }),
+        _ => {}
+    }
+    let layout = Layout::compute(size, cfg.max_peers, md::DEFAULT_AL_SLOTS).map_err(|source| {
+        VolumeError::Md {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    // Clear bitmaps, activity log and the second superblock slot, so nothing of an
+    // earlier format or run can be mistaken for current state.
+    zero_range(
+        &file,
+        layout.bitmap_offset,
+        layout.backing_size - layout.bitmap_offset,
+    )
+    .map_err(io_err(path, "clear metadata area"))?;
+    let uuid = random_bytes::<16>().map_err(io_err(path, "random"))?;
+    let generation = u64::from_le_bytes(random_bytes::<8>().map_err(io_err(path, "random"))?) | 1;
+    let sb = Superblock::new(layout, uuid, generation);
+    write_sb(&file, path, &sb)?;
+    Ok(sb)
+}
+
+/// Makes `len` bytes at `offset` read as zeroes, keeping the file size.
+fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let keep = FallocateFlags::KEEP_SIZE;
+    if rustix::fs::fallocate(file, FallocateFlags::ZERO_RANGE | keep, offset, len).is_ok() {
+        return Ok(());
+    }
+    write_zero_bytes(file, offset, len)
+}
+
+fn write_zero_bytes(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done) as usize;
+        file.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+impl LocalVolume {
+    /// Opens the volume for serving. A missing backing file with a configured size is
+    /// created and initialised (nothing can be lost); an existing file needs metadata.
+    pub fn open(cfg: &VolumeConfig, resource: &str) -> Result<LocalVolume, VolumeError> {
+        let path = &cfg.backing;
+        if !path.exists() && cfg.size.is_some() {
+            create_md(cfg, false)?;
+            tracing::info!(backing = %path.display(), "created backing file and metadata");
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    VolumeError::Missing { path: path.clone() }
+                } else {
+                    VolumeError::Io {
+                        path: path.clone(),
+                        what: "open",
+                        source: e,
+                    }
+                }
+            })?;
+        lock(&file, path)?;
+        let size = file_size(&file, path)?;
+        let sb = match read_sb(&file, path, size) {
+            Ok(sb) => sb,
+            Err(VolumeError::Md {
+                source: MdError::NotFound,
+                ..
+            }) => {
+                let md_bytes = Layout::compute(size, cfg.max_peers, md::DEFAULT_AL_SLOTS)
+                    .map(|l| l.md_size())
+                    .unwrap_or(0);
+                return Err(VolumeError::NoMetadata {
+                    path: path.clone(),
+                    resource: resource.to_owned(),
+                    md_bytes,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if sb.layout.backing_size != size {
+            return Err(VolumeError::SizeChanged {
+                path: path.clone(),
+                recorded: sb.layout.backing_size,
+                actual: size,
+            });
+        }
+        let was_clean = !sb.dirty();
+        if !was_clean {
+            tracing::warn!(backing = %path.display(), "previous run did not close this volume cleanly");
+        }
+        let mut next = sb.next();
+        next.flags |= md::FLAG_DIRTY;
+        write_sb(&file, path, &next)?;
+        Ok(LocalVolume {
+            file,
+            path: path.clone(),
+            data_size: sb.layout.data_size,
+            thick: cfg.preallocate,
+            sb: Mutex::new(next),
+            was_clean,
+            closed: AtomicBool::new(false),
+            stats: IoStats::default(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn superblock(&self) -> Option<Superblock> {
+        self.sb.lock().ok().map(|s| s.clone())
+    }
+
+    /// Refuses all further I/O with ESHUTDOWN (requests already running finish).
+    pub fn stop_io(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Flushes and records a clean close in the metadata.
+    pub fn close(&self) -> Result<(), VolumeError> {
+        self.stop_io();
+        self.file.sync_data().map_err(io_err(&self.path, "flush"))?;
+        let mut sb = self.sb.lock().map_err(|_| VolumeError::Io {
+            path: self.path.clone(),
+            what: "close",
+            source: io::Error::other("metadata lock poisoned"),
+        })?;
+        let mut next = sb.next();
+        next.flags &= !md::FLAG_DIRTY;
+        write_sb(&self.file, &self.path, &next)?;
+        *sb = next;
+        Ok(())
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(DeviceError::Shutdown);
+        }
+        // The NBD layer checks ranges too; this guards the metadata behind the data.
+        match offset.checked_add(len) {
+            Some(end) if end <= self.data_size => Ok(()),
+            _ => Err(DeviceError::NoSpace),
+        }
+    }
+
+    fn sync(&self) -> Result<(), DeviceError> {
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        self.file.sync_data().map_err(DeviceError::Io)
+    }
+}
+
+impl BlockDevice for LocalVolume {
+    fn size(&self) -> u64 {
+        self.data_size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+        self.check(offset, buf.len() as u64)?;
+        self.file.read_exact_at(buf, offset)?;
+        self.stats
+            .read_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
+        self.check(offset, buf.len() as u64)?;
+        if fua {
+            // RWF_DSYNC makes just this write durable, cheaper than a full fdatasync.
+            let mut done = 0usize;
+            while done < buf.len() {
+                let n = rustix::io::pwritev2(
+                    &self.file,
+                    &[IoSlice::new(&buf[done..])],
+                    offset + done as u64,
+                    ReadWriteFlags::DSYNC,
+                )
+                .map_err(io::Error::from)?;
+                if n == 0 {
+                    return Err(DeviceError::Io(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "short write",
+                    )));
+                }
+                done += n;
+            }
+        } else {
+            self.file.write_all_at(buf, offset)?;
+        }
+        self.stats
+            .written_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), DeviceError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(DeviceError::Shutdown);
+        }
+        self.sync()
+    }
+
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), DeviceError> {
+        self.check(offset, len)?;
+        // A preallocated volume keeps its blocks; trim is only a hint, so skip it.
+        if !self.thick && len > 0 {
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            // A filesystem without hole punching just keeps the data.
+            let _ = rustix::fs::fallocate(&self.file, flags, offset, len);
+        }
+        if fua { self.sync() } else { Ok(()) }
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_trim: bool,
+        fua: bool,
+    ) -> Result<(), DeviceError> {
+        self.check(offset, len)?;
+        if len > 0 {
+            let keep = FallocateFlags::KEEP_SIZE;
+            let punched = may_trim
+                && !self.thick
+                && rustix::fs::fallocate(
+                    &self.file,
+                    FallocateFlags::PUNCH_HOLE | keep,
+                    offset,
+                    len,
+                )
+                .is_ok();
+            if !punched {
+                zero_range(&self.file, offset, len)?;
+            }
+            self.stats.written_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        if fua { self.sync() } else { Ok(()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path, size: Option<u64>) -> VolumeConfig {
+        VolumeConfig {
+            number: 0,
+            backing: dir.join("v.img"),
+            size,
+            preallocate: false,
+            nbd_tcp: None,
+            max_peers: 3,
+        }
+    }
+
+    #[test]
+    fn open_creates_reopens_and_tracks_clean_close() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path(), Some(16 << 20));
+        let v = LocalVolume::open(&c, "r0").unwrap();
+        assert!(v.size() < 16 << 20 && v.size() > 15 << 20);
+        assert!(v.was_clean);
+        v.write_at(b"hello", 4096, true).unwrap();
+        v.write_zeroes(8192, 4096, true, false).unwrap();
+        assert!(matches!(
+            v.write_at(b"x", v.size(), false),
+            Err(DeviceError::NoSpace)
+        ));
+        // A second opener is refused while the first holds the lock.
+        assert!(matches!(
+            LocalVolume::open(&c, "r0"),
+            Err(VolumeError::Busy { .. })
+        ));
+        // Dropped without close: next open sees an unclean shutdown.
+        drop(v);
+        let v = LocalVolume::open(&c, "r0").unwrap();
+        assert!(!v.was_clean);
+        let mut b = [0u8; 5];
+        v.read_at(&mut b, 4096).unwrap();
+        assert_eq!(&b, b"hello");
+        v.close().unwrap();
+        assert!(matches!(v.read_at(&mut b, 0), Err(DeviceError::Shutdown)));
+        drop(v);
+        assert!(LocalVolume::open(&c, "r0").unwrap().was_clean);
+    }
+
+    #[test]
+    fn existing_file_without_metadata_is_refused_until_create_md() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path(), None);
+        assert!(matches!(
+            LocalVolume::open(&c, "r0"),
+            Err(VolumeError::Missing { .. })
+        ));
+        std::fs::write(&c.backing, vec![7u8; 8 << 20]).unwrap();
+        let e = LocalVolume::open(&c, "r0").unwrap_err();
+        assert!(e.to_string().contains("tandem local create-md r0"), "{e}");
+        create_md(&c, false).unwrap();
+        assert!(matches!(
+            create_md(&c, false),
+            Err(VolumeError::HasMetadata { .. })
+        ));
+        create_md(&c, true).unwrap();
+        let v = LocalVolume::open(&c, "r0").unwrap();
+        // Data at the start of the file is untouched by create-md.
+        let mut b = [0u8; 4];
+        v.read_at(&mut b, 0).unwrap();
+        assert_eq!(b, [7; 4]);
+    }
+
+    #[test]
+    fn resized_backing_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path(), Some(8 << 20));
+        LocalVolume::open(&c, "r0").unwrap().close().unwrap();
+        let f = OpenOptions::new().write(true).open(&c.backing).unwrap();
+        f.set_len((8 << 20) + 1000).unwrap();
+        assert!(matches!(
+            LocalVolume::open(&c, "r0"),
+            Err(VolumeError::SizeChanged { .. })
+        ));
+    }
+
+    #[test]
+    fn too_small_size_creates_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path(), Some(100 << 10));
+        assert!(matches!(
+            LocalVolume::open(&c, "r0"),
+            Err(VolumeError::Md {
+                source: MdError::TooSmall { .. },
+                ..
+            })
+        ));
+        assert!(!c.backing.exists());
+    }
+}

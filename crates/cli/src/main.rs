@@ -1,0 +1,342 @@
+//! `tandem`: one binary for every role. Daemons run in the foreground like the CLI.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use blockd::admin::{self, Request, Status};
+use blockd::daemon::{Daemon, Options};
+use clap::{Parser, Subcommand};
+
+const DEFAULT_RUN_DIR: &str = "/run/tandem";
+const DEFAULT_CONFIG_DIR: &str = "/etc/tandem/resources";
+/// Long enough for `down` to drain connections (blockd waits up to 30 s).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Replicated block storage for small clusters"
+)]
+struct Cli {
+    /// Log filter for daemons: error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "info", env = "TANDEM_LOG")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the node data-plane daemon in the foreground.
+    Blockd {
+        /// Directory of resource files (*.toml), one per resource.
+        #[arg(long, default_value = DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+        /// Directory for the admin socket and the NBD sockets.
+        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// Admin socket path (default: RUN_DIR/admin.sock).
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Talk to the blockd of this node.
+    Local {
+        /// Admin socket of the blockd to talk to.
+        #[arg(
+            long,
+            env = "TANDEM_ADMIN_SOCKET",
+            default_value = "/run/tandem/admin.sock"
+        )]
+        admin_socket: PathBuf,
+        #[command(subcommand)]
+        cmd: LocalCmd,
+    },
+    /// Start blockd on an example volume in a scratch directory and print how to attach.
+    Playground {
+        /// Directory to use (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Size of the example volume's backing file.
+        #[arg(long, default_value = "1GiB")]
+        size: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LocalCmd {
+    /// Show every resource and volume: size, backing, NBD endpoint, open or closed.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a resource (default: all) up: open its volumes and serve them.
+    Up { resource: Option<String> },
+    /// Take a resource (default: all) down: end connections, flush, close.
+    Down { resource: Option<String> },
+    /// Re-read the resource files and apply the difference.
+    Adjust { resource: Option<String> },
+    /// Initialise metadata on a resource's backing files (the resource must be down).
+    CreateMd {
+        resource: String,
+        /// Overwrite existing tandem metadata (resets replication state).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn init_logs(level: &str) -> Result<()> {
+    let level: tracing::Level = level.parse().map_err(|_| {
+        anyhow::anyhow!("unknown log level {level:?}; use error, warn, info, debug or trace")
+    })?;
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Blockd {
+            config_dir,
+            run_dir,
+            admin_socket,
+        } => {
+            init_logs(&cli.log)?;
+            run_blockd(Options::new(config_dir, run_dir, admin_socket), None)
+        }
+        Cmd::Local { admin_socket, cmd } => local(&admin_socket, cmd),
+        Cmd::Playground { dir, size } => {
+            init_logs(&cli.log)?;
+            playground(dir, &size)
+        }
+    }
+}
+
+/// Runs blockd until SIGINT or SIGTERM. `ready` runs once the admin socket answers.
+fn run_blockd(opts: Options, ready: Option<Box<dyn FnOnce(&Daemon) + Send>>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let daemon = Daemon::new(opts, rt.handle().clone()).context("starting blockd")?;
+    rt.block_on(async {
+        let admin = tokio::spawn(daemon.clone().serve_admin());
+        // Give the admin socket a moment to bind (or fail) before bringing volumes up.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if admin.is_finished() {
+            return admin.await.context("admin task")?.context("admin socket");
+        }
+        let d = daemon.clone();
+        let up = tokio::task::spawn_blocking(move || d.up(None))
+            .await
+            .context("bringing resources up")?;
+        if let Err(e) = up {
+            tracing::warn!("some resources stay down (see `tandem local status`):\n{e}");
+        }
+        tracing::info!(admin = %daemon.options().admin_socket.display(), "blockd ready");
+        if let Some(ready) = ready {
+            ready(&daemon);
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = admin => { r.context("admin task")?.context("admin socket")?; }
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        let d = daemon.clone();
+        tokio::task::spawn_blocking(move || d.shutdown())
+            .await
+            .context("shutting down")?;
+        Ok(())
+    })?;
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+fn call(socket: &Path, req: Request) -> Result<admin::Response> {
+    Ok(admin::call(socket, &req, ADMIN_TIMEOUT)?)
+}
+
+fn local(socket: &Path, cmd: LocalCmd) -> Result<()> {
+    let req = match cmd {
+        LocalCmd::Status { json } => {
+            let resp = call(socket, Request::Status)?;
+            let status = resp.status.context("blockd answered without a status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            return Ok(());
+        }
+        LocalCmd::Up { resource } => Request::Up { resource },
+        LocalCmd::Down { resource } => Request::Down { resource },
+        LocalCmd::Adjust { resource } => Request::Adjust { resource },
+        LocalCmd::CreateMd { resource, force } => Request::CreateMd { resource, force },
+    };
+    let resp = call(socket, req)?;
+    if resp.ok {
+        if let Some(m) = resp.message {
+            println!("{m}");
+        }
+        Ok(())
+    } else {
+        bail!(
+            "{}",
+            resp.error
+                .unwrap_or_else(|| "blockd refused without a reason".into())
+        )
+    }
+}
+
+fn human_size(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn print_status(s: &Status) {
+    if s.resources.is_empty() {
+        println!(
+            "no resources in {} (add a resource file, then `tandem local adjust`)",
+            s.config_dir
+        );
+        return;
+    }
+    println!(
+        "{:<20} {:>3} {:<5} {:>10} {:>5}  {:<36} NBD",
+        "RESOURCE", "VOL", "STATE", "SIZE", "CONNS", "BACKING"
+    );
+    for r in &s.resources {
+        for v in &r.volumes {
+            let size = v.size.map(human_size).unwrap_or_else(|| "?".into());
+            let state = if v.open { "open" } else { "closed" };
+            println!(
+                "{:<20} {:>3} {:<5} {:>10} {:>5}  {:<36} {}",
+                r.name, v.number, state, size, v.connections, v.backing, v.nbd_uri
+            );
+            if let Some(e) = &v.error {
+                println!("    volume {}: {e}", v.number);
+            }
+        }
+        if let Some(e) = &r.error {
+            println!("  {} is down: {e}", r.name);
+        }
+    }
+}
+
+fn playground(dir: Option<PathBuf>, size: &str) -> Result<()> {
+    let bytes = blockd::config::parse_size(size).map_err(anyhow::Error::msg)?;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let base =
+                std::env::temp_dir().join(format!("tandem-playground-{}", std::process::id()));
+            std::fs::create_dir_all(&base)
+                .with_context(|| format!("creating {}", base.display()))?;
+            base
+        }
+    };
+    let dir = std::path::absolute(&dir).context("resolving the playground directory")?;
+    let conf = dir.join("resources");
+    let data = dir.join("data");
+    for d in [&conf, &data] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let file = conf.join("demo.toml");
+    if !file.exists() {
+        let text = format!(
+            "# The playground's example resource: one volume on a sparse file.\n\
+             name = \"demo\"\n\n[[volume]]\nnumber = 0\nbacking = \"{}\"\nsize = {bytes}\n",
+            data.join("demo-0.img").display()
+        );
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    }
+    let opts = Options::new(conf, dir.join("run"), None);
+    let admin = opts.admin_socket.clone();
+    let ready = Box::new(move |d: &Daemon| {
+        let status = d.status();
+        println!("tandem playground in {}", dir.display());
+        for r in &status.resources {
+            if let Some(e) = &r.error {
+                println!("resource {} is down: {e}", r.name);
+            }
+            for v in r.volumes.iter().filter(|v| v.open) {
+                println!(
+                    "volume {}/{} ({}) is served at:",
+                    r.name,
+                    v.number,
+                    human_size(v.size.unwrap_or(0))
+                );
+                println!("{}", v.nbd_uri);
+            }
+        }
+        println!("Attach with, for example:");
+        println!("  nbdinfo 'URI'                      # size and flags");
+        println!("  qemu-io -f raw -c 'write -P 0xab 0 1M' 'URI'");
+        println!("  qemu-system-x86_64 -drive file=URI,format=raw ...");
+        println!("  nbdfuse DIR/disk 'URI' & losetup -f --show DIR/disk   # a block device");
+        println!(
+            "Status: tandem local --admin-socket {} status",
+            admin.display()
+        );
+        println!("Stop with Ctrl-C.");
+    });
+    run_blockd(opts, Some(ready))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses_the_documented_interface() {
+        Cli::try_parse_from(["tandem", "blockd", "--config-dir", "/c", "--run-dir", "/r"]).unwrap();
+        Cli::try_parse_from([
+            "tandem",
+            "local",
+            "--admin-socket",
+            "/a",
+            "status",
+            "--json",
+        ])
+        .unwrap();
+        Cli::try_parse_from(["tandem", "local", "create-md", "r0", "--force"]).unwrap();
+        assert!(Cli::try_parse_from(["tandem", "local", "create-md"]).is_err());
+    }
+
+    #[test]
+    fn sizes_print_readably() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(3 << 29), "1.5 GiB");
+    }
+}
