@@ -1,0 +1,220 @@
+//! Harness for multi-process tests: a real `tandem blockd` process in a scratch
+//! directory, and helpers to run the real NBD clients against it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+
+/// Fails the test with an install hint when a client is missing: a test that cannot
+/// run must not pass.
+pub fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed: apt-get install {package} (or run .ci/run)"
+    );
+}
+
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed with {}:\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Blockd {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Blockd {
+    /// A scratch directory with `conf/`, `run/` and `data/`; nothing started yet.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-test-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        for d in ["conf", "run", "data"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Blockd { dir, child: None }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes conf/NAME.toml with one volume per (number, size) on data/NAME-N.img.
+    pub fn add_resource(&self, name: &str, volumes: &[(u32, &str)]) {
+        let mut text = String::new();
+        for (n, size) in volumes {
+            text.push_str(&format!(
+                "[[volume]]\nnumber = {n}\nbacking = \"{}\"\nsize = \"{size}\"\n\n",
+                self.path(&format!("data/{name}-{n}.img")).display()
+            ));
+        }
+        self.write_conf(name, &text);
+    }
+
+    pub fn write_conf(&self, name: &str, text: &str) {
+        std::fs::write(self.path(&format!("conf/{name}.toml")), text).unwrap();
+    }
+
+    pub fn admin(&self) -> PathBuf {
+        self.path("run/admin.sock")
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("blockd.log"))
+            .unwrap();
+        let child = Command::new(TANDEM)
+            .args(["blockd", "--config-dir"])
+            .arg(self.path("conf"))
+            .arg("--run-dir")
+            .arg(self.path("run"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        while self.try_status().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "blockd did not come up; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            run("kill", &["-TERM", &c.id().to_string()]);
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "blockd exited with {status}; log:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("blockd.log")).unwrap_or_default()
+    }
+
+    /// Runs `tandem local --admin-socket ... ARGS`.
+    pub fn local(&self, args: &[&str]) -> Output {
+        Command::new(TANDEM)
+            .arg("local")
+            .arg("--admin-socket")
+            .arg(self.admin())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn try_status(&self) -> Option<Value> {
+        let out = self.local(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|| panic!("status failed; log:\n{}", self.log()))
+    }
+
+    pub fn volume(&self, res: &str, vol: u64) -> Value {
+        let s = self.status();
+        let r = s["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == res)
+            .cloned();
+        let r = r.unwrap_or_else(|| panic!("no resource {res} in {s:#}"));
+        r["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["number"] == vol)
+            .cloned()
+            .unwrap()
+    }
+
+    pub fn uri(&self, res: &str, vol: u64) -> String {
+        self.volume(res, vol)["nbd_uri"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub fn size(&self, res: &str, vol: u64) -> u64 {
+        self.volume(res, vol)["size"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Blockd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A file of `len` pseudo-random bytes (xorshift; fast and reproducible per seed).
+pub fn random_file(path: &Path, len: usize, seed: u64) {
+    let mut x = seed | 1;
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    buf.truncate(len);
+    std::fs::write(path, buf).unwrap();
+}
