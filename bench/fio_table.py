@@ -13,6 +13,7 @@
 """
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -87,7 +88,9 @@ def fmt_ratio(t, n):
     if t is None or n is None or n == 0:
         return "n/a"
     r = t / n
-    text = f"{r:.2f}"
+    # Truncate rather than round, so a ratio marked as below target never
+    # displays as "0.90".
+    text = f"{math.floor(r * 100) / 100:.2f}"
     if r < RATIO_TARGET:
         text += f" (below {RATIO_TARGET} target)"
     return text

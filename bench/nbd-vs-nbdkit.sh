@@ -137,11 +137,17 @@ start_nbdkit() {
 # ---------------------------------------------------------------------------
 # tandem start-up.
 #
-# THIS IS THE PART TO ADJUST while tandem's command line settles. Contract:
-# the backing file $WORK/tandem.img already exists, filled with the same data
-# as nbdkit's; on return TANDEM_URI must hold an NBD URI that fio/nbdinfo can
+# THIS IS THE PART TO ADJUST if tandem's command line changes. Contract: the
+# backing file $WORK/tandem.img already exists, filled with the same data as
+# nbdkit's; on return TANDEM_URI must hold an NBD URI that fio/nbdinfo can
 # connect to, and every process started must be appended to SERVER_PIDS so
 # that cleanup stops it.
+#
+# Flow (docs/resource-files.md, docs/admin-socket.md): blockd finds an existing
+# backing file without tandem metadata and leaves the resource down, so we run
+# `tandem local create-md` (metadata goes over the end of the file, the data
+# at the start is kept) and then `tandem local up`. blockd logs go to
+# $WORK/tandem-blockd.log; TANDEM_LOG (error..trace) sets their level.
 #
 # With BENCH_FAKE_TANDEM=1 a second nbdkit serves tandem.img instead. That is a
 # self-test of this script (plumbing, result collection, table), not a
@@ -150,6 +156,28 @@ start_nbdkit() {
 
 TANDEM_URI=""
 EXPORT_SIZE=0   # bytes fio uses on both exports; set in main
+TANDEM_RESOURCE=bench
+
+# tandem local status --json -> nbd_uri of volume 0 of $TANDEM_RESOURCE, or a
+# message on stderr and exit status 1 when the resource is not up.
+tandem_uri_from_status() {
+    python3 -c '
+import json, sys
+name = sys.argv[1]
+d = json.load(sys.stdin)
+res = [r for r in d.get("resources", []) if r.get("name") == name]
+if not res:
+    sys.exit(f"no resource {name!r} in tandem status")
+r = res[0]
+if r.get("state") != "up":
+    state, error = r.get("state"), r.get("error")
+    sys.exit(f"resource {name} is {state}: {error}")
+vols = [v for v in r.get("volumes", []) if v.get("number") == 0]
+if not vols or not vols[0].get("nbd_uri"):
+    sys.exit(f"resource {name} has no volume 0 with an nbd_uri")
+print(vols[0]["nbd_uri"])
+' "$TANDEM_RESOURCE"
+}
 
 start_tandem() {
     local img="$WORK/tandem.img"
@@ -161,15 +189,9 @@ start_tandem() {
         return 0
     fi
 
-    # tandem keeps its metadata at the end of the backing file and blockd
-    # refuses a backing file without it, so initialise the metadata first.
-    # (Assumed command; not final.)
-    "$TANDEM_BIN" create-md --backing "$img" >"$WORK/tandem-create-md.log" 2>&1 ||
-        die "tandem create-md failed: $(cat "$WORK/tandem-create-md.log")"
-
     mkdir -p "$WORK/conf" "$WORK/run"
-    cat >"$WORK/conf/bench.toml" <<EOF
-name = "bench"
+    cat >"$WORK/conf/$TANDEM_RESOURCE.toml" <<EOF
+name = "$TANDEM_RESOURCE"
 
 [[volume]]
 number = 0
@@ -188,17 +210,19 @@ EOF
             break
         fi
         kill -0 "$pid" 2>/dev/null ||
-            die "tandem blockd exited during start-up; log: $(tail -n 20 "$WORK/tandem-blockd.log")"
+            die "tandem blockd exited during start-up; log:"$'\n'"$(tail -n 20 "$WORK/tandem-blockd.log")"
         sleep 0.1
     done
     ((i < 300)) || die "tandem blockd: admin socket did not answer within 30 s"
 
-    TANDEM_URI=$("${admin[@]}" status --json | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-print(d["resources"][0]["volumes"][0]["nbd_uri"])
-') || die "could not read nbd_uri from \`tandem local status --json\`"
-    [[ -n $TANDEM_URI ]] || die "tandem reported an empty nbd_uri"
+    local out
+    out=$("${admin[@]}" create-md "$TANDEM_RESOURCE" 2>&1) ||
+        die "tandem local create-md $TANDEM_RESOURCE failed: $out"
+    out=$("${admin[@]}" up "$TANDEM_RESOURCE" 2>&1) ||
+        die "tandem local up $TANDEM_RESOURCE failed: $out"
+
+    TANDEM_URI=$("${admin[@]}" status --json | tandem_uri_from_status) ||
+        die "could not get the NBD URI from \`tandem local status --json\`"
 
     wait_for_nbd "$TANDEM_URI" "$pid" "tandem blockd"
 }

@@ -479,3 +479,19 @@ size = 1048576
         assert_eq!(all.keys().collect::<Vec<_>>(), vec!["aa", "bb"]);
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    /// The commented example in docs/ must stay a valid resource file.
+    #[test]
+    fn documented_example_parses() {
+        let text = include_str!("../../../docs/examples/vm-100-disk-0.toml");
+        let r = super::parse_resource(
+            std::path::Path::new("/etc/tandem/resources/vm-100-disk-0.toml"),
+            text,
+        )
+        .unwrap();
+        assert_eq!(r.name, "vm-100-disk-0");
+        assert_eq!(r.volumes[&0].size, Some(32 << 30));
+    }
+}

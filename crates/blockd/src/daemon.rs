@@ -722,7 +722,7 @@ where
         tracing::warn!(export = %export.name, "connection limit {MAX_CONNS_PER_VOLUME} reached; refusing a client");
         return;
     }
-    if stream.into_blocking().is_err() {
+    if stream.make_blocking().is_err() {
         return;
     }
     let id = conns.next.fetch_add(1, Ordering::Relaxed);
@@ -753,7 +753,7 @@ where
 
 /// Accepted sockets come from tokio in non-blocking mode; NBD threads want blocking.
 trait IntoBlocking {
-    fn into_blocking(&self) -> std::io::Result<()>;
+    fn make_blocking(&self) -> std::io::Result<()>;
 }
 
 /// A closure that ends the connection from another thread.
@@ -762,13 +762,13 @@ trait TryCloneHook {
 }
 
 impl IntoBlocking for std::os::unix::net::UnixStream {
-    fn into_blocking(&self) -> std::io::Result<()> {
+    fn make_blocking(&self) -> std::io::Result<()> {
         self.set_nonblocking(false)
     }
 }
 
 impl IntoBlocking for std::net::TcpStream {
-    fn into_blocking(&self) -> std::io::Result<()> {
+    fn make_blocking(&self) -> std::io::Result<()> {
         self.set_nonblocking(false)
     }
 }

@@ -130,7 +130,10 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// Runs blockd until SIGINT or SIGTERM. `ready` runs once the admin socket answers.
-fn run_blockd(opts: Options, ready: Option<Box<dyn FnOnce(&Daemon) + Send>>) -> Result<()> {
+/// Called once blockd is ready (the playground prints how to attach).
+type OnReady = Box<dyn FnOnce(&Daemon) + Send>;
+
+fn run_blockd(opts: Options, ready: Option<OnReady>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)
@@ -286,6 +289,7 @@ fn playground(dir: Option<PathBuf>, size: &str) -> Result<()> {
     let ready = Box::new(move |d: &Daemon| {
         let status = d.status();
         println!("tandem playground in {}", dir.display());
+        let mut uri = None;
         for r in &status.resources {
             if let Some(e) = &r.error {
                 println!("resource {} is down: {e}", r.name);
@@ -298,13 +302,16 @@ fn playground(dir: Option<PathBuf>, size: &str) -> Result<()> {
                     human_size(v.size.unwrap_or(0))
                 );
                 println!("{}", v.nbd_uri);
+                uri.get_or_insert_with(|| v.nbd_uri.clone());
             }
         }
-        println!("Attach with, for example:");
-        println!("  nbdinfo 'URI'                      # size and flags");
-        println!("  qemu-io -f raw -c 'write -P 0xab 0 1M' 'URI'");
-        println!("  qemu-system-x86_64 -drive file=URI,format=raw ...");
-        println!("  nbdfuse DIR/disk 'URI' & losetup -f --show DIR/disk   # a block device");
+        if let Some(uri) = uri {
+            println!("Attach with, for example:");
+            println!("  nbdinfo '{uri}'");
+            println!("  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' '{uri}'");
+            println!("  qemu-system-x86_64 -drive file='{uri}',format=raw ...");
+            println!("  touch /tmp/disk; nbdfuse /tmp/disk '{uri}' & losetup -f --show /tmp/disk");
+        }
         println!(
             "Status: tandem local --admin-socket {} status",
             admin.display()
