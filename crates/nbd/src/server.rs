@@ -560,8 +560,9 @@ where
 }
 
 const REPLY_HDR: usize = 16;
-/// Worker buffers above this size are released after use so idle connections stay small.
-const KEEP_BUF: usize = 1 << 20;
+/// Worker buffers above this size are released after use so idle connections stay
+/// small; 4 MiB requests plus the reply header still reuse their buffer.
+const KEEP_BUF: usize = (4 << 20) + REPLY_HDR;
 
 fn worker<S>(conn: &Conn<S>)
 where
