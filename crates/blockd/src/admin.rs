@@ -15,7 +15,8 @@ pub const MAX_LINE: u64 = 4 << 20;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
-    Status,
+    /// A struct variant so that unknown fields are refused like everywhere else.
+    Status {},
     /// Bring resources up; `None` means all.
     Up {
         resource: Option<String>,

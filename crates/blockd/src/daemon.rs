@@ -210,8 +210,10 @@ impl Daemon {
             .join(format!("{res}-{vol}.sock"))
     }
 
-    /// Serves the admin socket until the task is dropped.
-    pub async fn serve_admin(self: Arc<Self>) -> Result<(), DaemonError> {
+    /// Binds the admin socket, refusing to start next to a live daemon. Call within the
+    /// runtime. Binding before volumes come up, and accepting only after, means a client
+    /// that connects early waits and then sees the real state, never a half-started one.
+    pub fn bind_admin(&self) -> Result<tokio::net::UnixListener, DaemonError> {
         let path = self.opts.admin_socket.clone();
         if path.exists() {
             if std::os::unix::net::UnixStream::connect(&path).is_ok() {
@@ -219,11 +221,15 @@ impl Daemon {
             }
             let _ = std::fs::remove_file(&path);
         }
-        let listener = tokio::net::UnixListener::bind(&path).map_err(|source| DaemonError::Io {
+        tokio::net::UnixListener::bind(&path).map_err(|source| DaemonError::Io {
             what: "bind admin socket",
             path: path.clone(),
             source,
-        })?;
+        })
+    }
+
+    /// Serves the admin socket until the task is dropped.
+    pub async fn serve_admin(self: Arc<Self>, listener: tokio::net::UnixListener) {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNS));
         loop {
             let (stream, _) = match listener.accept().await {
@@ -281,7 +287,7 @@ impl Daemon {
     pub fn handle(&self, req: Request) -> Response {
         tracing::info!(?req, "admin request");
         let res = match req {
-            Request::Status => {
+            Request::Status {} => {
                 return Response {
                     ok: true,
                     status: Some(self.status()),

@@ -142,12 +142,11 @@ fn run_blockd(opts: Options, ready: Option<OnReady>) -> Result<()> {
         .context("starting the async runtime")?;
     let daemon = Daemon::new(opts, rt.handle().clone()).context("starting blockd")?;
     rt.block_on(async {
-        let admin = tokio::spawn(daemon.clone().serve_admin());
-        // Give the admin socket a moment to bind (or fail) before bringing volumes up.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if admin.is_finished() {
-            return admin.await.context("admin task")?.context("admin socket");
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        // Installed first so that a signal during start-up still shuts down cleanly.
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let listener = daemon.bind_admin().context("admin socket")?;
         let d = daemon.clone();
         let up = tokio::task::spawn_blocking(move || d.up(None))
             .await
@@ -155,22 +154,21 @@ fn run_blockd(opts: Options, ready: Option<OnReady>) -> Result<()> {
         if let Err(e) = up {
             tracing::warn!("some resources stay down (see `tandem local status`):\n{e}");
         }
+        let admin = tokio::spawn(daemon.clone().serve_admin(listener));
         tracing::info!(admin = %daemon.options().admin_socket.display(), "blockd ready");
         if let Some(ready) = ready {
             ready(&daemon);
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
         tokio::select! {
-            r = admin => { r.context("admin task")?.context("admin socket")?; }
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            r = admin => r.context("admin task")?,
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
         let d = daemon.clone();
         tokio::task::spawn_blocking(move || d.shutdown())
             .await
             .context("shutting down")?;
-        Ok(())
+        Ok::<(), anyhow::Error>(())
     })?;
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
@@ -183,7 +181,7 @@ fn call(socket: &Path, req: Request) -> Result<admin::Response> {
 fn local(socket: &Path, cmd: LocalCmd) -> Result<()> {
     let req = match cmd {
         LocalCmd::Status { json } => {
-            let resp = call(socket, Request::Status)?;
+            let resp = call(socket, Request::Status {})?;
             let status = resp.status.context("blockd answered without a status")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
