@@ -1,5 +1,9 @@
-//! tandem's replication core. This first part is the on-disk metadata format that
-//! blockd writes and the replication state machine will read: superblock with
-//! generation UUIDs, per-peer bitmaps and the activity-log ring.
+//! tandem's replication core: the on-disk metadata format, and the sans-IO state
+//! machine of one resource on one node (see `core`), with the pure pieces it is built
+//! from (bitmaps, the connect-time decision, quorum).
 
+pub mod bitmap;
+pub mod core;
+pub mod decide;
 pub mod md;
+pub mod quorum;

@@ -1,0 +1,2591 @@
+//! The replication state machine of one resource on one node, sans-IO.
+//!
+//! The driver (blockd with real disks and sockets, or the simulator) feeds [`Event`]s
+//! and carries out the returned [`Action`]s. The core holds no sockets, threads or
+//! clocks. What it relies on from the driver:
+//! - messages to one peer arrive in the order they were sent, on one connection at a
+//!   time (TCP semantics); a broken connection is reported once as `PeerDisconnected`;
+//! - `PersistMd` is durable before any later action takes effect (a barrier);
+//! - disk completions report the tag of the operation.
+//!
+//! Semantics follow DRBD's contract (shared/reference/drbd.md §1): protocol A and C,
+//! per-peer bitmaps, an activity log, generation UUIDs decided at connect time, resync,
+//! quorum with a diskless tiebreaker. Promotion asks every connected peer for a grant,
+//! so two partitions that overlap in any node cannot both promote.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use wire::{Disk, Hello, Msg, NodeId, Role};
+
+use crate::bitmap::Bitmap;
+use crate::decide::{Decision, SplitBrainPolicy, decide};
+use crate::quorum::{QuorumPolicy, View, has_quorum};
+
+pub const HISTORY_LEN: usize = 8;
+/// Words of bitmap per Bitmap message.
+const BITMAP_CHUNK: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Acknowledge once the local write is done and the data is queued to peers.
+    A,
+    /// Acknowledge once every connected diskful peer wrote it.
+    C,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConf {
+    pub id: NodeId,
+    pub diskful: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: NodeId,
+    pub nodes: Vec<NodeConf>,
+    pub size_blocks: u64,
+    pub protocol: Protocol,
+    pub quorum: QuorumPolicy,
+    pub split_brain: SplitBrainPolicy,
+    /// Hot extents the activity log may hold.
+    pub al_extents: usize,
+    pub extent_blocks: u64,
+    /// Resync blocks in flight per peer, and started per tick.
+    pub resync_inflight: usize,
+    pub resync_per_tick: usize,
+    /// How long a promotion waits for grants (ms).
+    pub promote_timeout_ms: u64,
+    /// How long a granted promotion reserves the granter (ms).
+    pub grant_lease_ms: u64,
+    /// Client requests queued before new ones are refused.
+    pub max_queued: usize,
+}
+
+impl Config {
+    pub fn diskful(&self, n: NodeId) -> bool {
+        self.nodes.iter().any(|c| c.id == n && c.diskful)
+    }
+    fn peers(&self) -> impl Iterator<Item = &NodeConf> {
+        self.nodes.iter().filter(move |c| c.id != self.node)
+    }
+}
+
+/// What survives a crash: written by `PersistMd`, read back at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persistent {
+    pub disk: Disk,
+    pub current: u64,
+    pub history: Vec<u64>,
+    pub bitmap_uuids: BTreeMap<NodeId, u64>,
+    pub bitmaps: BTreeMap<NodeId, Bitmap>,
+    /// Blocks this node still lacks from an unfinished resync (whatever the source).
+    pub resync_left: Bitmap,
+    /// Hot extents, least recently used first.
+    pub al: Vec<u64>,
+    /// The node was primary (a crash then makes it a crashed primary).
+    pub primary: bool,
+    /// Open and not closed cleanly.
+    pub dirty: bool,
+}
+
+impl Persistent {
+    /// Metadata of a new volume whose data is known to equal its peers' (all zero, or
+    /// an initial sync skipped on purpose): UpToDate in generation `current`.
+    pub fn new_in_sync(cfg: &Config, current: u64) -> Self {
+        let mut p = Self::new_fresh(cfg);
+        p.disk = Disk::UpToDate;
+        p.current = current;
+        p
+    }
+
+    /// Metadata of a new volume with unknown data: Inconsistent, generation 0, so
+    /// the first connect to a node with data brings a full sync.
+    pub fn new_fresh(cfg: &Config) -> Self {
+        let bitmaps = cfg
+            .peers()
+            .filter(|p| p.diskful)
+            .map(|p| (p.id, Bitmap::new(cfg.size_blocks)))
+            .collect();
+        Persistent {
+            disk: if cfg.diskful(cfg.node) {
+                Disk::Inconsistent
+            } else {
+                Disk::Diskless
+            },
+            current: 0,
+            history: Vec::new(),
+            bitmap_uuids: BTreeMap::new(),
+            bitmaps,
+            resync_left: Bitmap::new(cfg.size_blocks),
+            al: Vec::new(),
+            primary: false,
+            dirty: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoError {
+    /// Not primary, or not UpToDate: the request cannot be served here.
+    NotPrimary,
+    NoQuorum,
+    NoData,
+    /// The local disk failed the request.
+    Disk,
+    /// Too many requests queued.
+    Busy,
+    OutOfRange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admin {
+    Primary {
+        force: bool,
+    },
+    Secondary,
+    /// Allow connecting to `peer` (all when None) again, optionally discarding this
+    /// node's data if the peer and this node disagree.
+    Connect {
+        peer: Option<NodeId>,
+        discard_my_data: bool,
+    },
+    Disconnect {
+        peer: Option<NodeId>,
+    },
+    /// Take a full resync from the next UpToDate peer.
+    Invalidate,
+    /// Leave cleanly: tell peers, mark self Outdated if someone stays UpToDate.
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Tick {
+        now: u64,
+    },
+    ClientWrite {
+        id: u64,
+        block: u64,
+        count: u32,
+        data: Vec<u8>,
+        fua: bool,
+    },
+    ClientRead {
+        id: u64,
+        block: u64,
+        count: u32,
+    },
+    ClientFlush {
+        id: u64,
+    },
+    DiskDone {
+        tag: u64,
+        ok: bool,
+        data: Option<Vec<u8>>,
+    },
+    PeerConnected {
+        peer: NodeId,
+    },
+    PeerDisconnected {
+        peer: NodeId,
+    },
+    Message {
+        from: NodeId,
+        msg: Msg,
+    },
+    Admin(Admin),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    DiskWrite {
+        tag: u64,
+        block: u64,
+        count: u32,
+        data: Vec<u8>,
+        fua: bool,
+    },
+    DiskRead {
+        tag: u64,
+        block: u64,
+        count: u32,
+    },
+    DiskFlush {
+        tag: u64,
+    },
+    PersistMd(Box<Persistent>),
+    Send {
+        to: NodeId,
+        msg: Msg,
+    },
+    /// Tear the connection to `peer` down (the core refuses to talk to it for now).
+    Disconnect {
+        peer: NodeId,
+    },
+    Complete {
+        id: u64,
+        result: Result<Option<Vec<u8>>, IoError>,
+    },
+    /// Outcome of an `Admin::Primary` that needed a round of grants.
+    PromoteResult(Result<(), String>),
+    State(StateChange),
+}
+
+/// One observable change, for status, events and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateChange {
+    Role(Role),
+    Disk(Disk),
+    Quorum(bool),
+    Peer {
+        peer: NodeId,
+        conn: ConnState,
+        repl: Repl,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnState {
+    /// Admin said disconnect, or a refusal that needs a human (reason given).
+    StandAlone(String),
+    Connecting,
+    /// Transport up, exchanging generations.
+    Handshake,
+    Connected,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repl {
+    Off,
+    Established,
+    Deferred,
+    SyncSource,
+    SyncTarget,
+}
+
+#[derive(Debug)]
+struct SourceState {
+    cursor: u64,
+    inflight: BTreeSet<u64>,
+    /// Disk reads for resync: tag -> (block, invalidated by a newer local write).
+    reading: BTreeMap<u64, (u64, bool)>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    id: NodeId,
+    diskful: bool,
+    conn: ConnState,
+    repl: Repl,
+    role: Role,
+    disk: Disk,
+    current: u64,
+    discard_my_data: bool,
+    left_cleanly: bool,
+    round: u32,
+    my_hello: Option<Hello>,
+    their_hello: Option<Hello>,
+    /// Bitmap chunks received in this round, and whether the last one arrived.
+    bitmap_in: Option<(Bitmap, bool)>,
+    bitmap_sent: bool,
+    decision: Option<Decision>,
+    source: Option<SourceState>,
+    /// It would be our sync source, but another resync into us runs first.
+    waiting_turn: bool,
+}
+
+impl Peer {
+    fn connected(&self) -> bool {
+        matches!(self.conn, ConnState::Handshake | ConnState::Connected)
+    }
+    /// Decided and exchanging data normally (including resync).
+    fn live(&self) -> bool {
+        self.conn == ConnState::Connected
+    }
+}
+
+#[derive(Debug)]
+enum Work {
+    /// A client write on the primary.
+    Client {
+        id: u64,
+        block: u64,
+        count: u32,
+        data: Vec<u8>,
+        fua: bool,
+    },
+    /// A write replicated from the primary.
+    Peer {
+        from: NodeId,
+        seq: u64,
+        block: u64,
+        count: u32,
+        data: Vec<u8>,
+        fua: bool,
+        targets: u32,
+    },
+    PeerFlush {
+        from: NodeId,
+        seq: u64,
+    },
+    Resync {
+        from: NodeId,
+        block: u64,
+        data: Vec<u8>,
+    },
+    ResyncDone {
+        from: NodeId,
+        current: u64,
+        history: Vec<u64>,
+        last_seq: u64,
+    },
+}
+
+impl Work {
+    fn range(&self) -> Option<(u64, u64)> {
+        match self {
+            Work::Client { block, count, .. } | Work::Peer { block, count, .. } => {
+                Some((*block, u64::from(*count)))
+            }
+            Work::Resync { block, .. } => Some((*block, 1)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum DiskOp {
+    ClientWrite {
+        seq: u64,
+        block: u64,
+        count: u64,
+    },
+    PeerWrite {
+        from: NodeId,
+        seq: u64,
+        block: u64,
+        count: u64,
+    },
+    PeerFlush {
+        from: NodeId,
+        seq: u64,
+    },
+    ClientRead {
+        id: u64,
+    },
+    ClientFlush {
+        id: u64,
+    },
+    ResyncWrite {
+        from: NodeId,
+        block: u64,
+    },
+    ResyncRead {
+        peer: NodeId,
+    },
+    AlFlush,
+}
+
+#[derive(Debug)]
+struct PendingWrite {
+    client: Option<u64>,
+    block: u64,
+    count: u64,
+    fua: bool,
+    local_done: bool,
+    local_ok: bool,
+    /// Peers that still owe an ack.
+    waiting: BTreeSet<NodeId>,
+    /// Generation announcements still unacknowledged when this write was issued.
+    completed: bool,
+}
+
+#[derive(Debug)]
+struct PendingFlush {
+    id: u64,
+    local_done: bool,
+    local_ok: bool,
+    waiting: BTreeSet<NodeId>,
+}
+
+#[derive(Debug)]
+struct Promotion {
+    id: u64,
+    deadline: u64,
+    waiting: BTreeSet<NodeId>,
+    force: bool,
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    cfg: Config,
+    md: Persistent,
+    now: u64,
+    rng: u64,
+    role: Role,
+    quorum: bool,
+    had_quorum: bool,
+    crashed_primary: bool,
+    peers: BTreeMap<NodeId, Peer>,
+    next_tag: u64,
+    next_seq: u64,
+    disk_ops: BTreeMap<u64, DiskOp>,
+    queue: VecDeque<Work>,
+    /// Local writes in flight per block, for per-block ordering.
+    busy_blocks: BTreeMap<u64, u32>,
+    extent_inflight: BTreeMap<u64, u32>,
+    extent_unacked: BTreeMap<u64, u32>,
+    extent_dirty: BTreeSet<u64>,
+    /// Extents covered by the AL flush in flight.
+    al_flush: Option<BTreeSet<u64>>,
+    writes: BTreeMap<u64, PendingWrite>,
+    flushes: Vec<PendingFlush>,
+    need_rotation: bool,
+    /// Peers that have not yet acknowledged the newest generation.
+    uuid_waiting: BTreeSet<NodeId>,
+    /// Writes received from the primary that it has not peer-acked: seq -> (block, count).
+    window: BTreeMap<u64, (u64, u64)>,
+    peer_acked: u64,
+    promotion: Option<Promotion>,
+    reservation: Option<(NodeId, u64)>,
+    known_current: u64,
+    /// Highest write sequence number held (volatile: a restart starts at 0).
+    last_seq: u64,
+    /// Highest sequence number seen anywhere, so a new primary starts a new epoch.
+    max_seq: u64,
+    last_insync: u32,
+    out: Vec<Action>,
+    summary: Summary,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Summary {
+    role: Option<Role>,
+    disk: Option<Disk>,
+    quorum: Option<bool>,
+    peers: BTreeMap<NodeId, (ConnState, Repl)>,
+}
+
+/// What status shows about one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub diskful: bool,
+    pub conn: ConnState,
+    pub repl: Repl,
+    pub role: Role,
+    pub disk: Disk,
+    pub out_of_sync_blocks: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub node: NodeId,
+    pub role: Role,
+    pub disk: Disk,
+    pub quorum: bool,
+    pub may_promote: bool,
+    pub current: u64,
+    pub peers: Vec<PeerStatus>,
+    /// Client and replicated writes not yet finished.
+    pub pending_writes: usize,
+}
+
+fn mask(n: NodeId) -> u32 {
+    1u32 << (n % 32)
+}
+
+impl Replica {
+    /// Starts the replica from its persisted metadata. After an unclean stop the
+    /// activity log's hot extents are marked out of sync for every peer.
+    pub fn new(cfg: Config, md: Persistent, seed: u64) -> Self {
+        let mut md = md;
+        let crashed_primary = md.dirty && md.primary;
+        if md.dirty {
+            for e in md.al.clone() {
+                let start = e * cfg.extent_blocks;
+                for bm in md.bitmaps.values_mut() {
+                    bm.set_range(start, cfg.extent_blocks);
+                }
+            }
+        }
+        md.dirty = true;
+        md.primary = false;
+        let peers = cfg
+            .peers()
+            .map(|p| {
+                (
+                    p.id,
+                    Peer {
+                        id: p.id,
+                        diskful: p.diskful,
+                        conn: ConnState::Connecting,
+                        repl: Repl::Off,
+                        role: Role::Secondary,
+                        disk: Disk::Diskless,
+                        current: 0,
+                        discard_my_data: false,
+                        left_cleanly: false,
+                        round: 0,
+                        my_hello: None,
+                        their_hello: None,
+                        bitmap_in: None,
+                        bitmap_sent: false,
+                        decision: None,
+                        source: None,
+                        waiting_turn: false,
+                    },
+                )
+            })
+            .collect();
+        let known_current = md.current;
+        let mut r = Replica {
+            cfg,
+            md,
+            now: 0,
+            rng: seed | 1,
+            role: Role::Secondary,
+            quorum: false,
+            had_quorum: false,
+            crashed_primary,
+            peers,
+            next_tag: 1,
+            next_seq: 1,
+            disk_ops: BTreeMap::new(),
+            queue: VecDeque::new(),
+            busy_blocks: BTreeMap::new(),
+            extent_inflight: BTreeMap::new(),
+            extent_unacked: BTreeMap::new(),
+            extent_dirty: BTreeSet::new(),
+            al_flush: None,
+            writes: BTreeMap::new(),
+            flushes: Vec::new(),
+            need_rotation: false,
+            uuid_waiting: BTreeSet::new(),
+            window: BTreeMap::new(),
+            peer_acked: 0,
+            promotion: None,
+            reservation: None,
+            known_current,
+            last_seq: 0,
+            max_seq: 0,
+            last_insync: 0,
+            out: Vec::new(),
+            summary: Summary::default(),
+        };
+        r.update_quorum();
+        r.persist();
+        r
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.cfg.node
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn disk(&self) -> Disk {
+        self.md.disk
+    }
+
+    pub fn has_quorum(&self) -> bool {
+        self.quorum
+    }
+
+    pub fn metadata(&self) -> &Persistent {
+        &self.md
+    }
+
+    /// Whether the driver should (re)establish a connection to `peer`.
+    pub fn wants_connection(&self, peer: NodeId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| !matches!(p.conn, ConnState::StandAlone(_)))
+    }
+
+    /// Why the connection to `peer` is refused, if it is.
+    pub fn standalone_reason(&self, peer: NodeId) -> Option<&str> {
+        match &self.peers.get(&peer)?.conn {
+            ConnState::StandAlone(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            node: self.cfg.node,
+            role: self.role,
+            disk: self.md.disk,
+            quorum: self.quorum,
+            may_promote: self.promotable(false).is_ok(),
+            current: self.md.current,
+            peers: self
+                .peers
+                .values()
+                .map(|p| PeerStatus {
+                    id: p.id,
+                    diskful: p.diskful,
+                    conn: p.conn.clone(),
+                    repl: p.repl,
+                    role: p.role,
+                    disk: p.disk,
+                    out_of_sync_blocks: self.md.bitmaps.get(&p.id).map(|b| b.count()).unwrap_or(0),
+                })
+                .collect(),
+            pending_writes: self.writes.len() + self.queue.len(),
+        }
+    }
+
+    /// Handles one event; returns what the driver must do, in order.
+    pub fn handle(&mut self, ev: Event) -> Vec<Action> {
+        match ev {
+            Event::Tick { now } => self.tick(now),
+            Event::ClientWrite {
+                id,
+                block,
+                count,
+                data,
+                fua,
+            } => self.client_write(id, block, count, data, fua),
+            Event::ClientRead { id, block, count } => self.client_read(id, block, count),
+            Event::ClientFlush { id } => self.client_flush(id),
+            Event::DiskDone { tag, ok, data } => self.disk_done(tag, ok, data),
+            Event::PeerConnected { peer } => self.peer_connected(peer),
+            Event::PeerDisconnected { peer } => self.peer_disconnected(peer),
+            Event::Message { from, msg } => self.message(from, msg),
+            Event::Admin(a) => self.admin(a),
+        }
+        self.pump();
+        self.emit_changes();
+        std::mem::take(&mut self.out)
+    }
+
+    // ---- helpers ----
+
+    fn rand(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn tag(&mut self, op: DiskOp) -> u64 {
+        let t = self.next_tag;
+        self.next_tag += 1;
+        self.disk_ops.insert(t, op);
+        t
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg) {
+        self.out.push(Action::Send { to, msg });
+    }
+
+    fn persist(&mut self) {
+        self.out.push(Action::PersistMd(Box::new(self.md.clone())));
+    }
+
+    fn extent(&self, block: u64) -> u64 {
+        block / self.cfg.extent_blocks
+    }
+
+    fn extents(&self, block: u64, count: u64) -> std::ops::RangeInclusive<u64> {
+        self.extent(block)..=self.extent(block + count.max(1) - 1)
+    }
+
+    fn connected_primary(&self) -> Option<NodeId> {
+        self.peers
+            .values()
+            .find(|p| p.connected() && p.role == Role::Primary)
+            .map(|p| p.id)
+    }
+
+    fn update_quorum(&mut self) {
+        let diskful_self = self.cfg.diskful(self.cfg.node);
+        let voters = self.cfg.nodes.iter().filter(|n| n.diskful).count();
+        let present = usize::from(diskful_self && self.md.disk != Disk::Diskless)
+            + self
+                .peers
+                .values()
+                .filter(|p| p.diskful && p.connected())
+                .count();
+        let absent_outdated = self
+            .peers
+            .values()
+            .filter(|p| p.diskful && !p.connected() && p.left_cleanly)
+            .count();
+        let diskless_total = self
+            .cfg
+            .nodes
+            .iter()
+            .filter(|n| !n.diskful && n.id != self.cfg.node)
+            .count();
+        let diskless_present = self
+            .peers
+            .values()
+            .filter(|p| !p.diskful && p.connected())
+            .count();
+        let q = has_quorum(
+            self.cfg.quorum,
+            View {
+                voters,
+                present,
+                absent_outdated,
+                diskless_total,
+                diskless_present,
+                had_quorum: self.had_quorum,
+            },
+        );
+        self.quorum = q;
+        self.had_quorum = q;
+    }
+
+    fn emit_changes(&mut self) {
+        let now = Summary {
+            role: Some(self.role),
+            disk: Some(self.md.disk),
+            quorum: Some(self.quorum),
+            peers: self
+                .peers
+                .values()
+                .map(|p| (p.id, (p.conn.clone(), p.repl)))
+                .collect(),
+        };
+        if now.role != self.summary.role {
+            self.out.push(Action::State(StateChange::Role(self.role)));
+        }
+        if now.disk != self.summary.disk {
+            self.out
+                .push(Action::State(StateChange::Disk(self.md.disk)));
+        }
+        if now.quorum != self.summary.quorum {
+            self.out
+                .push(Action::State(StateChange::Quorum(self.quorum)));
+        }
+        for (id, st) in &now.peers {
+            if self.summary.peers.get(id) != Some(st) {
+                self.out.push(Action::State(StateChange::Peer {
+                    peer: *id,
+                    conn: st.0.clone(),
+                    repl: st.1,
+                }));
+            }
+        }
+        self.summary = now;
+    }
+
+    // ---- admin ----
+
+    fn promotable(&self, force: bool) -> Result<(), String> {
+        if self.md.disk == Disk::Diskless {
+            return Err("this node has no disk; diskless primaries are not supported yet".into());
+        }
+        if force {
+            return Ok(());
+        }
+        if self.md.disk != Disk::UpToDate {
+            return Err(format!("data not UpToDate (disk is {:?})", self.md.disk));
+        }
+        if !self.quorum {
+            return Err("no quorum".into());
+        }
+        if let Some(p) = self
+            .peers
+            .values()
+            .find(|p| p.connected() && p.role == Role::Primary)
+        {
+            return Err(format!("node {} is primary", p.id));
+        }
+        if let Some(p) = self.peers.values().find(|p| p.conn == ConnState::Handshake) {
+            return Err(format!("still connecting to node {}; retry", p.id));
+        }
+        if let Some(p) = self.peers.values().find(|p| p.repl == Repl::SyncTarget) {
+            return Err(format!("resync from node {} in progress", p.id));
+        }
+        Ok(())
+    }
+
+    fn admin(&mut self, a: Admin) {
+        match a {
+            Admin::Primary { force } => {
+                if self.role == Role::Primary {
+                    self.out.push(Action::PromoteResult(Ok(())));
+                    return;
+                }
+                if let Err(e) = self.promotable(force) {
+                    self.out.push(Action::PromoteResult(Err(e)));
+                    return;
+                }
+                if self.promotion.is_some() {
+                    self.out.push(Action::PromoteResult(Err(
+                        "a promotion is already in progress".into(),
+                    )));
+                    return;
+                }
+                let waiting: BTreeSet<NodeId> = if force {
+                    BTreeSet::new()
+                } else {
+                    self.peers
+                        .values()
+                        .filter(|p| p.live())
+                        .map(|p| p.id)
+                        .collect()
+                };
+                let id = self.rand();
+                for p in &waiting {
+                    let msg = Msg::PromoteRequest {
+                        id,
+                        current: self.md.current,
+                        history: self.md.history.clone(),
+                    };
+                    self.send(*p, msg);
+                }
+                self.promotion = Some(Promotion {
+                    id,
+                    deadline: self.now + self.cfg.promote_timeout_ms,
+                    waiting,
+                    force,
+                });
+                self.check_promotion();
+            }
+            Admin::Secondary => {
+                if self.role == Role::Secondary {
+                    return;
+                }
+                self.role = Role::Secondary;
+                self.md.primary = false;
+                self.persist();
+                self.fail_queued_client(IoError::NotPrimary);
+                self.broadcast_role();
+                self.rehandshake_secondaries();
+            }
+            Admin::Connect {
+                peer,
+                discard_my_data,
+            } => {
+                let ids: Vec<NodeId> = self
+                    .peers
+                    .keys()
+                    .copied()
+                    .filter(|id| peer.is_none_or(|p| p == *id))
+                    .collect();
+                for id in ids {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        if let ConnState::StandAlone(_) = p.conn {
+                            p.conn = ConnState::Connecting;
+                        }
+                        p.discard_my_data = discard_my_data;
+                    }
+                }
+            }
+            Admin::Disconnect { peer } => {
+                let ids: Vec<NodeId> = self
+                    .peers
+                    .keys()
+                    .copied()
+                    .filter(|id| peer.is_none_or(|p| p == *id))
+                    .collect();
+                for id in ids {
+                    if self.peers.get(&id).is_some_and(|p| p.connected()) {
+                        self.out.push(Action::Disconnect { peer: id });
+                        self.peer_lost(id);
+                    }
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.conn = ConnState::StandAlone(
+                            "disconnected by the administrator; run connect".into(),
+                        );
+                    }
+                }
+            }
+            Admin::Invalidate => {
+                if self.role == Role::Primary || self.md.disk == Disk::Diskless {
+                    return;
+                }
+                for bm in self.md.bitmaps.values_mut() {
+                    bm.set_all();
+                }
+                self.md.resync_left.set_all();
+                self.md.current = 0;
+                self.md.disk = Disk::Inconsistent;
+                self.persist();
+                self.rehandshake_all();
+            }
+            Admin::Down => {
+                let others_up = self
+                    .peers
+                    .values()
+                    .any(|p| p.live() && p.diskful && p.disk == Disk::UpToDate);
+                let ids: Vec<NodeId> = self
+                    .peers
+                    .values()
+                    .filter(|p| p.connected())
+                    .map(|p| p.id)
+                    .collect();
+                for id in &ids {
+                    self.send(*id, Msg::Leaving);
+                }
+                if others_up && self.md.disk == Disk::UpToDate {
+                    self.md.disk = Disk::Outdated;
+                }
+                self.md.dirty = false;
+                self.persist();
+            }
+        }
+    }
+
+    fn check_promotion(&mut self) {
+        let Some(p) = &self.promotion else { return };
+        if !p.waiting.is_empty() {
+            if self.now > p.deadline {
+                self.promotion = None;
+                self.out.push(Action::PromoteResult(Err(
+                    "peers did not answer the promotion in time".into(),
+                )));
+            }
+            return;
+        }
+        let force = p.force;
+        self.promotion = None;
+        if let Err(e) = self.promotable(force) {
+            self.out.push(Action::PromoteResult(Err(e)));
+            return;
+        }
+        self.role = Role::Primary;
+        self.md.primary = true;
+        // A new epoch: sequence numbers above anything any node has seen.
+        let epoch = (self.max_seq.max(self.last_seq) >> 32) + 1;
+        self.next_seq = (epoch << 32) | 1;
+        if force && self.md.disk != Disk::UpToDate {
+            self.md.disk = Disk::UpToDate;
+        }
+        // A generation starts with the first write unless every diskful peer is here.
+        self.need_rotation = force
+            || self
+                .peers
+                .values()
+                .any(|p| p.diskful && !(p.live() && p.repl == Repl::Established));
+        self.persist();
+        self.broadcast_role();
+        self.rehandshake_secondaries();
+        self.out.push(Action::PromoteResult(Ok(())));
+    }
+
+    fn broadcast_role(&mut self) {
+        let ids: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.connected())
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            self.send(id, Msg::RoleChanged { role: self.role });
+        }
+    }
+
+    // ---- connections ----
+
+    fn hello(&self, peer: NodeId, round: u32) -> Hello {
+        let discard = self.peers.get(&peer).is_some_and(|p| p.discard_my_data);
+        Hello {
+            node: self.cfg.node,
+            role: self.role,
+            disk: self.md.disk,
+            size_blocks: self.cfg.size_blocks,
+            current: self.md.current,
+            history: self.md.history.clone(),
+            bitmap_uuids: self
+                .md
+                .bitmap_uuids
+                .iter()
+                .filter(|(_, u)| **u != 0)
+                .map(|(n, u)| (*n, *u))
+                .collect(),
+            dirty_blocks: self.md.bitmaps.get(&peer).map(|b| b.count()).unwrap_or(0),
+            discard_my_data: discard,
+            crashed_primary: self.crashed_primary,
+            primary_present: self.role != Role::Primary
+                && self.connected_primary().is_some_and(|p| p != peer),
+            known_current: self.known_current,
+            round,
+            last_seq: self.last_seq,
+        }
+    }
+
+    fn start_handshake(&mut self, id: NodeId, round: u32) {
+        let h = self.hello(id, round);
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.round = round;
+        p.waiting_turn = false;
+        p.conn = ConnState::Handshake;
+        p.repl = Repl::Off;
+        p.my_hello = Some(h.clone());
+        p.bitmap_in = None;
+        p.bitmap_sent = false;
+        p.decision = None;
+        if p.their_hello.as_ref().is_some_and(|t| t.round != round) {
+            p.their_hello = None;
+        }
+        p.source = None;
+        self.send(id, Msg::Hello(h));
+        self.try_decide(id);
+    }
+
+    fn peer_connected(&mut self, id: NodeId) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if matches!(p.conn, ConnState::StandAlone(_)) {
+            self.out.push(Action::Disconnect { peer: id });
+            return;
+        }
+        p.their_hello = None;
+        p.left_cleanly = false;
+        let round = p.round.wrapping_add(1);
+        self.start_handshake(id, round);
+        self.update_quorum();
+    }
+
+    /// Start a new handshake round with every live secondary peer: the presence of a
+    /// primary changed, and with it whether secondaries resync among themselves.
+    fn rehandshake_secondaries(&mut self) {
+        let ids: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.connected() && p.role == Role::Secondary)
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            let round = self
+                .peers
+                .get(&id)
+                .map(|p| p.round.wrapping_add(1))
+                .unwrap_or(1);
+            self.start_handshake(id, round);
+        }
+    }
+
+    fn rehandshake_all(&mut self) {
+        let ids: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.connected())
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            let round = self
+                .peers
+                .get(&id)
+                .map(|p| p.round.wrapping_add(1))
+                .unwrap_or(1);
+            self.start_handshake(id, round);
+        }
+    }
+
+    fn peer_disconnected(&mut self, id: NodeId) {
+        let was = self.peers.get(&id).map(|p| p.connected()).unwrap_or(false);
+        if was {
+            self.peer_lost(id);
+        }
+        if let Some(p) = self.peers.get_mut(&id)
+            && !matches!(p.conn, ConnState::StandAlone(_))
+        {
+            p.conn = ConnState::Connecting;
+        }
+    }
+
+    /// Everything that follows from losing the connection to `id`.
+    fn peer_lost(&mut self, id: NodeId) {
+        let was_target = self
+            .peers
+            .get(&id)
+            .is_some_and(|p| p.repl == Repl::SyncTarget);
+        let (was_primary, diskful) = match self.peers.get_mut(&id) {
+            Some(p) => {
+                let r = (p.role == Role::Primary, p.diskful);
+                p.waiting_turn = false;
+                p.conn = ConnState::Connecting;
+                p.repl = Repl::Off;
+                p.role = Role::Secondary;
+                p.disk = Disk::Diskless;
+                p.their_hello = None;
+                p.my_hello = None;
+                p.source = None;
+                p.decision = None;
+                r
+            }
+            None => return,
+        };
+        if self.reservation.is_some_and(|(n, _)| n == id) {
+            self.reservation = None;
+        }
+        if let Some(pr) = &mut self.promotion
+            && pr.waiting.remove(&id)
+        {
+            // A peer that vanished cannot grant; the promotion fails rather than
+            // succeeding without it.
+            self.promotion = None;
+            self.out.push(Action::PromoteResult(Err(format!(
+                "lost connection to node {id} during promotion"
+            ))));
+        }
+        self.uuid_waiting.remove(&id);
+        if self.role == Role::Primary && diskful {
+            // Writes it did not acknowledge are out of sync for it.
+            let mut marks = Vec::new();
+            for w in self.writes.values_mut() {
+                if w.waiting.remove(&id) {
+                    marks.push((w.block, w.count));
+                }
+            }
+            for (b, c) in marks {
+                self.mark(id, b, c);
+            }
+            for f in &mut self.flushes {
+                f.waiting.remove(&id);
+            }
+            #[cfg(not(feature = "bug-skip-uuid-rotation"))]
+            {
+                self.need_rotation = true;
+            }
+            let others: Vec<NodeId> = self
+                .peers
+                .values()
+                .filter(|p| p.connected())
+                .map(|p| p.id)
+                .collect();
+            for o in others {
+                self.send(o, Msg::PeerLost { node: id });
+            }
+        }
+        if was_primary && self.role == Role::Secondary {
+            self.primary_gone();
+        }
+        if was_target {
+            self.next_turn();
+        }
+        self.update_quorum();
+        self.check_writes();
+        self.check_flushes();
+    }
+
+    /// The primary left (lost or demoted): its writes not confirmed everywhere may be
+    /// missing on any other node, and secondaries now reconcile among themselves.
+    fn primary_gone(&mut self) {
+        let entries: Vec<(u64, u64)> = self.window.values().copied().collect();
+        let others: Vec<NodeId> = self.md.bitmaps.keys().copied().collect();
+        for (b, c) in entries {
+            for o in &others {
+                self.mark(*o, b, c);
+            }
+        }
+        self.clear_window();
+        self.persist();
+        self.rehandshake_secondaries();
+    }
+
+    fn clear_window(&mut self) {
+        let seqs: Vec<u64> = self.window.keys().copied().collect();
+        for s in seqs {
+            self.unwindow(s);
+        }
+    }
+
+    fn unwindow(&mut self, seq: u64) {
+        if let Some((b, c)) = self.window.remove(&seq) {
+            for e in self.extents(b, c) {
+                if let Some(n) = self.extent_unacked.get_mut(&e) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.extent_unacked.remove(&e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark(&mut self, peer: NodeId, block: u64, count: u64) {
+        if let Some(bm) = self.md.bitmaps.get_mut(&peer) {
+            bm.set_range(block, count);
+        }
+    }
+
+    fn try_decide(&mut self, id: NodeId) {
+        let policy = self.cfg.split_brain;
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if p.decision.is_some() {
+            return;
+        }
+        let (Some(mine), Some(theirs)) = (&p.my_hello, &p.their_hello) else {
+            return;
+        };
+        if mine.round != theirs.round {
+            return;
+        }
+        let d = decide(mine, theirs, policy);
+        p.decision = Some(d);
+        p.role = theirs.role;
+        p.disk = theirs.disk;
+        p.current = theirs.current;
+        p.discard_my_data = false;
+        let round = p.round;
+        match d {
+            Decision::SplitBrain | Decision::Unrelated | Decision::PrimaryWouldBeTarget => {
+                let reason = match d {
+                    Decision::SplitBrain => format!(
+                        "split brain with node {id}: both wrote since they parted; on the node whose changes to \
+                         drop run `connect --discard-my-data`"
+                    ),
+                    Decision::Unrelated => format!(
+                        "unrelated data on node {id}: no common generation; on the node to overwrite run \
+                         `connect --discard-my-data`"
+                    ),
+                    _ => format!(
+                        "node {id} would need to resync a primary; demote the primary or run \
+                         `connect --discard-my-data` on the other node"
+                    ),
+                };
+                p.conn = ConnState::StandAlone(reason);
+                p.repl = Repl::Off;
+                self.out.push(Action::Disconnect { peer: id });
+                self.update_quorum();
+            }
+            Decision::NoSync | Decision::Deferred => {
+                p.conn = ConnState::Connected;
+                p.repl = if d == Decision::Deferred {
+                    Repl::Deferred
+                } else {
+                    Repl::Established
+                };
+                self.connected_in_sync(id);
+            }
+            Decision::BitmapSource
+            | Decision::BitmapTarget
+            | Decision::FullSource
+            | Decision::FullTarget => {
+                p.conn = ConnState::Connected;
+                let left = self.md.resync_left.clone();
+                if let Some(bm) = self.md.bitmaps.get_mut(&id) {
+                    if matches!(d, Decision::FullSource | Decision::FullTarget) {
+                        bm.set_all();
+                    } else if matches!(d, Decision::BitmapTarget) {
+                        // Resume whatever an earlier resync left, from this source.
+                        bm.or(&left);
+                    }
+                }
+                self.send_bitmap(id, round);
+            }
+        }
+        if self.peers.get(&id).is_some_and(|p| p.role == Role::Primary) {
+            self.rehandshake_secondaries();
+        }
+        self.update_quorum();
+    }
+
+    fn connected_in_sync(&mut self, id: NodeId) {
+        // Equal data: the bitmap of this pair can start over.
+        if self
+            .peers
+            .get(&id)
+            .is_some_and(|p| p.repl == Repl::Established && p.diskful)
+        {
+            let clear = self.md.bitmaps.get(&id).is_some_and(|b| b.is_empty());
+            if clear && self.md.bitmap_uuids.remove(&id).is_some() {
+                self.persist();
+            }
+        }
+        if let Some(p) = self.peers.get(&id)
+            && p.role == Role::Primary
+        {
+            self.known_current = p.current;
+        }
+    }
+
+    fn send_bitmap(&mut self, id: NodeId, round: u32) {
+        let words: Vec<u64> = self
+            .md
+            .bitmaps
+            .get(&id)
+            .map(|b| b.words().to_vec())
+            .unwrap_or_default();
+        let chunks: Vec<&[u64]> = if words.is_empty() {
+            vec![&[]]
+        } else {
+            words.chunks(BITMAP_CHUNK).collect()
+        };
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
+            let msg = Msg::Bitmap {
+                round,
+                word_offset: (i * BITMAP_CHUNK) as u64,
+                words: c.to_vec(),
+                last: i + 1 == n,
+            };
+            self.send(id, msg);
+        }
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.bitmap_sent = true;
+        }
+        self.try_start_resync(id);
+    }
+
+    fn try_start_resync(&mut self, id: NodeId) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(d) = p.decision else { return };
+        if !p.bitmap_sent || !p.bitmap_in.as_ref().is_some_and(|(_, last)| *last) {
+            return;
+        }
+        let source = matches!(d, Decision::BitmapSource | Decision::FullSource);
+        let busy = !source
+            && self
+                .peers
+                .values()
+                .any(|o| o.id != id && o.repl == Repl::SyncTarget);
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if busy {
+            // One source at a time: this one waits until the running resync ends.
+            p.waiting_turn = true;
+            return;
+        }
+        let Some((incoming, _)) = p.bitmap_in.take() else {
+            return;
+        };
+        if let Some(bm) = self.md.bitmaps.get_mut(&id) {
+            bm.or(&incoming);
+        }
+        let empty = self.md.bitmaps.get(&id).is_none_or(|b| b.is_empty());
+        let p = self.peers.get_mut(&id).expect("peer exists");
+        if empty {
+            p.repl = Repl::Established;
+            if source {
+                // Nothing to copy: the target still adopts our generations.
+                self.send_done(id);
+                self.md.bitmap_uuids.remove(&id);
+            } else {
+                self.peers.get_mut(&id).expect("peer").repl = Repl::SyncTarget;
+            }
+            self.persist();
+            return;
+        }
+        if source {
+            p.repl = Repl::SyncSource;
+            p.source = Some(SourceState {
+                cursor: 0,
+                inflight: BTreeSet::new(),
+                reading: BTreeMap::new(),
+            });
+        } else {
+            p.repl = Repl::SyncTarget;
+            // Inconsistent until done, durably, before the first block arrives; what is
+            // still to come is remembered whichever peer finishes it.
+            if let Some(u) = self.md.bitmaps.get(&id).cloned() {
+                self.md.resync_left.or(&u);
+            }
+            self.md.disk = Disk::Inconsistent;
+        }
+        self.persist();
+    }
+
+    // ---- messages ----
+
+    fn message(&mut self, from: NodeId, msg: Msg) {
+        if !self.peers.get(&from).is_some_and(|p| p.connected()) {
+            return;
+        }
+        match msg {
+            Msg::Hello(h) => {
+                if h.node != from {
+                    return;
+                }
+                self.max_seq = self.max_seq.max(h.last_seq);
+                let Some(p) = self.peers.get_mut(&from) else {
+                    return;
+                };
+                p.role = h.role;
+                let (theirs, mine, decided) = (h.round, p.round, p.decision.is_some());
+                if theirs < mine || (theirs == mine && decided) {
+                    return; // stale, or a duplicate of a round already decided
+                }
+                p.their_hello = Some(h);
+                if theirs > mine {
+                    // The peer started a new round: join it.
+                    self.start_handshake(from, theirs);
+                } else {
+                    self.try_decide(from);
+                }
+            }
+            Msg::Bitmap {
+                round,
+                word_offset,
+                words,
+                last,
+            } => {
+                let blocks = self.cfg.size_blocks;
+                let Some(p) = self.peers.get_mut(&from) else {
+                    return;
+                };
+                if round != p.round {
+                    return;
+                }
+                let entry = p
+                    .bitmap_in
+                    .get_or_insert_with(|| (Bitmap::new(blocks), false));
+                entry.0.merge_words(word_offset as usize, &words);
+                entry.1 = last;
+                self.try_start_resync(from);
+            }
+            Msg::Write {
+                seq,
+                block,
+                count,
+                fua,
+                targets,
+                data,
+            } => {
+                self.last_seq = self.last_seq.max(seq);
+                self.max_seq = self.max_seq.max(seq);
+                self.queue.push_back(Work::Peer {
+                    from,
+                    seq,
+                    block,
+                    count,
+                    data,
+                    fua,
+                    targets,
+                });
+            }
+            Msg::Flush { seq } => self.queue.push_back(Work::PeerFlush { from, seq }),
+            Msg::WriteAck { seq, ok } => {
+                if let Some(w) = self.writes.get_mut(&seq)
+                    && w.waiting.remove(&from)
+                    && !ok
+                {
+                    let (b, c) = (w.block, w.count);
+                    self.mark(from, b, c);
+                }
+                self.check_writes();
+            }
+            Msg::FlushAck { seq: _, ok: _ } => {
+                // Flush acks arrive in order; the oldest pending flush waiting on this
+                // peer is the one acknowledged.
+                if let Some(f) = self.flushes.iter_mut().find(|f| f.waiting.contains(&from)) {
+                    f.waiting.remove(&from);
+                }
+                self.check_flushes();
+            }
+            Msg::PeerAck { seq } => {
+                let done: Vec<u64> = self.window.range(..=seq).map(|(s, _)| *s).collect();
+                for s in done {
+                    self.unwindow(s);
+                }
+            }
+            Msg::PeerLost { node } => {
+                let entries: Vec<(u64, u64)> = self.window.values().copied().collect();
+                for (b, c) in entries {
+                    self.mark(node, b, c);
+                }
+            }
+            Msg::NewUuid {
+                current,
+                previous,
+                lost,
+            } => {
+                self.known_current = current;
+                if self.md.disk >= Disk::Outdated && self.md.current == previous {
+                    self.push_history(previous);
+                    self.md.current = current;
+                    for n in self
+                        .cfg
+                        .nodes
+                        .iter()
+                        .filter(|n| n.diskful && n.id != self.cfg.node)
+                    {
+                        if lost & mask(n.id) != 0
+                            && self.md.bitmap_uuids.get(&n.id).is_none_or(|u| *u == 0)
+                        {
+                            self.md.bitmap_uuids.insert(n.id, previous);
+                        }
+                    }
+                }
+                self.persist();
+                self.send(from, Msg::NewUuidAck { current });
+            }
+            Msg::NewUuidAck { current } => {
+                if current == self.md.current {
+                    self.uuid_waiting.remove(&from);
+                }
+                self.check_writes();
+            }
+            Msg::RoleChanged { role } => {
+                let was = self.peers.get(&from).map(|p| p.role);
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.role = role;
+                }
+                if role == Role::Primary && self.reservation.is_some_and(|(n, _)| n == from) {
+                    self.reservation = None;
+                }
+                if was == Some(Role::Primary) && role == Role::Secondary {
+                    self.primary_gone();
+                }
+                if was != Some(role) {
+                    self.rehandshake_secondaries();
+                }
+            }
+            Msg::PromoteRequest {
+                id,
+                current,
+                history,
+            } => {
+                let reply = self.grant(from, current, &history);
+                let (granted, reason) = match reply {
+                    Ok(()) => {
+                        self.reservation = Some((from, self.now + self.cfg.grant_lease_ms));
+                        (true, String::new())
+                    }
+                    Err(r) => (false, r),
+                };
+                self.send(
+                    from,
+                    Msg::PromoteReply {
+                        id,
+                        granted,
+                        reason,
+                    },
+                );
+            }
+            Msg::PromoteReply {
+                id,
+                granted,
+                reason,
+            } => {
+                let Some(p) = &mut self.promotion else { return };
+                if p.id != id {
+                    return;
+                }
+                if !granted {
+                    self.promotion = None;
+                    self.out.push(Action::PromoteResult(Err(format!(
+                        "node {from} refused: {reason}"
+                    ))));
+                    return;
+                }
+                p.waiting.remove(&from);
+                self.check_promotion();
+            }
+            Msg::ResyncData { block, data } => {
+                if self
+                    .peers
+                    .get(&from)
+                    .is_some_and(|p| p.repl == Repl::SyncTarget)
+                {
+                    self.queue.push_back(Work::Resync { from, block, data });
+                }
+            }
+            Msg::ResyncAck { block, ok } => {
+                if let Some(src) = self.peers.get_mut(&from).and_then(|p| p.source.as_mut()) {
+                    src.inflight.remove(&block);
+                    if ok && let Some(bm) = self.md.bitmaps.get_mut(&from) {
+                        bm.clear(block);
+                    }
+                }
+                self.resync_step(from);
+            }
+            Msg::ResyncDone {
+                current,
+                history,
+                last_seq,
+            } => {
+                if self
+                    .peers
+                    .get(&from)
+                    .is_some_and(|p| p.repl == Repl::SyncTarget)
+                {
+                    self.queue.push_back(Work::ResyncDone {
+                        from,
+                        current,
+                        history,
+                        last_seq,
+                    });
+                }
+            }
+            Msg::OtherBitmap {
+                node,
+                word_offset,
+                words,
+            } => {
+                if node != self.cfg.node
+                    && self
+                        .peers
+                        .get(&from)
+                        .is_some_and(|p| p.repl == Repl::SyncTarget)
+                    && let Some(bm) = self.md.bitmaps.get_mut(&node)
+                {
+                    bm.merge_words(word_offset as usize, &words);
+                }
+            }
+            Msg::InSync { mask: m } => {
+                if m & mask(self.cfg.node) == 0 || self.md.disk != Disk::UpToDate {
+                    return;
+                }
+                let mut changed = false;
+                for (n, bm) in self.md.bitmaps.iter_mut() {
+                    if m & mask(*n) != 0 && !bm.is_empty() {
+                        bm.clear_all();
+                        changed = true;
+                    }
+                }
+                for n in self.cfg.nodes.iter().filter(|n| m & mask(n.id) != 0) {
+                    changed |= self.md.bitmap_uuids.remove(&n.id).is_some();
+                }
+                if changed {
+                    self.persist();
+                }
+            }
+            Msg::Leaving => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.left_cleanly = true;
+                }
+            }
+            Msg::VerifyDigest { .. } | Msg::VerifyResult { .. } | Msg::VerifyDone => {}
+        }
+    }
+
+    /// Whether this node lets `from` become primary.
+    fn grant(&self, from: NodeId, current: u64, history: &[u64]) -> Result<(), String> {
+        if self.role == Role::Primary {
+            return Err(format!("node {} is primary", self.cfg.node));
+        }
+        if let Some(p) = self
+            .peers
+            .values()
+            .find(|p| p.id != from && p.connected() && p.role == Role::Primary)
+        {
+            return Err(format!("node {} is primary", p.id));
+        }
+        if let Some((n, until)) = self.reservation
+            && n != from
+            && until > self.now
+        {
+            return Err(format!("node {n} is being promoted"));
+        }
+        if self
+            .peers
+            .values()
+            .any(|p| p.id != from && matches!(p.repl, Repl::SyncSource | Repl::SyncTarget))
+        {
+            return Err(format!(
+                "node {} is resyncing with another node",
+                self.cfg.node
+            ));
+        }
+        let newest = if self.md.disk == Disk::UpToDate {
+            self.md.current
+        } else {
+            self.known_current
+        };
+        if newest != 0 && newest != current && !history.contains(&newest) {
+            return Err(format!(
+                "data not UpToDate: node {} has seen a newer generation",
+                self.cfg.node
+            ));
+        }
+        if self
+            .peers
+            .get(&from)
+            .is_some_and(|p| p.conn != ConnState::Connected)
+        {
+            return Err("still connecting".into());
+        }
+        Ok(())
+    }
+
+    fn push_history(&mut self, uuid: u64) {
+        if uuid != 0 && !self.md.history.contains(&uuid) {
+            self.md.history.insert(0, uuid);
+            self.md.history.truncate(HISTORY_LEN);
+        }
+    }
+
+    // ---- client I/O ----
+
+    fn client_ok(&self) -> Result<(), IoError> {
+        if self.role != Role::Primary {
+            return Err(IoError::NotPrimary);
+        }
+        if !self.quorum {
+            return Err(IoError::NoQuorum);
+        }
+        if self.md.disk != Disk::UpToDate {
+            return Err(IoError::NoData);
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, id: u64, e: IoError) {
+        self.out.push(Action::Complete { id, result: Err(e) });
+    }
+
+    fn client_write(&mut self, id: u64, block: u64, count: u32, data: Vec<u8>, fua: bool) {
+        if let Err(e) = self.client_ok() {
+            return self.fail(id, e);
+        }
+        if block
+            .checked_add(u64::from(count))
+            .is_none_or(|end| end > self.cfg.size_blocks)
+            || count == 0
+        {
+            return self.fail(id, IoError::OutOfRange);
+        }
+        if self.queue.len() >= self.cfg.max_queued {
+            return self.fail(id, IoError::Busy);
+        }
+        self.queue.push_back(Work::Client {
+            id,
+            block,
+            count,
+            data,
+            fua,
+        });
+    }
+
+    fn client_read(&mut self, id: u64, block: u64, count: u32) {
+        if let Err(e) = self.client_ok() {
+            return self.fail(id, e);
+        }
+        if block
+            .checked_add(u64::from(count))
+            .is_none_or(|end| end > self.cfg.size_blocks)
+            || count == 0
+        {
+            return self.fail(id, IoError::OutOfRange);
+        }
+        let tag = self.tag(DiskOp::ClientRead { id });
+        self.out.push(Action::DiskRead { tag, block, count });
+    }
+
+    fn client_flush(&mut self, id: u64) {
+        if let Err(e) = self.client_ok() {
+            return self.fail(id, e);
+        }
+        let waiting: BTreeSet<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.live() && p.diskful)
+            .map(|p| p.id)
+            .collect();
+        let seq = self.next_seq - 1;
+        for p in &waiting {
+            self.send(*p, Msg::Flush { seq });
+        }
+        let tag = self.tag(DiskOp::ClientFlush { id });
+        self.out.push(Action::DiskFlush { tag });
+        self.flushes.push(PendingFlush {
+            id,
+            local_done: false,
+            local_ok: true,
+            waiting,
+        });
+    }
+
+    fn fail_queued_client(&mut self, e: IoError) {
+        let mut keep = VecDeque::new();
+        while let Some(w) = self.queue.pop_front() {
+            match w {
+                Work::Client { id, .. } => self.fail(id, e),
+                other => keep.push_back(other),
+            }
+        }
+        self.queue = keep;
+    }
+
+    /// Peers a write from this primary goes to right now.
+    fn write_targets(&self) -> Vec<NodeId> {
+        self.peers
+            .values()
+            .filter(|p| {
+                p.diskful
+                    && p.live()
+                    && matches!(
+                        p.repl,
+                        Repl::Established | Repl::SyncTarget | Repl::SyncSource | Repl::Deferred
+                    )
+            })
+            .map(|p| p.id)
+            .collect()
+    }
+
+    fn rotate(&mut self) {
+        let old = self.md.current;
+        let mut new = self.rand();
+        while new == 0 || new == old {
+            new = self.rand();
+        }
+        let targets = self.write_targets();
+        let mut lost = 0u32;
+        for n in self
+            .cfg
+            .nodes
+            .iter()
+            .filter(|n| n.diskful && n.id != self.cfg.node)
+        {
+            let in_sync = targets.contains(&n.id)
+                && self
+                    .peers
+                    .get(&n.id)
+                    .is_some_and(|p| p.repl == Repl::Established);
+            if !in_sync {
+                lost |= mask(n.id);
+                if self.md.bitmap_uuids.get(&n.id).is_none_or(|u| *u == 0) {
+                    self.md.bitmap_uuids.insert(n.id, old);
+                }
+            }
+        }
+        self.push_history(old);
+        self.md.current = new;
+        self.known_current = new;
+        self.need_rotation = false;
+        self.persist();
+        let ids: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.live())
+            .map(|p| p.id)
+            .collect();
+        for id in &ids {
+            self.send(
+                *id,
+                Msg::NewUuid {
+                    current: new,
+                    previous: old,
+                    lost,
+                },
+            );
+        }
+        self.uuid_waiting = ids.into_iter().collect();
+    }
+
+    // ---- the local work queue ----
+
+    fn blocks_busy(&self, block: u64, count: u64) -> bool {
+        self.busy_blocks
+            .range(block..block + count)
+            .next()
+            .is_some()
+    }
+
+    /// Makes sure the extents are in the activity log; false when it must wait.
+    fn ensure_al(&mut self, block: u64, count: u64) -> bool {
+        #[cfg(feature = "bug-forget-al")]
+        {
+            let _ = (block, count);
+            return true;
+        }
+        #[allow(unreachable_code)]
+        {
+            let needed: Vec<u64> = self
+                .extents(block, count)
+                .filter(|e| !self.md.al.contains(e))
+                .collect();
+            if needed.is_empty() {
+                // Touch: most recently used at the end.
+                for e in self.extents(block, count) {
+                    if let Some(pos) = self.md.al.iter().position(|x| *x == e) {
+                        let x = self.md.al.remove(pos);
+                        self.md.al.push(x);
+                    }
+                }
+                return true;
+            }
+            let mut changed = false;
+            for e in needed {
+                if self.md.al.len() >= self.cfg.al_extents {
+                    let idle: Vec<u64> = self
+                        .md
+                        .al
+                        .iter()
+                        .copied()
+                        .filter(|x| {
+                            !self.extent_inflight.contains_key(x)
+                                && !self.extent_unacked.contains_key(x)
+                        })
+                        .collect();
+                    let clean = idle
+                        .iter()
+                        .copied()
+                        .find(|x| !self.extent_dirty.contains(x));
+                    match clean {
+                        Some(victim) => self.md.al.retain(|x| *x != victim),
+                        None => {
+                            if changed {
+                                self.persist();
+                            }
+                            // Make idle extents clean with a flush, then retry.
+                            if self.al_flush.is_none() && !idle.is_empty() {
+                                self.al_flush = Some(idle.into_iter().collect());
+                                let tag = self.tag(DiskOp::AlFlush);
+                                self.out.push(Action::DiskFlush { tag });
+                            }
+                            return false;
+                        }
+                    }
+                }
+                self.md.al.push(e);
+                changed = true;
+            }
+            if changed {
+                // Durable before the data write, with the bitmaps of evicted extents.
+                self.persist();
+            }
+            true
+        }
+    }
+
+    fn start_local(&mut self, block: u64, count: u64) {
+        for b in block..block + count {
+            *self.busy_blocks.entry(b).or_insert(0) += 1;
+        }
+        for e in self.extents(block, count) {
+            *self.extent_inflight.entry(e).or_insert(0) += 1;
+            self.extent_dirty.insert(e);
+        }
+        // A resync read of these blocks in flight now returns stale data.
+        for p in self.peers.values_mut() {
+            if let Some(src) = &mut p.source {
+                for (b, stale) in src.reading.values_mut() {
+                    if *b >= block && *b < block + count {
+                        *stale = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn end_local(&mut self, block: u64, count: u64) {
+        for b in block..block + count {
+            if let Some(n) = self.busy_blocks.get_mut(&b) {
+                *n -= 1;
+                if *n == 0 {
+                    self.busy_blocks.remove(&b);
+                }
+            }
+        }
+        for e in self.extents(block, count) {
+            if let Some(n) = self.extent_inflight.get_mut(&e) {
+                *n -= 1;
+                if *n == 0 {
+                    self.extent_inflight.remove(&e);
+                }
+            }
+        }
+    }
+
+    /// Runs queued work in order while it can start.
+    fn pump(&mut self) {
+        loop {
+            let Some(head) = self.queue.front() else {
+                break;
+            };
+            let range = head.range();
+            let barrier = matches!(head, Work::PeerFlush { .. } | Work::ResyncDone { .. });
+            if barrier {
+                // Everything before it must be done locally.
+                let from = match head {
+                    Work::PeerFlush { from, .. } | Work::ResyncDone { from, .. } => *from,
+                    _ => unreachable!("barrier"),
+                };
+                let pending_from = self.disk_ops.values().any(|op| match op {
+                    DiskOp::PeerWrite { from: f, .. } | DiskOp::ResyncWrite { from: f, .. } => {
+                        *f == from
+                    }
+                    _ => false,
+                });
+                if pending_from {
+                    break;
+                }
+            }
+            if let Some((b, c)) = range {
+                if self.blocks_busy(b, c) {
+                    break;
+                }
+                if matches!(head, Work::Client { .. }) {
+                    if let Err(e) = self.client_ok() {
+                        if let Some(Work::Client { id, .. }) = self.queue.pop_front() {
+                            self.fail(id, e);
+                        }
+                        continue;
+                    }
+                    if self.need_rotation {
+                        self.rotate();
+                    }
+                }
+                if self.md.disk != Disk::Diskless && !self.ensure_al(b, c) {
+                    break;
+                }
+            }
+            let Some(w) = self.queue.pop_front() else {
+                break;
+            };
+            self.run(w);
+        }
+        // Resync and periodic work may be able to move on.
+        let sources: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.source.is_some())
+            .map(|p| p.id)
+            .collect();
+        for s in sources {
+            self.resync_step(s);
+        }
+    }
+
+    fn run(&mut self, w: Work) {
+        match w {
+            Work::Client {
+                id,
+                block,
+                count,
+                data,
+                fua,
+            } => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.last_seq = seq;
+                self.max_seq = self.max_seq.max(seq);
+                let targets = self.write_targets();
+                let mut tmask = mask(self.cfg.node);
+                for t in &targets {
+                    tmask |= mask(*t);
+                }
+                // Diskful peers that will not get it are out of sync for it.
+                let absent: Vec<NodeId> = self
+                    .cfg
+                    .nodes
+                    .iter()
+                    .filter(|n| n.diskful && n.id != self.cfg.node && !targets.contains(&n.id))
+                    .map(|n| n.id)
+                    .collect();
+                for a in absent {
+                    self.mark(a, block, u64::from(count));
+                }
+                for t in &targets {
+                    let msg = Msg::Write {
+                        seq,
+                        block,
+                        count,
+                        fua,
+                        targets: tmask,
+                        data: data.clone(),
+                    };
+                    self.send(*t, msg);
+                }
+                self.start_local(block, u64::from(count));
+                let tag = self.tag(DiskOp::ClientWrite {
+                    seq,
+                    block,
+                    count: u64::from(count),
+                });
+                self.out.push(Action::DiskWrite {
+                    tag,
+                    block,
+                    count,
+                    data,
+                    fua,
+                });
+                self.writes.insert(
+                    seq,
+                    PendingWrite {
+                        client: Some(id),
+                        block,
+                        count: u64::from(count),
+                        fua,
+                        local_done: false,
+                        local_ok: true,
+                        waiting: targets.into_iter().collect(),
+                        completed: false,
+                    },
+                );
+            }
+            Work::Peer {
+                from,
+                seq,
+                block,
+                count,
+                data,
+                fua,
+                targets,
+            } => {
+                let c = u64::from(count);
+                let others: Vec<NodeId> = self
+                    .md
+                    .bitmaps
+                    .keys()
+                    .copied()
+                    .filter(|n| *n != from && targets & mask(*n) == 0)
+                    .collect();
+                for n in others {
+                    self.mark(n, block, c);
+                }
+                self.window.insert(seq, (block, c));
+                for e in self.extents(block, c) {
+                    *self.extent_unacked.entry(e).or_insert(0) += 1;
+                }
+                self.start_local(block, c);
+                let tag = self.tag(DiskOp::PeerWrite {
+                    from,
+                    seq,
+                    block,
+                    count: c,
+                });
+                self.out.push(Action::DiskWrite {
+                    tag,
+                    block,
+                    count,
+                    data,
+                    fua,
+                });
+            }
+            Work::PeerFlush { from, seq } => {
+                let tag = self.tag(DiskOp::PeerFlush { from, seq });
+                self.out.push(Action::DiskFlush { tag });
+            }
+            Work::Resync { from, block, data } => {
+                self.start_local(block, 1);
+                let tag = self.tag(DiskOp::ResyncWrite { from, block });
+                self.out.push(Action::DiskWrite {
+                    tag,
+                    block,
+                    count: 1,
+                    data,
+                    fua: false,
+                });
+            }
+            Work::ResyncDone {
+                from,
+                current,
+                history,
+                last_seq,
+            } => {
+                if self
+                    .peers
+                    .get(&from)
+                    .is_some_and(|p| p.repl == Repl::SyncTarget)
+                {
+                    let empty = self.md.bitmaps.get(&from).is_none_or(|b| b.is_empty());
+                    if empty {
+                        self.last_seq = self.last_seq.max(last_seq);
+                        self.md.current = current;
+                        self.md.history = history;
+                        self.known_current = current;
+                        self.md.bitmap_uuids.remove(&from);
+                        self.md.disk = Disk::UpToDate;
+                        self.crashed_primary = false;
+                        if let Some(p) = self.peers.get_mut(&from) {
+                            p.repl = Repl::Established;
+                        }
+                        self.persist();
+                        self.next_turn();
+                    }
+                }
+            }
+        }
+    }
+
+    fn disk_done(&mut self, tag: u64, ok: bool, data: Option<Vec<u8>>) {
+        let Some(op) = self.disk_ops.remove(&tag) else {
+            return;
+        };
+        match op {
+            DiskOp::ClientWrite { seq, block, count } => {
+                self.end_local(block, count);
+                if let Some(w) = self.writes.get_mut(&seq) {
+                    w.local_done = true;
+                    w.local_ok = ok;
+                }
+                self.check_writes();
+            }
+            DiskOp::PeerWrite {
+                from,
+                seq,
+                block,
+                count,
+            } => {
+                self.end_local(block, count);
+                if !ok {
+                    self.mark(from, block, count);
+                }
+                self.send(from, Msg::WriteAck { seq, ok });
+            }
+            DiskOp::PeerFlush { from, seq } => {
+                if ok {
+                    self.flush_done();
+                }
+                self.send(from, Msg::FlushAck { seq, ok });
+            }
+            DiskOp::ClientRead { id } => {
+                let result = if ok { Ok(data) } else { Err(IoError::Disk) };
+                // A read served after quorum was lost is refused like a write.
+                let result = match self.client_ok() {
+                    Err(e) => Err(e),
+                    Ok(()) => result,
+                };
+                self.out.push(Action::Complete { id, result });
+            }
+            DiskOp::ClientFlush { id } => {
+                if ok {
+                    self.flush_done();
+                }
+                if let Some(f) = self.flushes.iter_mut().find(|f| f.id == id) {
+                    f.local_done = true;
+                    f.local_ok = ok;
+                }
+                self.check_flushes();
+            }
+            DiskOp::ResyncWrite { from, block } => {
+                self.end_local(block, 1);
+                if ok {
+                    if let Some(bm) = self.md.bitmaps.get_mut(&from) {
+                        bm.clear(block);
+                    }
+                    self.md.resync_left.clear(block);
+                }
+                self.send(from, Msg::ResyncAck { block, ok });
+            }
+            DiskOp::ResyncRead { peer } => {
+                let live = self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| p.repl == Repl::SyncSource);
+                let Some(src) = self.peers.get_mut(&peer).and_then(|p| p.source.as_mut()) else {
+                    return;
+                };
+                let Some((block, stale)) = src.reading.remove(&tag) else {
+                    return;
+                };
+                if !live {
+                    return;
+                }
+                if stale || !ok {
+                    src.cursor = src.cursor.min(block);
+                } else if let Some(data) = data {
+                    src.inflight.insert(block);
+                    self.send(peer, Msg::ResyncData { block, data });
+                }
+                self.resync_step(peer);
+            }
+            DiskOp::AlFlush => {
+                if ok && let Some(set) = self.al_flush.take() {
+                    for e in set {
+                        if !self.extent_inflight.contains_key(&e) {
+                            self.extent_dirty.remove(&e);
+                        }
+                    }
+                }
+                self.al_flush = None;
+            }
+        }
+    }
+
+    /// A completed flush makes every extent without writes in flight clean.
+    fn flush_done(&mut self) {
+        let inflight = &self.extent_inflight;
+        self.extent_dirty.retain(|e| inflight.contains_key(e));
+    }
+
+    fn check_writes(&mut self) {
+        let proto_a = self.cfg.protocol == Protocol::A;
+        let uuid_ok = self.uuid_waiting.is_empty();
+        let mut done = Vec::new();
+        for (seq, w) in self.writes.iter_mut() {
+            if w.completed || !w.local_done {
+                continue;
+            }
+            let peers_ok = w.waiting.is_empty() || (proto_a && !w.fua);
+            #[cfg(feature = "bug-early-ack")]
+            let peers_ok = true;
+            if peers_ok && uuid_ok {
+                w.completed = true;
+                done.push((*seq, w.client, w.local_ok));
+            }
+        }
+        for (_, client, local_ok) in done {
+            if let Some(id) = client {
+                let result = if !local_ok {
+                    Err(IoError::Disk)
+                } else if self.role != Role::Primary {
+                    Err(IoError::NotPrimary)
+                } else if !self.quorum {
+                    Err(IoError::NoQuorum)
+                } else {
+                    Ok(None)
+                };
+                self.out.push(Action::Complete { id, result });
+            }
+        }
+        // Forget writes every target has acknowledged; tell secondaries how far that is.
+        let finished: Vec<u64> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.completed && w.waiting.is_empty())
+            .map(|(s, _)| *s)
+            .collect();
+        for s in finished {
+            self.writes.remove(&s);
+        }
+    }
+
+    fn check_flushes(&mut self) {
+        let mut i = 0;
+        while i < self.flushes.len() {
+            let f = &self.flushes[i];
+            if f.local_done && f.waiting.is_empty() {
+                let f = self.flushes.remove(i);
+                let result = if !f.local_ok {
+                    Err(IoError::Disk)
+                } else if !self.quorum || self.role != Role::Primary {
+                    Err(IoError::NoQuorum)
+                } else {
+                    Ok(None)
+                };
+                self.out.push(Action::Complete { id: f.id, result });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    // ---- resync ----
+
+    fn resync_step(&mut self, id: NodeId) {
+        let limit = if self.queue.is_empty() {
+            self.cfg.resync_inflight
+        } else {
+            self.cfg.resync_inflight.div_ceil(2)
+        };
+        loop {
+            let Some(p) = self.peers.get(&id) else { return };
+            if p.repl != Repl::SyncSource {
+                return;
+            }
+            let Some(src) = &p.source else { return };
+            if src.inflight.len() + src.reading.len() >= limit {
+                return;
+            }
+            let Some(bm) = self.md.bitmaps.get(&id) else {
+                return;
+            };
+            let cursor = src.cursor;
+            let next = bm.next_set(cursor).filter(|b| {
+                !src.inflight.contains(b) && !src.reading.values().any(|(x, _)| x == b)
+            });
+            let next = match next {
+                Some(b) => Some(b),
+                None => {
+                    // Skip blocks already in flight.
+                    let mut at = cursor;
+                    let mut found = None;
+                    while let Some(b) = bm.next_set(at) {
+                        if !src.inflight.contains(&b) && !src.reading.values().any(|(x, _)| *x == b)
+                        {
+                            found = Some(b);
+                            break;
+                        }
+                        at = b + 1;
+                    }
+                    found
+                }
+            };
+            match next {
+                None => {
+                    if src.inflight.is_empty() && src.reading.is_empty() {
+                        if bm.is_empty() {
+                            self.finish_source(id);
+                        } else if let Some(s) =
+                            self.peers.get_mut(&id).and_then(|p| p.source.as_mut())
+                        {
+                            s.cursor = 0;
+                            continue;
+                        }
+                    }
+                    return;
+                }
+                Some(b) => {
+                    if self.busy_blocks.contains_key(&b) {
+                        // A local write to it is in flight; come back later.
+                        return;
+                    }
+                    let tag = self.tag(DiskOp::ResyncRead { peer: id });
+                    if let Some(s) = self.peers.get_mut(&id).and_then(|p| p.source.as_mut()) {
+                        s.reading.insert(tag, (b, false));
+                        s.cursor = b + 1;
+                    }
+                    self.out.push(Action::DiskRead {
+                        tag,
+                        block: b,
+                        count: 1,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Ends a resync as source: our knowledge of third nodes passes to the target
+    /// (it now holds our blocks), then our generations and rank.
+    fn send_done(&mut self, id: NodeId) {
+        let others: Vec<(NodeId, Vec<u64>)> = self
+            .md
+            .bitmaps
+            .iter()
+            .filter(|(n, b)| **n != id && !b.is_empty())
+            .map(|(n, b)| (*n, b.words().to_vec()))
+            .collect();
+        for (node, words) in others {
+            for (i, c) in words.chunks(BITMAP_CHUNK).enumerate() {
+                let msg = Msg::OtherBitmap {
+                    node,
+                    word_offset: (i * BITMAP_CHUNK) as u64,
+                    words: c.to_vec(),
+                };
+                self.send(id, msg);
+            }
+        }
+        let msg = Msg::ResyncDone {
+            current: self.md.current,
+            history: self.md.history.clone(),
+            last_seq: self.last_seq,
+        };
+        self.send(id, msg);
+    }
+
+    /// A resync into this node ended (done or aborted): peers that waited for their
+    /// turn as source start a new round.
+    fn next_turn(&mut self) {
+        let waiting: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.waiting_turn && p.connected())
+            .map(|p| p.id)
+            .collect();
+        for id in waiting {
+            let round = self
+                .peers
+                .get(&id)
+                .map(|p| p.round.wrapping_add(1))
+                .unwrap_or(1);
+            self.start_handshake(id, round);
+        }
+    }
+
+    fn finish_source(&mut self, id: NodeId) {
+        self.send_done(id);
+        self.md.bitmap_uuids.remove(&id);
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.repl = Repl::Established;
+            p.source = None;
+            p.disk = Disk::UpToDate;
+        }
+        self.persist();
+    }
+
+    // ---- time ----
+
+    fn tick(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        if let Some((_, until)) = self.reservation
+            && until <= self.now
+        {
+            self.reservation = None;
+        }
+        self.check_promotion();
+        if self.role == Role::Primary {
+            // Tell secondaries how far every write reached all its targets.
+            let acked = self
+                .writes
+                .keys()
+                .next()
+                .map(|s| s - 1)
+                .unwrap_or(self.next_seq - 1);
+            if acked > self.peer_acked {
+                self.peer_acked = acked;
+                let ids: Vec<NodeId> = self
+                    .peers
+                    .values()
+                    .filter(|p| p.live() && p.diskful)
+                    .map(|p| p.id)
+                    .collect();
+                for id in ids {
+                    self.send(id, Msg::PeerAck { seq: acked });
+                }
+            }
+            let mut m = mask(self.cfg.node);
+            for p in self.peers.values() {
+                let clean = self.md.bitmaps.get(&p.id).is_none_or(|b| b.is_empty());
+                if p.diskful
+                    && p.live()
+                    && p.repl == Repl::Established
+                    && p.disk == Disk::UpToDate
+                    && clean
+                {
+                    m |= mask(p.id);
+                }
+            }
+            if m != self.last_insync || self.now % 1000 < 100 {
+                self.last_insync = m;
+                let ids: Vec<NodeId> = self
+                    .peers
+                    .values()
+                    .filter(|p| p.live() && p.diskful)
+                    .map(|p| p.id)
+                    .collect();
+                for id in ids {
+                    self.send(id, Msg::InSync { mask: m });
+                }
+            }
+        }
+        // A live pair that is in sync by its generations but has blocks marked (a failed
+        // write, bits left from another peer's resync) starts a new round to copy them.
+        let dirty: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.live()
+                    && p.repl == Repl::Established
+                    && self.md.bitmaps.get(&p.id).is_some_and(|b| !b.is_empty())
+                    && self.md.disk == Disk::UpToDate
+            })
+            .map(|p| p.id)
+            .collect();
+        for id in dirty {
+            let round = self
+                .peers
+                .get(&id)
+                .map(|p| p.round.wrapping_add(1))
+                .unwrap_or(1);
+            self.start_handshake(id, round);
+        }
+        let budget = self.cfg.resync_per_tick;
+        let sources: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.source.is_some())
+            .map(|p| p.id)
+            .collect();
+        for s in sources {
+            for _ in 0..budget.max(1) {
+                self.resync_step(s);
+            }
+        }
+        self.update_quorum();
+        if self.role == Role::Primary && !self.quorum {
+            self.fail_queued_client(IoError::NoQuorum);
+        }
+    }
+}

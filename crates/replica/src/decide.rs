@@ -1,0 +1,412 @@
+//! The connect-time decision: given what two nodes say about their generations, is
+//! there anything to resynchronise, which way, from a bitmap or in full, or is this a
+//! split brain or unrelated data? Pure and symmetric: both sides compute it and must
+//! reach mirrored answers.
+
+use wire::{Disk, Hello, NodeId, Role};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitBrainPolicy {
+    Disconnect,
+    DiscardZeroChanges,
+    DiscardLeastChanges,
+    DiscardNode(NodeId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to copy.
+    NoSync,
+    /// Both are secondaries and a primary is around: it keeps both in sync, so they
+    /// leave their mutual differences alone for now.
+    Deferred,
+    /// I send the blocks in the union of both bitmaps.
+    BitmapSource,
+    BitmapTarget,
+    /// I send every block.
+    FullSource,
+    FullTarget,
+    /// Both sides wrote since they parted; no policy resolved it.
+    SplitBrain,
+    /// No generation in common.
+    Unrelated,
+    /// Resync would make a primary the target.
+    PrimaryWouldBeTarget,
+}
+
+impl Decision {
+    pub fn mirror(self) -> Decision {
+        match self {
+            Decision::BitmapSource => Decision::BitmapTarget,
+            Decision::BitmapTarget => Decision::BitmapSource,
+            Decision::FullSource => Decision::FullTarget,
+            Decision::FullTarget => Decision::FullSource,
+            d => d,
+        }
+    }
+}
+
+fn bm_uuid(h: &Hello, peer: NodeId) -> u64 {
+    h.bitmap_uuids
+        .iter()
+        .find(|(n, _)| *n == peer)
+        .map(|(_, u)| *u)
+        .unwrap_or(0)
+}
+
+fn knows(h: &Hello, uuid: u64) -> bool {
+    uuid != 0 && (h.history.contains(&uuid) || h.bitmap_uuids.iter().any(|(_, u)| *u == uuid))
+}
+
+/// From `me`'s point of view. Symmetric: `decide(b, a) == decide(a, b).mirror()`.
+pub fn decide(me: &Hello, peer: &Hello, policy: SplitBrainPolicy) -> Decision {
+    // Always compute with the lower node id first so that both sides agree exactly.
+    if me.node > peer.node {
+        return decide_ordered(peer, me, policy).mirror();
+    }
+    decide_ordered(me, peer, policy)
+}
+
+fn source_if(me_first: bool) -> Decision {
+    if me_first {
+        Decision::BitmapSource
+    } else {
+        Decision::BitmapTarget
+    }
+}
+
+fn decide_ordered(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
+    let d = decide_data(a, b, policy);
+    // A resync target is Inconsistent until done, which a primary cannot be.
+    let a_target = matches!(d, Decision::BitmapTarget | Decision::FullTarget);
+    let b_target = matches!(d, Decision::BitmapSource | Decision::FullSource);
+    if (a_target && a.role == Role::Primary) || (b_target && b.role == Role::Primary) {
+        return Decision::PrimaryWouldBeTarget;
+    }
+    if a.role == Role::Secondary
+        && b.role == Role::Secondary
+        && (a.primary_present || b.primary_present)
+        && !matches!(d, Decision::SplitBrain | Decision::Unrelated)
+    {
+        return Decision::Deferred;
+    }
+    d
+}
+
+fn decide_data(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
+    if a.disk == Disk::Diskless || b.disk == Disk::Diskless {
+        return Decision::NoSync;
+    }
+    // An explicit discard on exactly one side settles it.
+    match (a.discard_my_data, b.discard_my_data) {
+        (true, false) => return discard(a, b).mirror_if(false),
+        (false, true) => return discard(b, a).mirror(),
+        _ => {}
+    }
+    let a_data = a.disk >= Disk::Outdated;
+    let b_data = b.disk >= Disk::Outdated;
+    match (a_data, b_data) {
+        (false, false) => return Decision::NoSync,
+        (true, false) => {
+            return if a.current == b.current || b.current == 0 && a.current == 0 {
+                Decision::BitmapSource
+            } else {
+                from_uuids(a, b, policy)
+                    .unwrap_or(Decision::FullSource)
+                    .force_source()
+            };
+        }
+        (false, true) => {
+            return if a.current == b.current {
+                Decision::BitmapTarget
+            } else {
+                from_uuids(a, b, policy)
+                    .unwrap_or(Decision::FullTarget)
+                    .force_target()
+            };
+        }
+        (true, true) => {}
+    }
+    // An Outdated node never outranks an UpToDate one.
+    if a.disk != b.disk && a.current == b.current {
+        let dirty = a.dirty_blocks > 0 || b.dirty_blocks > 0;
+        return match (a.disk > b.disk, dirty) {
+            (_, false) => Decision::NoSync,
+            (true, true) => Decision::BitmapSource,
+            (false, true) => Decision::BitmapTarget,
+        };
+    }
+    from_uuids(a, b, policy).unwrap_or(Decision::Unrelated)
+}
+
+trait Force {
+    fn force_source(self) -> Decision;
+    fn force_target(self) -> Decision;
+    fn mirror_if(self, m: bool) -> Decision;
+}
+
+impl Force for Decision {
+    fn force_source(self) -> Decision {
+        match self {
+            Decision::BitmapTarget | Decision::BitmapSource => Decision::BitmapSource,
+            Decision::NoSync => Decision::BitmapSource,
+            _ => Decision::FullSource,
+        }
+    }
+    fn force_target(self) -> Decision {
+        self.mirror().force_source().mirror()
+    }
+    fn mirror_if(self, m: bool) -> Decision {
+        if m { self.mirror() } else { self }
+    }
+}
+
+/// `a` discards its data in favour of `b`: a bitmap resync when the two share a
+/// generation their bitmaps start from, a full one otherwise.
+fn discard(a: &Hello, b: &Hello) -> Decision {
+    let shared_parent = bm_uuid(a, b.node) != 0 && bm_uuid(a, b.node) == bm_uuid(b, a.node);
+    let related = a.current == b.current
+        || bm_uuid(a, b.node) == b.current
+        || bm_uuid(b, a.node) == a.current
+        || shared_parent;
+    if related && a.current != 0 {
+        Decision::BitmapTarget
+    } else {
+        Decision::FullTarget
+    }
+}
+
+fn from_uuids(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Option<Decision> {
+    if a.current == 0 && b.current == 0 {
+        return Some(Decision::NoSync);
+    }
+    if a.current == 0 {
+        return Some(Decision::FullTarget);
+    }
+    if b.current == 0 {
+        return Some(Decision::FullSource);
+    }
+    if a.current == b.current {
+        // Equal generations do not prove equal data: a crashed primary's hot extents
+        // and writes in flight when a primary vanished are in the bitmaps.
+        if a.dirty_blocks == 0 && b.dirty_blocks == 0 {
+            return Some(Decision::NoSync);
+        }
+        // The source is the primary, else the node holding the longer prefix of the
+        // last primary's writes (a target adopts its source's rank, so no copy is
+        // ever overwritten by an older one), else a crashed primary, else the lower id.
+        let a_first = match (a.role, b.role) {
+            (Role::Primary, _) => true,
+            (_, Role::Primary) => false,
+            _ if a.last_seq != b.last_seq => a.last_seq > b.last_seq,
+            _ if a.crashed_primary != b.crashed_primary => a.crashed_primary,
+            _ => true,
+        };
+        return Some(source_if(a_first));
+    }
+    let a_ahead = bm_uuid(a, b.node) == b.current;
+    let b_ahead = bm_uuid(b, a.node) == a.current;
+    match (a_ahead, b_ahead) {
+        (true, false) => return Some(Decision::BitmapSource),
+        (false, true) => return Some(Decision::BitmapTarget),
+        (true, true) => return Some(split_brain(a, b, policy)),
+        (false, false) => {}
+    }
+    match (knows(a, b.current), knows(b, a.current)) {
+        (true, false) => return Some(Decision::FullSource),
+        (false, true) => return Some(Decision::FullTarget),
+        _ => {}
+    }
+    let parent = bm_uuid(a, b.node);
+    if parent != 0 && parent == bm_uuid(b, a.node) {
+        return Some(split_brain(a, b, policy));
+    }
+    if a.history.iter().any(|u| knows(b, *u)) {
+        return Some(Decision::SplitBrain);
+    }
+    None
+}
+
+fn split_brain(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
+    match policy {
+        SplitBrainPolicy::Disconnect => Decision::SplitBrain,
+        SplitBrainPolicy::DiscardZeroChanges => match (a.dirty_blocks, b.dirty_blocks) {
+            (0, 0) => Decision::BitmapSource,
+            (0, _) => Decision::BitmapTarget,
+            (_, 0) => Decision::BitmapSource,
+            _ => Decision::SplitBrain,
+        },
+        SplitBrainPolicy::DiscardLeastChanges => {
+            if a.dirty_blocks >= b.dirty_blocks {
+                Decision::BitmapSource
+            } else {
+                Decision::BitmapTarget
+            }
+        }
+        SplitBrainPolicy::DiscardNode(n) if n == a.node => Decision::BitmapTarget,
+        SplitBrainPolicy::DiscardNode(n) if n == b.node => Decision::BitmapSource,
+        SplitBrainPolicy::DiscardNode(_) => Decision::SplitBrain,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn h(node: NodeId, current: u64) -> Hello {
+        Hello {
+            node,
+            role: Role::Secondary,
+            disk: Disk::UpToDate,
+            size_blocks: 64,
+            current,
+            history: vec![],
+            bitmap_uuids: vec![],
+            dirty_blocks: 0,
+            discard_my_data: false,
+            crashed_primary: false,
+            primary_present: false,
+            known_current: current,
+            round: 0,
+            last_seq: 0,
+        }
+    }
+
+    const P: SplitBrainPolicy = SplitBrainPolicy::Disconnect;
+
+    #[test]
+    fn the_classic_cases() {
+        // Same generation, nothing dirty.
+        assert_eq!(decide(&h(0, 5), &h(1, 5), P), Decision::NoSync);
+        // a wrote while b was away: a's bitmap for b starts at b's current.
+        let mut a = h(0, 9);
+        a.bitmap_uuids = vec![(1, 5)];
+        a.history = vec![5];
+        a.dirty_blocks = 3;
+        assert_eq!(decide(&a, &h(1, 5), P), Decision::BitmapSource);
+        assert_eq!(decide(&h(1, 5), &a, P), Decision::BitmapTarget);
+        // b's generation is only in a's history: full resync.
+        let mut a2 = h(0, 9);
+        a2.history = vec![5, 7];
+        assert_eq!(decide(&a2, &h(1, 5), P), Decision::FullSource);
+        // Both wrote since parting at 5: split brain.
+        let mut b = h(1, 11);
+        b.bitmap_uuids = vec![(0, 5)];
+        b.history = vec![5];
+        b.dirty_blocks = 2;
+        assert_eq!(decide(&a, &b, P), Decision::SplitBrain);
+        assert_eq!(
+            decide(&a, &b, SplitBrainPolicy::DiscardLeastChanges),
+            Decision::BitmapSource
+        );
+        assert_eq!(
+            decide(&a, &b, SplitBrainPolicy::DiscardNode(0)),
+            Decision::BitmapTarget
+        );
+        let mut a_zero = a.clone();
+        a_zero.dirty_blocks = 0;
+        assert_eq!(
+            decide(&a_zero, &b, SplitBrainPolicy::DiscardZeroChanges),
+            Decision::BitmapTarget
+        );
+        // The victim's discard resolves it with a bitmap resync.
+        let mut b_discard = b.clone();
+        b_discard.discard_my_data = true;
+        assert_eq!(decide(&a, &b_discard, P), Decision::BitmapSource);
+        // Nothing in common.
+        assert_eq!(decide(&h(0, 1), &h(1, 2), P), Decision::Unrelated);
+        // Fresh node: full sync to it.
+        assert_eq!(decide(&h(0, 1), &h(1, 0), P), Decision::FullSource);
+    }
+
+    #[test]
+    fn equal_generations_with_dirty_bits_still_resync() {
+        // drbd#145: a rejoining node must not be declared in sync when bits are set.
+        let mut a = h(0, 5);
+        a.dirty_blocks = 4;
+        assert_eq!(decide(&a, &h(1, 5), P), Decision::BitmapSource);
+        let mut b = h(1, 5);
+        b.crashed_primary = true;
+        assert_eq!(decide(&a, &b, P), Decision::BitmapTarget);
+        // The longer prefix of the lost primary's writes wins over everything but a primary.
+        let mut c = h(1, 5);
+        c.last_seq = 10;
+        a.last_seq = 9;
+        assert_eq!(decide(&a, &c, P), Decision::BitmapTarget);
+    }
+
+    #[test]
+    fn inconsistent_and_outdated_nodes_are_targets_and_primaries_never() {
+        let mut b = h(1, 5);
+        b.disk = Disk::Inconsistent;
+        assert_eq!(decide(&h(0, 5), &b, P), Decision::BitmapSource);
+        let mut b = h(1, 5);
+        b.disk = Disk::Outdated;
+        b.dirty_blocks = 1;
+        assert_eq!(decide(&h(0, 5), &b, P), Decision::BitmapSource);
+        let mut a = h(0, 5);
+        a.role = Role::Primary;
+        a.disk = Disk::Outdated;
+        a.dirty_blocks = 1;
+        assert_eq!(decide(&a, &h(1, 5), P), Decision::PrimaryWouldBeTarget);
+    }
+
+    fn arb_hello(node: NodeId) -> impl Strategy<Value = Hello> {
+        (
+            0u64..4,
+            proptest::collection::vec(0u64..4, 0..3),
+            0u64..4,
+            0u64..3,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            0usize..5,
+            0u64..3,
+        )
+            .prop_map(
+                move |(current, history, bm, dirty, discard, crashed, primary, disk, last_seq)| {
+                    let mut x = h(node, current);
+                    x.history = history;
+                    let other = if node == 0 { 1 } else { 0 };
+                    if bm != 0 {
+                        x.bitmap_uuids = vec![(other, bm)];
+                    }
+                    x.dirty_blocks = dirty;
+                    x.discard_my_data = discard;
+                    x.crashed_primary = crashed;
+                    x.role = if primary {
+                        Role::Primary
+                    } else {
+                        Role::Secondary
+                    };
+                    x.disk = [
+                        Disk::Diskless,
+                        Disk::Inconsistent,
+                        Disk::Outdated,
+                        Disk::Consistent,
+                        Disk::UpToDate,
+                    ][disk];
+                    x.last_seq = last_seq;
+                    x
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn both_sides_agree(a in arb_hello(0), b in arb_hello(1), pol in 0u8..4) {
+            let policy = [SplitBrainPolicy::Disconnect, SplitBrainPolicy::DiscardZeroChanges,
+                SplitBrainPolicy::DiscardLeastChanges, SplitBrainPolicy::DiscardNode(1)][pol as usize];
+            prop_assert_eq!(decide(&a, &b, policy), decide(&b, &a, policy).mirror());
+        }
+
+        #[test]
+        fn never_overwrite_an_up_to_date_node_from_a_worse_one(a in arb_hello(0), b in arb_hello(1)) {
+            let d = decide(&a, &b, P);
+            if !a.discard_my_data && !b.discard_my_data && a.disk == Disk::UpToDate && b.disk < Disk::Outdated {
+                prop_assert!(!matches!(d, Decision::BitmapTarget | Decision::FullTarget), "{:?}", d);
+            }
+        }
+    }
+}

@@ -1,0 +1,1273 @@
+//! A deterministic simulator for the replication core.
+//!
+//! One seed fixes everything: the cluster shape (2–5 diskful nodes, 0–2 diskless
+//! tiebreakers), the protocol, and a schedule of faults (links cut and healed,
+//! connections reset, nodes crashed and restarted, failovers) run against a client
+//! workload. Time is simulated; the same seed replays the same run exactly.
+//!
+//! After every run the oracle checks:
+//! 1. no write acknowledged as durable (FUA, or acked before an acked FLUSH was sent)
+//!    is missing on a node when it becomes primary, or on any replica at the end;
+//! 2. reads return the latest acknowledged write or a later one (after a crash, the
+//!    latest durable one or later);
+//! 3. never two nodes completing writes as primaries in overlapping periods, and never
+//!    a promotion of data that is not UpToDate;
+//! 4. after healing and quiescence, every replica is UpToDate, byte-identical, and no
+//!    bitmap bit is set;
+//! 5. liveness: that state is reached within a bounded simulated time after healing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use replica::core::{
+    Action, Admin, Config, ConnState, Event, NodeConf, Persistent, Protocol, Repl, Replica,
+};
+use replica::decide::SplitBrainPolicy;
+use replica::quorum::QuorumPolicy;
+use wire::{Disk, Msg, NodeId, Role};
+
+pub const BLOCKS: u64 = 256;
+const MS: u64 = 1000;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Keep and return the whole trace, not only its tail.
+    pub trace: bool,
+    /// Simulated time of the fault phase (µs).
+    pub chaos_us: u64,
+    /// Bound on reaching a healed, in-sync cluster after healing (µs).
+    pub heal_bound_us: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            trace: false,
+            chaos_us: 15_000 * MS,
+            heal_bound_us: 120_000 * MS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub events: u64,
+    pub diskful: usize,
+    pub diskless: usize,
+    pub writes_acked: u64,
+    pub reads_checked: u64,
+    pub promotions: u64,
+    pub crashes: u64,
+    pub cuts: u64,
+    pub resync_blocks: u64,
+    pub healed_after_us: u64,
+    pub trace: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub seed: u64,
+    pub invariant: u8,
+    pub message: String,
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "seed {}: invariant {} violated: {}",
+            self.seed, self.invariant, self.message
+        )?;
+        writeln!(
+            f,
+            "replay with: cargo run -p sim -- --seed {} --trace",
+            self.seed
+        )?;
+        writeln!(f, "last {} trace lines:", self.trace.len())?;
+        for l in &self.trace {
+            writeln!(f, "  {l}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        to: NodeId,
+        from: NodeId,
+        conn: u64,
+        msg: Msg,
+    },
+    Disconnected {
+        node: NodeId,
+        peer: NodeId,
+        conn: u64,
+    },
+    DiskDone {
+        node: NodeId,
+        inc: u64,
+        tag: u64,
+    },
+    Tick {
+        node: NodeId,
+        inc: u64,
+    },
+    Connect,
+    Client,
+    Chaos,
+    Restart {
+        node: NodeId,
+    },
+    Heal,
+    Check,
+}
+
+#[derive(Debug)]
+enum DiskOp {
+    Write {
+        block: u64,
+        values: Vec<u64>,
+        fua: bool,
+    },
+    Read {
+        block: u64,
+        count: u32,
+    },
+    Flush {
+        snapshot: Vec<(u64, u64)>,
+    },
+}
+
+#[derive(Debug)]
+struct SimDisk {
+    durable: Vec<u64>,
+    cache: BTreeMap<u64, u64>,
+    ops: BTreeMap<u64, DiskOp>,
+}
+
+impl SimDisk {
+    fn value(&self, b: u64) -> u64 {
+        self.cache
+            .get(&b)
+            .copied()
+            .unwrap_or(self.durable[b as usize])
+    }
+}
+
+struct Node {
+    id: NodeId,
+    diskful: bool,
+    cfg: Config,
+    core: Option<Replica>,
+    md: Persistent,
+    disk: SimDisk,
+    inc: u64,
+    primary_since: Option<u64>,
+    last_ok: Option<u64>,
+}
+
+struct Conn {
+    id: u64,
+    alive: bool,
+    /// Delivery time of the last message per direction (lower id -> higher, reverse).
+    last: [u64; 2],
+}
+
+#[derive(Debug, Clone)]
+struct WriteRec {
+    id: u64,
+    acked_at: Option<u64>,
+    durable: bool,
+}
+
+#[derive(Debug)]
+enum ClientOp {
+    Write {
+        block: u64,
+        count: u32,
+        fua: bool,
+    },
+    Read {
+        block: u64,
+        count: u32,
+        submitted: u64,
+    },
+    Flush {
+        submitted: u64,
+    },
+}
+
+struct Sim {
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    nodes: Vec<Node>,
+    conns: BTreeMap<(NodeId, NodeId), Conn>,
+    /// Disconnect notices not yet delivered: (node, peer) -> connection.
+    notices: BTreeMap<(NodeId, NodeId), u64>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    next_conn: u64,
+    client_node: Option<NodeId>,
+    inflight: BTreeMap<u64, (NodeId, ClientOp)>,
+    next_id: u64,
+    blocks: Vec<Vec<WriteRec>>,
+    last_crash: u64,
+    failover: Option<(NodeId, u64)>,
+    promoting: BTreeSet<NodeId>,
+    chaos_end: u64,
+    healing: Option<u64>,
+    done: bool,
+    trace: Vec<String>,
+    keep_trace: bool,
+    out: Outcome,
+    violation: Option<(u8, String)>,
+}
+
+fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+    if a < b { (a, b) } else { (b, a) }
+}
+
+fn values_of(data: &[u8]) -> Vec<u64> {
+    data.chunks(8)
+        .map(|c| {
+            let mut a = [0u8; 8];
+            a[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(a)
+        })
+        .collect()
+}
+
+fn bytes_of(values: &[u64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Runs one seed.
+pub fn run(seed: u64, opts: &Options) -> Result<Outcome, Violation> {
+    let mut sim = Sim::new(seed, opts);
+    sim.main_loop();
+    let trace = if opts.trace {
+        sim.trace.clone()
+    } else {
+        sim.trace.iter().rev().take(60).rev().cloned().collect()
+    };
+    match sim.violation.take() {
+        Some((invariant, message)) => Err(Violation {
+            seed,
+            invariant,
+            message,
+            trace,
+        }),
+        None => {
+            let mut out = std::mem::take(&mut sim.out);
+            out.trace = if opts.trace { trace } else { Vec::new() };
+            Ok(out)
+        }
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, opts: &Options) -> Sim {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let diskful = rng.range(2, 5) as usize;
+        let diskless = if diskful % 2 == 0 {
+            rng.range(1, 2) as usize
+        } else {
+            rng.range(0, 1) as usize
+        };
+        let protocol = if rng.chance(25) {
+            Protocol::A
+        } else {
+            Protocol::C
+        };
+        let fresh_node = if rng.chance(20) {
+            Some(diskful as NodeId - 1)
+        } else {
+            None
+        };
+        let confs: Vec<NodeConf> = (0..(diskful + diskless))
+            .map(|i| NodeConf {
+                id: i as NodeId,
+                diskful: i < diskful,
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for c in &confs {
+            let cfg = Config {
+                node: c.id,
+                nodes: confs.clone(),
+                size_blocks: BLOCKS,
+                protocol,
+                quorum: QuorumPolicy::Majority,
+                split_brain: SplitBrainPolicy::Disconnect,
+                al_extents: 12,
+                extent_blocks: 8,
+                resync_inflight: 8,
+                resync_per_tick: 4,
+                promote_timeout_ms: 2000,
+                grant_lease_ms: 1000,
+                max_queued: 256,
+            };
+            let md = if !c.diskful || fresh_node == Some(c.id) {
+                Persistent::new_fresh(&cfg)
+            } else {
+                Persistent::new_in_sync(&cfg, 0x1000)
+            };
+            let core_seed = rng.next();
+            nodes.push(Node {
+                id: c.id,
+                diskful: c.diskful,
+                core: Some(Replica::new(cfg.clone(), md.clone(), core_seed)),
+                cfg,
+                md,
+                disk: SimDisk {
+                    durable: vec![0; BLOCKS as usize],
+                    cache: BTreeMap::new(),
+                    ops: BTreeMap::new(),
+                },
+                inc: 0,
+                primary_since: None,
+                last_ok: None,
+            });
+        }
+        let mut sim = Sim {
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            nodes,
+            conns: BTreeMap::new(),
+            notices: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            next_conn: 1,
+            client_node: None,
+            inflight: BTreeMap::new(),
+            next_id: 1,
+            blocks: vec![Vec::new(); BLOCKS as usize],
+            last_crash: 0,
+            failover: None,
+            promoting: BTreeSet::new(),
+            chaos_end: opts.chaos_us,
+            healing: None,
+            done: false,
+            trace: Vec::new(),
+            keep_trace: opts.trace,
+            out: Outcome {
+                diskful,
+                diskless,
+                ..Outcome::default()
+            },
+            violation: None,
+        };
+        sim.log(format!(
+            "cluster: {diskful} diskful + {diskless} diskless, protocol {protocol:?}, fresh node {fresh_node:?}"
+        ));
+        for n in 0..sim.nodes.len() {
+            let at = sim.rng.range(0, 100 * MS);
+            sim.schedule(
+                at,
+                Ev::Tick {
+                    node: n as NodeId,
+                    inc: 0,
+                },
+            );
+        }
+        sim.schedule(0, Ev::Connect);
+        sim.schedule(50 * MS, Ev::Client);
+        sim.schedule(500 * MS, Ev::Chaos);
+        sim.schedule(opts.chaos_us, Ev::Heal);
+        // Start with node 0 primary once connected.
+        sim.promote_later(0, 300 * MS);
+        sim
+    }
+
+    fn log(&mut self, s: String) {
+        let line = format!("{:>10.3}ms {s}", self.now as f64 / 1000.0);
+        self.trace.push(line);
+        if !self.keep_trace && self.trace.len() > 4000 {
+            self.trace.drain(..2000);
+        }
+    }
+
+    fn schedule(&mut self, after: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((self.now + after, self.seq), ev);
+    }
+
+    fn violate(&mut self, invariant: u8, msg: String) {
+        if self.violation.is_none() {
+            self.log(format!("VIOLATION of invariant {invariant}: {msg}"));
+            self.violation = Some((invariant, msg));
+        }
+    }
+
+    fn main_loop(&mut self) {
+        let hard_stop = self.chaos_end + 200_000 * MS;
+        while let Some(((t, _), ev)) = self.queue.pop_first() {
+            self.now = t;
+            self.out.events += 1;
+            self.event(ev);
+            if self.violation.is_some() || self.done {
+                return;
+            }
+            if self.now > hard_stop || self.out.events > 5_000_000 {
+                self.violate(
+                    5,
+                    "simulation did not settle (event or time budget exhausted)".into(),
+                );
+                return;
+            }
+        }
+    }
+
+    fn event(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver {
+                to,
+                from,
+                conn,
+                msg,
+            } => {
+                let live = self
+                    .conns
+                    .get(&pair(to, from))
+                    .is_some_and(|c| c.alive && c.id == conn);
+                if live {
+                    self.feed(to, Event::Message { from, msg });
+                }
+            }
+            Ev::Disconnected { node, peer, conn } => {
+                // A notice for a connection of an earlier incarnation is void.
+                if self.notices.get(&(node, peer)) == Some(&conn) {
+                    self.notices.remove(&(node, peer));
+                    self.feed(node, Event::PeerDisconnected { peer });
+                }
+            }
+            Ev::DiskDone { node, inc, tag } => self.disk_done(node, inc, tag),
+            Ev::Tick { node, inc } => {
+                if self.nodes[node as usize].inc == inc && self.nodes[node as usize].core.is_some()
+                {
+                    let now_ms = self.now / MS;
+                    self.feed(node, Event::Tick { now: now_ms });
+                    self.schedule(100 * MS, Ev::Tick { node, inc });
+                }
+            }
+            Ev::Connect => {
+                self.try_connect();
+                self.schedule(200 * MS, Ev::Connect);
+            }
+            Ev::Client => {
+                self.client_step();
+                let next = self.rng.range(MS, 8 * MS);
+                self.schedule(next, Ev::Client);
+            }
+            Ev::Chaos => {
+                if self.healing.is_none() {
+                    self.chaos_step();
+                    let next = self.rng.range(200 * MS, 1500 * MS);
+                    self.schedule(next, Ev::Chaos);
+                }
+            }
+            Ev::Restart { node } => self.restart(node),
+            Ev::Heal => self.heal(),
+            Ev::Check => self.check_quiescent(),
+        }
+    }
+
+    /// Hands one event to a node's core and carries out its actions.
+    fn feed(&mut self, node: NodeId, ev: Event) {
+        let n = &mut self.nodes[node as usize];
+        let Some(core) = n.core.as_mut() else { return };
+        let actions = core.handle(ev);
+        for a in actions {
+            self.action(node, a);
+            if self.nodes[node as usize].core.is_none() {
+                return;
+            }
+        }
+        self.check_writers(node);
+    }
+
+    fn action(&mut self, node: NodeId, a: Action) {
+        let inc = self.nodes[node as usize].inc;
+        match a {
+            Action::DiskWrite {
+                tag,
+                block,
+                count: _,
+                data,
+                fua,
+            } => {
+                let values = values_of(&data);
+                let lat = self.disk_latency();
+                self.nodes[node as usize]
+                    .disk
+                    .ops
+                    .insert(tag, DiskOp::Write { block, values, fua });
+                self.schedule(lat, Ev::DiskDone { node, inc, tag });
+            }
+            Action::DiskRead { tag, block, count } => {
+                let lat = self.disk_latency();
+                self.nodes[node as usize]
+                    .disk
+                    .ops
+                    .insert(tag, DiskOp::Read { block, count });
+                self.schedule(lat, Ev::DiskDone { node, inc, tag });
+            }
+            Action::DiskFlush { tag } => {
+                let snapshot: Vec<(u64, u64)> = self.nodes[node as usize]
+                    .disk
+                    .cache
+                    .iter()
+                    .map(|(b, v)| (*b, *v))
+                    .collect();
+                let lat = self.disk_latency() * 2;
+                self.nodes[node as usize]
+                    .disk
+                    .ops
+                    .insert(tag, DiskOp::Flush { snapshot });
+                self.schedule(lat, Ev::DiskDone { node, inc, tag });
+            }
+            Action::PersistMd(md) => self.nodes[node as usize].md = *md,
+            Action::Send { to, msg } => self.send(node, to, msg),
+            Action::Disconnect { peer } => self.close_conn(node, peer, 1, 20),
+            Action::Complete { id, result } => self.complete(node, id, result),
+            Action::PromoteResult(r) => {
+                self.promoting.remove(&node);
+                match r {
+                    Ok(()) => self.promoted(node),
+                    Err(e) => self.log(format!("n{node} promotion refused: {e}")),
+                }
+            }
+            Action::State(s) => {
+                if let replica::core::StateChange::Role(Role::Secondary) = s {
+                    self.nodes[node as usize].primary_since = None;
+                }
+                self.log(format!("n{node} {s:?}"));
+            }
+        }
+    }
+
+    fn disk_latency(&mut self) -> u64 {
+        if self.rng.chance(3) {
+            self.rng.range(5 * MS, 30 * MS)
+        } else {
+            self.rng.range(50, 2 * MS)
+        }
+    }
+
+    fn net_latency(&mut self) -> u64 {
+        if self.rng.chance(2) {
+            self.rng.range(50 * MS, 300 * MS)
+        } else {
+            self.rng.range(100, 3 * MS)
+        }
+    }
+
+    fn disk_done(&mut self, node: NodeId, inc: u64, tag: u64) {
+        let n = &mut self.nodes[node as usize];
+        if n.inc != inc || n.core.is_none() {
+            return;
+        }
+        let Some(op) = n.disk.ops.remove(&tag) else {
+            return;
+        };
+        let data = match op {
+            DiskOp::Write { block, values, fua } => {
+                for (i, v) in values.iter().enumerate() {
+                    let b = block + i as u64;
+                    if fua {
+                        n.disk.cache.remove(&b);
+                        n.disk.durable[b as usize] = *v;
+                    } else {
+                        n.disk.cache.insert(b, *v);
+                    }
+                }
+                None
+            }
+            DiskOp::Read { block, count } => {
+                let v: Vec<u64> = (block..block + u64::from(count))
+                    .map(|b| n.disk.value(b))
+                    .collect();
+                Some(bytes_of(&v))
+            }
+            DiskOp::Flush { snapshot } => {
+                for (b, v) in snapshot {
+                    n.disk.durable[b as usize] = v;
+                    if n.disk.cache.get(&b) == Some(&v) {
+                        n.disk.cache.remove(&b);
+                    }
+                }
+                None
+            }
+        };
+        self.feed(
+            node,
+            Event::DiskDone {
+                tag,
+                ok: true,
+                data,
+            },
+        );
+    }
+
+    // ---- network ----
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: Msg) {
+        // Every message goes through the real codec.
+        let bytes = msg.encode();
+        let decoded = match Msg::decode(&bytes) {
+            Ok((m, used)) if used == bytes.len() && m == msg => m,
+            other => {
+                self.violate(
+                    0,
+                    format!("wire codec round trip failed for {msg:?}: {other:?}"),
+                );
+                return;
+            }
+        };
+        if matches!(decoded, Msg::ResyncData { .. }) {
+            self.out.resync_blocks += 1;
+        }
+        let lat = self.net_latency();
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&pair(from, to)) else {
+            return;
+        };
+        if !c.alive {
+            return;
+        }
+        let dir = usize::from(from > to);
+        let at = c.last[dir].max(now + lat);
+        c.last[dir] = at;
+        let id = c.id;
+        self.schedule(
+            at - now,
+            Ev::Deliver {
+                to,
+                from,
+                conn: id,
+                msg: decoded,
+            },
+        );
+    }
+
+    fn close_conn(&mut self, a: NodeId, b: NodeId, lo_ms: u64, hi_ms: u64) {
+        let key = pair(a, b);
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if !c.alive {
+            return;
+        }
+        c.alive = false;
+        let conn = c.id;
+        self.conns.remove(&key);
+        self.log(format!("connection n{a}-n{b} closed"));
+        for (x, y) in [(a, b), (b, a)] {
+            if self.nodes[x as usize].core.is_some() {
+                self.notices.insert((x, y), conn);
+                let d = self.rng.range(lo_ms * MS, hi_ms * MS);
+                self.schedule(
+                    d,
+                    Ev::Disconnected {
+                        node: x,
+                        peer: y,
+                        conn,
+                    },
+                );
+            }
+        }
+    }
+
+    fn try_connect(&mut self) {
+        let n = self.nodes.len() as NodeId;
+        for a in 0..n {
+            for b in (a + 1)..n {
+                if self.conns.contains_key(&(a, b))
+                    || self.cut.contains(&(a, b))
+                    || self.notices.contains_key(&(a, b))
+                    || self.notices.contains_key(&(b, a))
+                {
+                    continue;
+                }
+                let (Some(ca), Some(cb)) =
+                    (&self.nodes[a as usize].core, &self.nodes[b as usize].core)
+                else {
+                    continue;
+                };
+                if !ca.wants_connection(b) || !cb.wants_connection(a) {
+                    continue;
+                }
+                let id = self.next_conn;
+                self.next_conn += 1;
+                self.conns.insert(
+                    (a, b),
+                    Conn {
+                        id,
+                        alive: true,
+                        last: [self.now, self.now],
+                    },
+                );
+                self.log(format!("connection n{a}-n{b} up"));
+                let (first, second) = if self.rng.chance(50) { (a, b) } else { (b, a) };
+                let other = |x: NodeId| if x == a { b } else { a };
+                self.feed(first, Event::PeerConnected { peer: other(first) });
+                self.feed(
+                    second,
+                    Event::PeerConnected {
+                        peer: other(second),
+                    },
+                );
+            }
+        }
+    }
+
+    // ---- faults ----
+
+    fn chaos_step(&mut self) {
+        let n = self.nodes.len() as u64;
+        let roll = self.rng.below(100);
+        let a = self.rng.below(n) as NodeId;
+        let mut b = self.rng.below(n) as NodeId;
+        if a == b {
+            b = ((u64::from(b) + 1) % n) as NodeId;
+        }
+        match roll {
+            0..=21 => {
+                if self.cut.insert(pair(a, b)) {
+                    self.out.cuts += 1;
+                    self.log(format!("chaos: cut link n{a}-n{b}"));
+                    self.close_conn(a, b, 300, 1500);
+                }
+            }
+            22..=41 => {
+                if let Some(&l) = self
+                    .cut
+                    .iter()
+                    .nth(self.rng.below(self.cut.len().max(1) as u64) as usize)
+                {
+                    self.cut.remove(&l);
+                    self.log(format!("chaos: heal link n{}-n{}", l.0, l.1));
+                }
+            }
+            42..=51 => {
+                if self.nodes[a as usize].core.is_some() {
+                    self.crash(a);
+                    let d = self.rng.range(300 * MS, 4000 * MS);
+                    self.schedule(d, Ev::Restart { node: a });
+                }
+            }
+            52..=61 => {
+                if self.conns.contains_key(&pair(a, b)) {
+                    self.log(format!("chaos: reset connection n{a}-n{b}"));
+                    self.close_conn(a, b, 1, 50);
+                }
+            }
+            62..=76 => {
+                let target = self.rng.below(self.nodes.len() as u64) as NodeId;
+                if self.nodes[target as usize].diskful && self.failover.is_none() {
+                    self.log(format!("chaos: failover to n{target}"));
+                    self.failover = Some((target, self.now));
+                }
+            }
+            77..=88 => {
+                let has_primary = self.client_node.is_some_and(|c| {
+                    self.nodes[c as usize]
+                        .core
+                        .as_ref()
+                        .is_some_and(|r| r.role() == Role::Primary)
+                });
+                if !has_primary && self.nodes[a as usize].diskful {
+                    self.promote_later(a, 0);
+                }
+            }
+            _ => {
+                self.log(format!("chaos: isolate n{a}"));
+                for o in 0..n as NodeId {
+                    if o != a && self.cut.insert(pair(a, o)) {
+                        self.out.cuts += 1;
+                        self.close_conn(a, o, 300, 1500);
+                    }
+                }
+            }
+        }
+    }
+
+    fn crash(&mut self, node: NodeId) {
+        self.out.crashes += 1;
+        self.last_crash = self.now;
+        self.log(format!("chaos: crash n{node}"));
+        let peers: Vec<NodeId> = (0..self.nodes.len() as NodeId)
+            .filter(|p| *p != node)
+            .collect();
+        for p in peers {
+            self.close_conn(node, p, 300, 1500);
+            self.notices.remove(&(node, p));
+        }
+        let keep: Vec<bool> = (0..self.nodes[node as usize].disk.cache.len())
+            .map(|_| self.rng.chance(50))
+            .collect();
+        let n = &mut self.nodes[node as usize];
+        n.core = None;
+        n.inc += 1;
+        n.primary_since = None;
+        n.disk.ops.clear();
+        let cache = std::mem::take(&mut n.disk.cache);
+        for ((b, v), k) in cache.into_iter().zip(keep) {
+            if k {
+                n.disk.durable[b as usize] = v;
+            }
+        }
+        if self.client_node == Some(node) {
+            self.client_node = None;
+        }
+        self.inflight.retain(|_, (at, _)| *at != node);
+        self.promoting.remove(&node);
+    }
+
+    fn restart(&mut self, node: NodeId) {
+        if self.nodes[node as usize].core.is_some() {
+            return;
+        }
+        let seed = self.rng.next();
+        let n = &mut self.nodes[node as usize];
+        n.core = Some(Replica::new(n.cfg.clone(), n.md.clone(), seed));
+        let inc = n.inc;
+        self.log(format!("restart n{node}"));
+        self.schedule(MS, Ev::Tick { node, inc });
+    }
+
+    fn heal(&mut self) {
+        self.log("heal: links restored, crashed nodes restarted, client stopped".into());
+        self.cut.clear();
+        for n in 0..self.nodes.len() as NodeId {
+            self.restart(n);
+        }
+        self.failover = None;
+        self.healing = Some(self.now);
+        self.schedule(500 * MS, Ev::Check);
+    }
+
+    // ---- admin ----
+
+    fn promote_later(&mut self, node: NodeId, _after: u64) {
+        if self.promoting.contains(&node) || self.healing.is_some() {
+            return;
+        }
+        if self.nodes[node as usize].core.is_none() {
+            return;
+        }
+        self.promoting.insert(node);
+        self.log(format!("admin: primary on n{node}"));
+        self.feed(node, Event::Admin(Admin::Primary { force: false }));
+    }
+
+    fn promoted(&mut self, node: NodeId) {
+        self.out.promotions += 1;
+        self.log(format!("n{node} is primary"));
+        let Some(core) = &self.nodes[node as usize].core else {
+            return;
+        };
+        if core.disk() != Disk::UpToDate {
+            let d = core.disk();
+            self.violate(3, format!("n{node} promoted with disk {d:?}"));
+            return;
+        }
+        self.nodes[node as usize].primary_since = Some(self.now);
+        self.client_node = Some(node);
+        self.check_durable(node, "at its promotion");
+    }
+
+    // ---- client and oracle ----
+
+    fn client_step(&mut self) {
+        if self.healing.is_some() {
+            return;
+        }
+        if let Some((target, since)) = self.failover {
+            let pending = self.inflight.len();
+            let old = self.client_node;
+            if pending == 0 || self.now > since + 3000 * MS {
+                self.failover = None;
+                if let Some(o) = old {
+                    self.log(format!("admin: secondary on n{o}"));
+                    self.feed(o, Event::Admin(Admin::Secondary));
+                    self.client_node = None;
+                }
+                self.promote_later(target, 0);
+            }
+            return;
+        }
+        let Some(node) = self.client_node else {
+            // No primary: the administrator tries one now and then.
+            if self.promoting.is_empty() && self.rng.chance(2) {
+                let c = self.rng.below(self.nodes.len() as u64) as NodeId;
+                if self.nodes[c as usize].diskful {
+                    self.promote_later(c, 0);
+                }
+            }
+            return;
+        };
+        if self.inflight.len() >= 8 {
+            return;
+        }
+        let roll = self.rng.below(100);
+        let id = self.next_id;
+        self.next_id += 1;
+        if roll < 62 {
+            let count = self.rng.range(1, 4) as u32;
+            let block = self.rng.below(BLOCKS - u64::from(count) + 1);
+            let overlaps = self.inflight.values().any(|(_, op)| match op {
+                ClientOp::Write {
+                    block: b, count: c, ..
+                } => *b < block + u64::from(count) && block < b + u64::from(*c),
+                _ => false,
+            });
+            if overlaps {
+                return;
+            }
+            let fua = self.rng.chance(8);
+            for b in block..block + u64::from(count) {
+                self.blocks[b as usize].push(WriteRec {
+                    id,
+                    acked_at: None,
+                    durable: false,
+                });
+            }
+            self.log(format!(
+                "client: write {id} to blocks {block}..{} on n{node}",
+                block + u64::from(count)
+            ));
+            self.inflight
+                .insert(id, (node, ClientOp::Write { block, count, fua }));
+            let data = bytes_of(&vec![id; count as usize]);
+            self.feed(
+                node,
+                Event::ClientWrite {
+                    id,
+                    block,
+                    count,
+                    data,
+                    fua,
+                },
+            );
+        } else if roll < 88 {
+            let count = self.rng.range(1, 4) as u32;
+            let block = self.rng.below(BLOCKS - u64::from(count) + 1);
+            self.inflight.insert(
+                id,
+                (
+                    node,
+                    ClientOp::Read {
+                        block,
+                        count,
+                        submitted: self.now,
+                    },
+                ),
+            );
+            self.feed(node, Event::ClientRead { id, block, count });
+        } else {
+            self.inflight.insert(
+                id,
+                (
+                    node,
+                    ClientOp::Flush {
+                        submitted: self.now,
+                    },
+                ),
+            );
+            self.feed(node, Event::ClientFlush { id });
+        }
+    }
+
+    fn complete(
+        &mut self,
+        node: NodeId,
+        id: u64,
+        result: Result<Option<Vec<u8>>, replica::core::IoError>,
+    ) {
+        let Some((at, op)) = self.inflight.remove(&id) else {
+            return;
+        };
+        if at != node {
+            self.violate(
+                0,
+                format!("n{node} completed request {id} that was sent to n{at}"),
+            );
+            return;
+        }
+        let ok = result.is_ok();
+        match op {
+            ClientOp::Write { block, count, fua } => {
+                self.log(format!("client: write {id} -> {result:?}"));
+                if ok {
+                    self.out.writes_acked += 1;
+                    for b in block..block + u64::from(count) {
+                        if let Some(r) = self.blocks[b as usize].iter_mut().find(|r| r.id == id) {
+                            r.acked_at = Some(self.now);
+                            r.durable |= fua;
+                        }
+                    }
+                }
+            }
+            ClientOp::Flush { submitted } => {
+                if ok {
+                    for recs in &mut self.blocks {
+                        for r in recs.iter_mut() {
+                            if r.acked_at.is_some_and(|t| t <= submitted) {
+                                r.durable = true;
+                            }
+                        }
+                    }
+                }
+            }
+            ClientOp::Read {
+                block,
+                count,
+                submitted,
+            } => {
+                if let Ok(Some(data)) = result {
+                    self.out.reads_checked += 1;
+                    let vals = values_of(&data);
+                    for (i, v) in vals.iter().enumerate().take(count as usize) {
+                        let b = block + i as u64;
+                        if let Err(e) = self.allowed(b, *v, Some(submitted)) {
+                            self.violate(
+                                2,
+                                format!(
+                                    "read on n{node} of block {b} at {submitted}us returned {e}"
+                                ),
+                            );
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if ok && !matches!(self.violation, Some(_)) {
+            self.nodes[node as usize].last_ok = Some(self.now);
+        }
+    }
+
+    /// Whether `v` may be the content of block `b`: for a read submitted at `read_at`,
+    /// at least the latest write acknowledged before it (or, after a crash, the latest
+    /// durable one); otherwise at least the latest durable write.
+    fn allowed(&self, b: u64, v: u64, read_at: Option<u64>) -> Result<(), String> {
+        let recs = &self.blocks[b as usize];
+        if v != 0 && !recs.iter().any(|r| r.id == v) {
+            return Err(format!("{v}, which was never written to this block"));
+        }
+        let durable = recs.iter().rev().find(|r| r.durable).map(|r| r.id);
+        let floor = match read_at {
+            Some(t) => {
+                let acked = recs
+                    .iter()
+                    .rev()
+                    .find(|r| r.acked_at.is_some_and(|a| a < t));
+                match acked {
+                    Some(r) if r.durable || r.acked_at.is_some_and(|a| a > self.last_crash) => {
+                        Some(r.id)
+                    }
+                    _ => durable,
+                }
+            }
+            None => durable,
+        };
+        match floor {
+            Some(f) if v < f => Err(format!("{v}, older than write {f} which must be visible")),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_durable(&mut self, node: NodeId, when: &str) {
+        for b in 0..BLOCKS {
+            let v = self.nodes[node as usize].disk.value(b);
+            if let Err(e) = self.allowed(b, v, None) {
+                self.violate(1, format!("n{node} {when}: block {b} holds {e}"));
+                return;
+            }
+        }
+    }
+
+    /// Invariant 3: two primaries never both complete writes in overlapping periods.
+    fn check_writers(&mut self, node: NodeId) {
+        let Some(since) = self.nodes[node as usize].primary_since else {
+            return;
+        };
+        let Some(last) = self.nodes[node as usize].last_ok else {
+            return;
+        };
+        if last < since {
+            return;
+        }
+        for o in &self.nodes {
+            if o.id == node {
+                continue;
+            }
+            let is_primary = o.core.as_ref().is_some_and(|c| c.role() == Role::Primary);
+            if let (true, Some(os), Some(ol)) = (is_primary, o.primary_since, o.last_ok)
+                && ol >= since
+                && last >= os
+            {
+                let msg = format!("n{node} and n{} both completed writes as primaries", o.id);
+                self.violate(3, msg);
+                return;
+            }
+        }
+    }
+
+    fn check_quiescent(&mut self) {
+        let Some(start) = self.healing else { return };
+        let mut why = None;
+        'outer: for n in &self.nodes {
+            let Some(core) = &n.core else {
+                why = Some(format!("n{} is down", n.id));
+                break;
+            };
+            let st = core.status();
+            if n.diskful && st.disk != Disk::UpToDate {
+                why = Some(format!("n{} disk is {:?}", n.id, st.disk));
+                break;
+            }
+            if st.pending_writes > 0 {
+                why = Some(format!(
+                    "n{} has {} writes pending",
+                    n.id, st.pending_writes
+                ));
+                break;
+            }
+            for p in &st.peers {
+                if p.conn != ConnState::Connected
+                    || !matches!(p.repl, Repl::Established | Repl::Deferred)
+                {
+                    why = Some(format!(
+                        "n{} sees n{} as {:?}/{:?}",
+                        n.id, p.id, p.conn, p.repl
+                    ));
+                    break 'outer;
+                }
+                if p.out_of_sync_blocks > 0 {
+                    why = Some(format!(
+                        "n{} has {} blocks marked for n{}",
+                        n.id, p.out_of_sync_blocks, p.id
+                    ));
+                    break 'outer;
+                }
+            }
+        }
+        match why {
+            None => {
+                self.out.healed_after_us = self.now - start;
+                self.final_checks();
+                self.done = true;
+            }
+            Some(w) if self.now > start + self.heal_bound() => {
+                let reasons: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| {
+                        let core = n.core.as_ref()?;
+                        let sa: Vec<String> = core
+                            .status()
+                            .peers
+                            .iter()
+                            .filter_map(|p| {
+                                core.standalone_reason(p.id)
+                                    .map(|r| format!("n{}->n{}: {r}", n.id, p.id))
+                            })
+                            .collect();
+                        Some(sa.join("; "))
+                    })
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                self.violate(
+                    5,
+                    format!(
+                        "not healed {}s after healing: {w}. {}",
+                        self.heal_bound() / 1_000_000,
+                        reasons.join(" | ")
+                    ),
+                );
+            }
+            Some(_) => self.schedule(500 * MS, Ev::Check),
+        }
+    }
+
+    fn heal_bound(&self) -> u64 {
+        120_000 * MS
+    }
+
+    fn final_checks(&mut self) {
+        let diskful: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.diskful)
+            .map(|n| n.id)
+            .collect();
+        let Some(&first) = diskful.first() else {
+            return;
+        };
+        for &n in &diskful {
+            self.check_durable(n, "after healing");
+            if self.violation.is_some() {
+                return;
+            }
+            for b in 0..BLOCKS {
+                let (x, y) = (
+                    self.nodes[first as usize].disk.value(b),
+                    self.nodes[n as usize].disk.value(b),
+                );
+                if x != y {
+                    let all: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .filter(|m| m.diskful)
+                        .map(|m| format!("n{}={}", m.id, m.disk.value(b)))
+                        .collect();
+                    let recs = format!("{:?}", self.blocks[b as usize]);
+                    self.violate(
+                        4,
+                        format!("after healing n{first} and n{n} differ at block {b}: {x} vs {y}; all: {}; writes: {recs}", all.join(" ")),
+                    );
+                    return;
+                }
+            }
+        }
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "healed and identical after {:.1}s",
+            self.out.healed_after_us as f64 / 1e6
+        );
+        self.log(s);
+    }
+}
+
+/// Runs seeds `start..start+count`; returns the first violation, if any.
+pub fn run_many(start: u64, count: u64, opts: &Options) -> Result<Vec<Outcome>, Violation> {
+    (start..start + count).map(|s| run(s, opts)).collect()
+}

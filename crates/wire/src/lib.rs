@@ -1,0 +1,751 @@
+//! The replication protocol between the nodes of a resource.
+//!
+//! Every frame starts with the protocol version, so that a peer speaking another version
+//! is refused at its first byte; then a message kind, the payload length and the
+//! payload. Every payload that carries volume data also carries the CRC32C of that data,
+//! checked on decode. All integers are little-endian. Decoding never panics and never
+//! allocates more than the frame's declared length, which is itself bounded.
+
+use thiserror::Error;
+
+pub const VERSION: u8 = 1;
+/// Frame header: version, kind, payload length (u32).
+pub const HEADER_LEN: usize = 6;
+/// Largest payload accepted: a 32 MiB write plus its header fields.
+pub const MAX_PAYLOAD: usize = (32 << 20) + 4096;
+/// Most UUIDs in a history, bitmap words in one chunk, and similar lists.
+pub const MAX_LIST: usize = 1 << 16;
+/// Longest human-readable reason carried in a message.
+pub const MAX_REASON: usize = 1024;
+
+pub type NodeId = u8;
+
+/// Role of a node as seen on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Secondary = 0,
+    Primary = 1,
+}
+
+/// Disk state of a node as seen on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Disk {
+    Diskless = 0,
+    Inconsistent = 1,
+    Outdated = 2,
+    Consistent = 3,
+    UpToDate = 4,
+}
+
+/// What a node tells a peer when their connection is (re-)established: everything the
+/// peer needs to decide whether and which way to resynchronise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub node: NodeId,
+    pub role: Role,
+    pub disk: Disk,
+    pub size_blocks: u64,
+    pub current: u64,
+    pub history: Vec<u64>,
+    /// Bitmap UUID per peer slot: (peer, uuid), only non-zero entries.
+    pub bitmap_uuids: Vec<(NodeId, u64)>,
+    /// Number of blocks this node has marked out of sync for the receiver.
+    pub dirty_blocks: u64,
+    /// Set by `connect --discard-my-data`: this side gives up its changes.
+    pub discard_my_data: bool,
+    /// The node restarted after a crash while primary.
+    pub crashed_primary: bool,
+    /// The node is connected to a primary (itself excluded).
+    pub primary_present: bool,
+    /// Newest generation this node has seen (for diskless nodes, that has no disk).
+    pub known_current: u64,
+    /// Handshake round, so a reply to an older round is ignored.
+    pub round: u32,
+    /// Highest write sequence number this node holds (its rank among equal
+    /// generations: the longer prefix of the primary's write stream).
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Hello(Hello),
+    /// One chunk of the sender's out-of-sync bitmap for the receiver.
+    Bitmap {
+        round: u32,
+        word_offset: u64,
+        words: Vec<u64>,
+        last: bool,
+    },
+    /// A replicated write. `targets` is the set of nodes (bit per node id) the primary
+    /// sends it to; a receiver marks the others out of sync.
+    Write {
+        seq: u64,
+        block: u64,
+        count: u32,
+        fua: bool,
+        targets: u32,
+        data: Vec<u8>,
+    },
+    WriteAck {
+        seq: u64,
+        ok: bool,
+    },
+    Flush {
+        seq: u64,
+    },
+    FlushAck {
+        seq: u64,
+        ok: bool,
+    },
+    /// Every write up to `seq` reached all of its targets (or was marked for them).
+    PeerAck {
+        seq: u64,
+    },
+    /// The primary lost `node`: writes not yet peer-acked may be missing there.
+    PeerLost {
+        node: NodeId,
+    },
+    /// The primary started a new generation; `lost` are the nodes that missed it.
+    NewUuid {
+        current: u64,
+        previous: u64,
+        lost: u32,
+    },
+    NewUuidAck {
+        current: u64,
+    },
+    RoleChanged {
+        role: Role,
+    },
+    PromoteRequest {
+        id: u64,
+        current: u64,
+        history: Vec<u64>,
+    },
+    PromoteReply {
+        id: u64,
+        granted: bool,
+        reason: String,
+    },
+    ResyncData {
+        block: u64,
+        data: Vec<u8>,
+    },
+    ResyncAck {
+        block: u64,
+        ok: bool,
+    },
+    /// The source finished; the target adopts these generations and this rank.
+    ResyncDone {
+        current: u64,
+        history: Vec<u64>,
+        last_seq: u64,
+    },
+    /// The source's bitmap for a third node: where the target, now holding the
+    /// source's blocks, may differ from that node.
+    OtherBitmap {
+        node: NodeId,
+        word_offset: u64,
+        words: Vec<u64>,
+    },
+    /// The primary's view: these nodes are UpToDate and in sync with it.
+    InSync {
+        mask: u32,
+    },
+    /// The sender leaves cleanly and marks itself Outdated.
+    Leaving,
+    /// Verify: digest of one block from the verify source.
+    VerifyDigest {
+        block: u64,
+        digest: u32,
+    },
+    VerifyResult {
+        block: u64,
+        equal: bool,
+    },
+    VerifyDone,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("need more bytes")]
+    Incomplete,
+    #[error("peer speaks protocol version {0}, we speak {VERSION}")]
+    Version(u8),
+    #[error("unknown message kind {0}")]
+    Kind(u8),
+    #[error("frame of {0} bytes exceeds the limit of {MAX_PAYLOAD}")]
+    TooLarge(usize),
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    #[error("data checksum mismatch in {0} message")]
+    Checksum(&'static str),
+}
+
+struct W(Vec<u8>);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bool(&mut self, v: bool) {
+        self.0.push(u8::from(v));
+    }
+    fn u64s(&mut self, v: &[u64]) {
+        self.u32(v.len() as u32);
+        v.iter().for_each(|x| self.u64(*x));
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.u32(v.len() as u32);
+        self.0.extend_from_slice(v);
+    }
+    /// Data with its CRC32C.
+    fn data(&mut self, v: &[u8]) {
+        self.u32(crc32c::crc32c(v));
+        self.bytes(v);
+    }
+}
+
+struct R<'a> {
+    b: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.b.len() < n {
+            return Err(DecodeError::Malformed(self.what));
+        }
+        let (a, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Malformed(self.what)),
+        }
+    }
+    fn len(&mut self, elem: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        // The remaining bytes bound every list, so no allocation exceeds the frame.
+        if n > MAX_LIST.max(MAX_PAYLOAD) || n.saturating_mul(elem) > self.b.len() {
+            return Err(DecodeError::Malformed(self.what));
+        }
+        Ok(n)
+    }
+    fn u64s(&mut self) -> Result<Vec<u64>, DecodeError> {
+        let n = self.len(8)?;
+        if n > MAX_LIST {
+            return Err(DecodeError::Malformed(self.what));
+        }
+        (0..n).map(|_| self.u64()).collect()
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let n = self.len(1)?;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn data(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let crc = self.u32()?;
+        let d = self.bytes()?;
+        if crc32c::crc32c(&d) != crc {
+            return Err(DecodeError::Checksum(self.what));
+        }
+        Ok(d)
+    }
+    fn text(&mut self) -> Result<String, DecodeError> {
+        let b = self.bytes()?;
+        if b.len() > MAX_REASON {
+            return Err(DecodeError::Malformed(self.what));
+        }
+        String::from_utf8(b).map_err(|_| DecodeError::Malformed(self.what))
+    }
+    fn role(&mut self) -> Result<Role, DecodeError> {
+        match self.u8()? {
+            0 => Ok(Role::Secondary),
+            1 => Ok(Role::Primary),
+            _ => Err(DecodeError::Malformed(self.what)),
+        }
+    }
+    fn disk(&mut self) -> Result<Disk, DecodeError> {
+        Ok(match self.u8()? {
+            0 => Disk::Diskless,
+            1 => Disk::Inconsistent,
+            2 => Disk::Outdated,
+            3 => Disk::Consistent,
+            4 => Disk::UpToDate,
+            _ => return Err(DecodeError::Malformed(self.what)),
+        })
+    }
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Malformed(self.what))
+        }
+    }
+}
+
+impl Msg {
+    fn kind(&self) -> u8 {
+        match self {
+            Msg::Hello(_) => 1,
+            Msg::Bitmap { .. } => 2,
+            Msg::Write { .. } => 3,
+            Msg::WriteAck { .. } => 4,
+            Msg::Flush { .. } => 5,
+            Msg::FlushAck { .. } => 6,
+            Msg::PeerAck { .. } => 7,
+            Msg::PeerLost { .. } => 8,
+            Msg::NewUuid { .. } => 9,
+            Msg::NewUuidAck { .. } => 10,
+            Msg::RoleChanged { .. } => 11,
+            Msg::PromoteRequest { .. } => 12,
+            Msg::PromoteReply { .. } => 13,
+            Msg::ResyncData { .. } => 14,
+            Msg::ResyncAck { .. } => 15,
+            Msg::ResyncDone { .. } => 16,
+            Msg::InSync { .. } => 17,
+            Msg::Leaving => 18,
+            Msg::VerifyDigest { .. } => 19,
+            Msg::VerifyResult { .. } => 20,
+            Msg::VerifyDone => 21,
+            Msg::OtherBitmap { .. } => 22,
+        }
+    }
+
+    /// Encodes one frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = W(Vec::with_capacity(64));
+        match self {
+            Msg::Hello(h) => {
+                w.u8(h.node);
+                w.u8(h.role as u8);
+                w.u8(h.disk as u8);
+                w.u64(h.size_blocks);
+                w.u64(h.current);
+                w.u64s(&h.history);
+                w.u32(h.bitmap_uuids.len() as u32);
+                for (n, u) in &h.bitmap_uuids {
+                    w.u8(*n);
+                    w.u64(*u);
+                }
+                w.u64(h.dirty_blocks);
+                w.bool(h.discard_my_data);
+                w.bool(h.crashed_primary);
+                w.bool(h.primary_present);
+                w.u64(h.known_current);
+                w.u32(h.round);
+                w.u64(h.last_seq);
+            }
+            Msg::Bitmap {
+                round,
+                word_offset,
+                words,
+                last,
+            } => {
+                w.u32(*round);
+                w.u64(*word_offset);
+                w.u64s(words);
+                w.bool(*last);
+            }
+            Msg::Write {
+                seq,
+                block,
+                count,
+                fua,
+                targets,
+                data,
+            } => {
+                w.u64(*seq);
+                w.u64(*block);
+                w.u32(*count);
+                w.bool(*fua);
+                w.u32(*targets);
+                w.data(data);
+            }
+            Msg::WriteAck { seq, ok } | Msg::FlushAck { seq, ok } => {
+                w.u64(*seq);
+                w.bool(*ok);
+            }
+            Msg::Flush { seq } | Msg::PeerAck { seq } => w.u64(*seq),
+            Msg::PeerLost { node } => w.u8(*node),
+            Msg::NewUuid {
+                current,
+                previous,
+                lost,
+            } => {
+                w.u64(*current);
+                w.u64(*previous);
+                w.u32(*lost);
+            }
+            Msg::NewUuidAck { current } => w.u64(*current),
+            Msg::RoleChanged { role } => w.u8(*role as u8),
+            Msg::PromoteRequest {
+                id,
+                current,
+                history,
+            } => {
+                w.u64(*id);
+                w.u64(*current);
+                w.u64s(history);
+            }
+            Msg::PromoteReply {
+                id,
+                granted,
+                reason,
+            } => {
+                w.u64(*id);
+                w.bool(*granted);
+                w.bytes(&reason.as_bytes()[..reason.len().min(MAX_REASON)]);
+            }
+            Msg::ResyncData { block, data } => {
+                w.u64(*block);
+                w.data(data);
+            }
+            Msg::ResyncAck { block, ok } => {
+                w.u64(*block);
+                w.bool(*ok);
+            }
+            Msg::ResyncDone {
+                current,
+                history,
+                last_seq,
+            } => {
+                w.u64(*current);
+                w.u64s(history);
+                w.u64(*last_seq);
+            }
+            Msg::OtherBitmap {
+                node,
+                word_offset,
+                words,
+            } => {
+                w.u8(*node);
+                w.u64(*word_offset);
+                w.u64s(words);
+            }
+            Msg::InSync { mask } => w.u32(*mask),
+            Msg::Leaving | Msg::VerifyDone => {}
+            Msg::VerifyDigest { block, digest } => {
+                w.u64(*block);
+                w.u32(*digest);
+            }
+            Msg::VerifyResult { block, equal } => {
+                w.u64(*block);
+                w.bool(*equal);
+            }
+        }
+        let payload = w.0;
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        out.push(VERSION);
+        out.push(self.kind());
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    /// Decodes the first frame of `buf`; returns it and the bytes it used.
+    pub fn decode(buf: &[u8]) -> Result<(Msg, usize), DecodeError> {
+        let Some(&version) = buf.first() else {
+            return Err(DecodeError::Incomplete);
+        };
+        if version != VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        if buf.len() < HEADER_LEN {
+            return Err(DecodeError::Incomplete);
+        }
+        let kind = buf[1];
+        let len = u32::from_le_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(DecodeError::TooLarge(len));
+        }
+        let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+            return Err(DecodeError::Incomplete);
+        };
+        let msg = Self::decode_payload(kind, payload)?;
+        Ok((msg, HEADER_LEN + len))
+    }
+
+    fn decode_payload(kind: u8, b: &[u8]) -> Result<Msg, DecodeError> {
+        let name = match kind {
+            1 => "hello",
+            2 => "bitmap",
+            3 => "write",
+            4..=22 => "control",
+            k => return Err(DecodeError::Kind(k)),
+        };
+        let mut r = R { b, what: name };
+        let m = match kind {
+            1 => {
+                let node = r.u8()?;
+                let role = r.role()?;
+                let disk = r.disk()?;
+                let size_blocks = r.u64()?;
+                let current = r.u64()?;
+                let history = r.u64s()?;
+                let n = r.len(9)?;
+                let mut bitmap_uuids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    bitmap_uuids.push((r.u8()?, r.u64()?));
+                }
+                Msg::Hello(Hello {
+                    node,
+                    role,
+                    disk,
+                    size_blocks,
+                    current,
+                    history,
+                    bitmap_uuids,
+                    dirty_blocks: r.u64()?,
+                    discard_my_data: r.bool()?,
+                    crashed_primary: r.bool()?,
+                    primary_present: r.bool()?,
+                    known_current: r.u64()?,
+                    round: r.u32()?,
+                    last_seq: r.u64()?,
+                })
+            }
+            2 => Msg::Bitmap {
+                round: r.u32()?,
+                word_offset: r.u64()?,
+                words: r.u64s()?,
+                last: r.bool()?,
+            },
+            3 => Msg::Write {
+                seq: r.u64()?,
+                block: r.u64()?,
+                count: r.u32()?,
+                fua: r.bool()?,
+                targets: r.u32()?,
+                data: r.data()?,
+            },
+            4 => Msg::WriteAck {
+                seq: r.u64()?,
+                ok: r.bool()?,
+            },
+            5 => Msg::Flush { seq: r.u64()? },
+            6 => Msg::FlushAck {
+                seq: r.u64()?,
+                ok: r.bool()?,
+            },
+            7 => Msg::PeerAck { seq: r.u64()? },
+            8 => Msg::PeerLost { node: r.u8()? },
+            9 => Msg::NewUuid {
+                current: r.u64()?,
+                previous: r.u64()?,
+                lost: r.u32()?,
+            },
+            10 => Msg::NewUuidAck { current: r.u64()? },
+            11 => Msg::RoleChanged { role: r.role()? },
+            12 => Msg::PromoteRequest {
+                id: r.u64()?,
+                current: r.u64()?,
+                history: r.u64s()?,
+            },
+            13 => Msg::PromoteReply {
+                id: r.u64()?,
+                granted: r.bool()?,
+                reason: r.text()?,
+            },
+            14 => Msg::ResyncData {
+                block: r.u64()?,
+                data: r.data()?,
+            },
+            15 => Msg::ResyncAck {
+                block: r.u64()?,
+                ok: r.bool()?,
+            },
+            16 => Msg::ResyncDone {
+                current: r.u64()?,
+                history: r.u64s()?,
+                last_seq: r.u64()?,
+            },
+            17 => Msg::InSync { mask: r.u32()? },
+            18 => Msg::Leaving,
+            19 => Msg::VerifyDigest {
+                block: r.u64()?,
+                digest: r.u32()?,
+            },
+            20 => Msg::VerifyResult {
+                block: r.u64()?,
+                equal: r.bool()?,
+            },
+            21 => Msg::VerifyDone,
+            22 => Msg::OtherBitmap {
+                node: r.u8()?,
+                word_offset: r.u64()?,
+                words: r.u64s()?,
+            },
+            k => return Err(DecodeError::Kind(k)),
+        };
+        r.end()?;
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hello() -> Hello {
+        Hello {
+            node: 3,
+            role: Role::Primary,
+            disk: Disk::UpToDate,
+            size_blocks: 1 << 20,
+            current: 0xabc,
+            history: vec![1, 2, 3],
+            bitmap_uuids: vec![(1, 0x55), (4, 0x66)],
+            dirty_blocks: 17,
+            discard_my_data: false,
+            crashed_primary: true,
+            primary_present: false,
+            known_current: 0xabc,
+            round: 9,
+            last_seq: 77,
+        }
+    }
+
+    fn arb_msg() -> impl Strategy<Value = Msg> {
+        let data = proptest::collection::vec(any::<u8>(), 0..600);
+        prop_oneof![
+            Just(Msg::Hello(hello())),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<bool>(),
+                any::<u32>(),
+                data.clone()
+            )
+                .prop_map(|(seq, block, count, fua, targets, data)| Msg::Write {
+                    seq,
+                    block,
+                    count,
+                    fua,
+                    targets,
+                    data
+                }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u64>(), 0..40),
+                any::<bool>()
+            )
+                .prop_map(|(round, word_offset, words, last)| Msg::Bitmap {
+                    round,
+                    word_offset,
+                    words,
+                    last
+                }),
+            (any::<u64>(), any::<bool>()).prop_map(|(seq, ok)| Msg::WriteAck { seq, ok }),
+            (any::<u64>(), data).prop_map(|(block, data)| Msg::ResyncData { block, data }),
+            (any::<u64>(), any::<bool>(), "[a-z ]{0,40}").prop_map(|(id, granted, reason)| {
+                Msg::PromoteReply {
+                    id,
+                    granted,
+                    reason,
+                }
+            }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u64>(), 0..8),
+                any::<u64>()
+            )
+                .prop_map(|(current, history, last_seq)| Msg::ResyncDone {
+                    current,
+                    history,
+                    last_seq
+                }),
+            (
+                any::<u8>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u64>(), 0..8)
+            )
+                .prop_map(|(node, word_offset, words)| Msg::OtherBitmap {
+                    node,
+                    word_offset,
+                    words
+                }),
+            Just(Msg::Leaving),
+            any::<u32>().prop_map(|mask| Msg::InSync { mask }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip(m in arb_msg()) {
+            let b = m.encode();
+            let (d, used) = Msg::decode(&b).unwrap();
+            prop_assert_eq!(used, b.len());
+            prop_assert_eq!(d, m);
+            // Every strict prefix is incomplete, never a wrong message.
+            for cut in 0..b.len() {
+                prop_assert!(Msg::decode(&b[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Msg::decode(&b);
+        }
+    }
+
+    #[test]
+    fn data_corruption_is_caught_by_the_checksum() {
+        let m = Msg::Write {
+            seq: 1,
+            block: 2,
+            count: 1,
+            fua: false,
+            targets: 3,
+            data: vec![7; 64],
+        };
+        let mut b = m.encode();
+        let last = b.len() - 1;
+        b[last] ^= 0x10;
+        assert_eq!(Msg::decode(&b), Err(DecodeError::Checksum("write")));
+    }
+
+    #[test]
+    fn other_versions_and_oversized_frames_are_refused() {
+        let mut b = Msg::Leaving.encode();
+        b[0] = 2;
+        assert_eq!(Msg::decode(&b), Err(DecodeError::Version(2)));
+        let mut b = vec![VERSION, 3];
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(Msg::decode(&b), Err(DecodeError::TooLarge(_))));
+        assert_eq!(
+            Msg::decode(&[VERSION, 99, 0, 0, 0, 0]),
+            Err(DecodeError::Kind(99))
+        );
+        // A list length larger than the frame is malformed, not an allocation.
+        let mut b = vec![VERSION, 16, 12, 0, 0, 0];
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Msg::decode(&b), Err(DecodeError::Malformed("control")));
+    }
+}
