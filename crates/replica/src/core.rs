@@ -330,11 +330,13 @@ enum Work {
     },
     Resync {
         from: NodeId,
+        round: u32,
         block: u64,
         data: Vec<u8>,
     },
     ResyncDone {
         from: NodeId,
+        round: u32,
         current: u64,
         history: Vec<u64>,
         last_seq: u64,
@@ -378,6 +380,7 @@ enum DiskOp {
     },
     ResyncWrite {
         from: NodeId,
+        round: u32,
         block: u64,
     },
     ResyncRead {
@@ -1581,12 +1584,16 @@ impl Replica {
                 self.check_promotion();
             }
             Msg::ResyncData { block, data } => {
-                if self
-                    .peers
-                    .get(&from)
-                    .is_some_and(|p| p.repl == Repl::SyncTarget)
+                if let Some(p) = self.peers.get(&from)
+                    && p.repl == Repl::SyncTarget
                 {
-                    self.queue.push_back(Work::Resync { from, block, data });
+                    let round = p.round;
+                    self.queue.push_back(Work::Resync {
+                        from,
+                        round,
+                        block,
+                        data,
+                    });
                 }
             }
             Msg::ResyncAck { block, ok } => {
@@ -1603,13 +1610,13 @@ impl Replica {
                 history,
                 last_seq,
             } => {
-                if self
-                    .peers
-                    .get(&from)
-                    .is_some_and(|p| p.repl == Repl::SyncTarget)
+                if let Some(p) = self.peers.get(&from)
+                    && p.repl == Repl::SyncTarget
                 {
+                    let round = p.round;
                     self.queue.push_back(Work::ResyncDone {
                         from,
+                        round,
                         current,
                         history,
                         last_seq,
@@ -2002,9 +2009,8 @@ impl Replica {
                     _ => unreachable!("barrier"),
                 };
                 let pending_from = self.disk_ops.values().any(|op| match op {
-                    DiskOp::PeerWrite { from: f, .. } | DiskOp::ResyncWrite { from: f, .. } => {
-                        *f == from
-                    }
+                    DiskOp::PeerWrite { from: f, .. } => *f == from,
+                    DiskOp::ResyncWrite { .. } => true,
                     _ => false,
                 });
                 if pending_from {
@@ -2157,9 +2163,17 @@ impl Replica {
                 let tag = self.tag(DiskOp::PeerFlush { from, seq });
                 self.out.push(Action::DiskFlush { tag });
             }
-            Work::Resync { from, block, data } => {
+            Work::Resync {
+                from,
+                round,
+                block,
+                data,
+            } => {
+                if !self.current_target_round(from, round) {
+                    return; // from a round that ended: the new one resends what is needed
+                }
                 self.start_local(block, 1);
-                let tag = self.tag(DiskOp::ResyncWrite { from, block });
+                let tag = self.tag(DiskOp::ResyncWrite { from, round, block });
                 self.out.push(Action::DiskWrite {
                     tag,
                     block,
@@ -2170,15 +2184,12 @@ impl Replica {
             }
             Work::ResyncDone {
                 from,
+                round,
                 current,
                 history,
                 last_seq,
             } => {
-                if self
-                    .peers
-                    .get(&from)
-                    .is_some_and(|p| p.repl == Repl::SyncTarget)
-                {
+                if self.current_target_round(from, round) {
                     let empty = self.md.bitmaps.get(&from).is_none_or(|b| b.is_empty());
                     if empty {
                         self.last_seq = self.last_seq.max(last_seq);
@@ -2249,8 +2260,13 @@ impl Replica {
                 }
                 self.check_flushes();
             }
-            DiskOp::ResyncWrite { from, block } => {
+            DiskOp::ResyncWrite { from, round, block } => {
                 self.end_local(block, 1);
+                if !self.current_target_round(from, round) {
+                    // Written, but for a round that ended: its bit stays set so that
+                    // the next resync copies the block again.
+                    return;
+                }
                 if ok {
                     if let Some(bm) = self.md.bitmaps.get_mut(&from) {
                         bm.clear(block);
@@ -2482,6 +2498,12 @@ impl Replica {
                 .unwrap_or(1);
             self.start_handshake(id, round);
         }
+    }
+
+    fn current_target_round(&self, from: NodeId, round: u32) -> bool {
+        self.peers
+            .get(&from)
+            .is_some_and(|p| p.repl == Repl::SyncTarget && p.round == round)
     }
 
     fn finish_source(&mut self, id: NodeId) {

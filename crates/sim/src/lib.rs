@@ -157,23 +157,47 @@ enum DiskOp {
         count: u32,
     },
     Flush {
-        snapshot: Vec<(u64, u64)>,
+        snapshot: Vec<(u64, (u64, u64))>,
     },
 }
 
 #[derive(Debug)]
 struct SimDisk {
-    durable: Vec<u64>,
-    cache: BTreeMap<u64, u64>,
+    /// Stable contents: (value, version of the write that put it there).
+    durable: Vec<(u64, u64)>,
+    /// Written but not yet flushed: block -> (value, version).
+    cache: BTreeMap<u64, (u64, u64)>,
     ops: BTreeMap<u64, DiskOp>,
+    version: u64,
 }
 
 impl SimDisk {
     fn value(&self, b: u64) -> u64 {
         self.cache
             .get(&b)
-            .copied()
-            .unwrap_or(self.durable[b as usize])
+            .map(|(v, _)| *v)
+            .unwrap_or(self.durable[b as usize].0)
+    }
+
+    fn write(&mut self, b: u64, v: u64, fua: bool) {
+        self.version += 1;
+        if fua {
+            self.cache.remove(&b);
+            self.durable[b as usize] = (v, self.version);
+        } else {
+            self.cache.insert(b, (v, self.version));
+        }
+    }
+
+    /// Makes what a flush saw in the cache when issued durable; never regresses a
+    /// block that a later flush or FUA write already made newer.
+    fn settle(&mut self, b: u64, v: u64, ver: u64) {
+        if self.durable[b as usize].1 < ver {
+            self.durable[b as usize] = (v, ver);
+        }
+        if self.cache.get(&b).is_some_and(|(_, cv)| *cv <= ver) {
+            self.cache.remove(&b);
+        }
     }
 }
 
@@ -243,6 +267,8 @@ struct Sim {
     done: bool,
     trace: Vec<String>,
     keep_trace: bool,
+    /// Block whose every disk write is traced (SIM_WATCH_BLOCK).
+    watch: Option<u64>,
     out: Outcome,
     violation: Option<(u8, String)>,
 }
@@ -344,7 +370,8 @@ impl Sim {
                 cfg,
                 md,
                 disk: SimDisk {
-                    durable: vec![0; BLOCKS as usize],
+                    durable: vec![(0, 0); BLOCKS as usize],
+                    version: 0,
                     cache: BTreeMap::new(),
                     ops: BTreeMap::new(),
                 },
@@ -375,6 +402,9 @@ impl Sim {
             done: false,
             trace: Vec::new(),
             keep_trace: opts.trace,
+            watch: std::env::var("SIM_WATCH_BLOCK")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             out: Outcome {
                 diskful,
                 diskless,
@@ -456,6 +486,20 @@ impl Sim {
                     .get(&pair(to, from))
                     .is_some_and(|c| c.alive && c.id == conn);
                 if live {
+                    match &msg {
+                        Msg::Hello(h) => self.log(format!(
+                            "n{to} <- n{from} hello r{} {:?} {:?} cur {:x} dirty {} seq {:x} pp {} crashed {}",
+                            h.round, h.role, h.disk, h.current, h.dirty_blocks, h.last_seq, h.primary_present, h.crashed_primary
+                        )),
+                        Msg::ResyncDone { current, last_seq, .. } => {
+                            self.log(format!("n{to} <- n{from} resync done cur {current:x} seq {last_seq:x}"))
+                        }
+                        Msg::NewUuid { current, previous, lost } => {
+                            self.log(format!("n{to} <- n{from} new uuid {current:x} prev {previous:x} lost {lost:b}"))
+                        }
+                        Msg::InSync { mask } => self.log(format!("n{to} <- n{from} insync {mask:b}")),
+                        _ => {}
+                    }
                     self.feed(to, Event::Message { from, msg });
                 }
             }
@@ -538,7 +582,7 @@ impl Sim {
                 self.schedule(lat, Ev::DiskDone { node, inc, tag });
             }
             Action::DiskFlush { tag } => {
-                let snapshot: Vec<(u64, u64)> = self.nodes[node as usize]
+                let snapshot: Vec<(u64, (u64, u64))> = self.nodes[node as usize]
                     .disk
                     .cache
                     .iter()
@@ -597,29 +641,43 @@ impl Sim {
         };
         let data = match op {
             DiskOp::Write { block, values, fua } => {
+                if let Some(w) = self.watch
+                    && w >= block
+                    && w < block + values.len() as u64
+                {
+                    let v = values[(w - block) as usize];
+                    let line = format!(
+                        "n{node} disk: block {w} := {v}{}",
+                        if fua { " (fua)" } else { "" }
+                    );
+                    self.log(line);
+                }
+                let n = &mut self.nodes[node as usize];
                 for (i, v) in values.iter().enumerate() {
                     let b = block + i as u64;
-                    if fua {
-                        n.disk.cache.remove(&b);
-                        n.disk.durable[b as usize] = *v;
-                    } else {
-                        n.disk.cache.insert(b, *v);
-                    }
+                    n.disk.write(b, *v, fua);
                 }
                 None
             }
             DiskOp::Read { block, count } => {
+                let n = &mut self.nodes[node as usize];
                 let v: Vec<u64> = (block..block + u64::from(count))
                     .map(|b| n.disk.value(b))
                     .collect();
+                if let Some(w) = self.watch
+                    && w >= block
+                    && w < block + u64::from(count)
+                {
+                    let line =
+                        format!("n{node} disk: read block {w} = {}", v[(w - block) as usize]);
+                    self.log(line);
+                }
                 Some(bytes_of(&v))
             }
             DiskOp::Flush { snapshot } => {
-                for (b, v) in snapshot {
-                    n.disk.durable[b as usize] = v;
-                    if n.disk.cache.get(&b) == Some(&v) {
-                        n.disk.cache.remove(&b);
-                    }
+                let n = &mut self.nodes[node as usize];
+                for (b, (v, ver)) in snapshot {
+                    n.disk.settle(b, v, ver);
                 }
                 None
             }
@@ -837,9 +895,9 @@ impl Sim {
         n.primary_since = None;
         n.disk.ops.clear();
         let cache = std::mem::take(&mut n.disk.cache);
-        for ((b, v), k) in cache.into_iter().zip(keep) {
+        for ((b, (v, ver)), k) in cache.into_iter().zip(keep) {
             if k {
-                n.disk.durable[b as usize] = v;
+                n.disk.settle(b, v, ver);
             }
         }
         if self.client_node == Some(node) {
