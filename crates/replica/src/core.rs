@@ -78,6 +78,10 @@ pub struct Persistent {
     pub history: Vec<u64>,
     pub bitmap_uuids: BTreeMap<NodeId, u64>,
     pub bitmaps: BTreeMap<NodeId, Bitmap>,
+    /// Newest generation this node was told of (it may not hold its data yet, e.g.
+    /// as a resync target that received the primary's writes): no source older than
+    /// this may overwrite it, and no node older than this gets its vote.
+    pub newest_seen: u64,
     /// Blocks this node still lacks from an unfinished resync (whatever the source).
     pub resync_left: Bitmap,
     /// Hot extents, least recently used first.
@@ -116,6 +120,7 @@ impl Persistent {
             history: Vec::new(),
             bitmap_uuids: BTreeMap::new(),
             bitmaps,
+            newest_seen: 0,
             resync_left: Bitmap::new(cfg.size_blocks),
             al: Vec::new(),
             primary: false,
@@ -446,8 +451,14 @@ pub struct Replica {
     need_rotation: bool,
     /// Peers that have not yet acknowledged the newest generation.
     uuid_waiting: BTreeSet<NodeId>,
+    /// Generations before a rotation not yet acknowledged with quorum: if quorum is
+    /// lost first, no write under the new generation can have completed, and the
+    /// node goes back to these (else a partitioned primary looks like a split brain).
+    rotation_undo: Option<(u64, Vec<u64>, BTreeMap<NodeId, u64>)>,
     /// Writes received from the primary that it has not peer-acked: seq -> (block, count).
     window: BTreeMap<u64, (u64, u64)>,
+    /// Window writes already submitted here (they pin their activity-log extents).
+    pinned: BTreeSet<u64>,
     peer_acked: u64,
     promotion: Option<Promotion>,
     reservation: Option<(NodeId, u64)>,
@@ -541,7 +552,11 @@ impl Replica {
                 )
             })
             .collect();
-        let known_current = md.current;
+        let known_current = if md.newest_seen != 0 {
+            md.newest_seen
+        } else {
+            md.current
+        };
         let mut r = Replica {
             cfg,
             md,
@@ -565,7 +580,9 @@ impl Replica {
             flushes: Vec::new(),
             need_rotation: false,
             uuid_waiting: BTreeSet::new(),
+            rotation_undo: None,
             window: BTreeMap::new(),
+            pinned: BTreeSet::new(),
             peer_acked: 0,
             promotion: None,
             reservation: None,
@@ -639,6 +656,51 @@ impl Replica {
                 .collect(),
             pending_writes: self.writes.len() + self.queue.len(),
         }
+    }
+
+    /// Internal queues and counters, for diagnosing a stuck node.
+    pub fn debug_summary(&self) -> String {
+        let head = self.queue.front().map(|w| match w {
+            Work::Client { block, .. } => format!("client write @{block}"),
+            Work::Peer { seq, block, .. } => format!("peer write seq {seq:x} @{block}"),
+            Work::PeerFlush { seq, .. } => format!("peer flush {seq:x}"),
+            Work::Resync {
+                from, round, block, ..
+            } => format!("resync from n{from} r{round} @{block}"),
+            Work::ResyncDone { from, round, .. } => format!("resync done from n{from} r{round}"),
+        });
+        let sources: Vec<String> = self
+            .peers
+            .values()
+            .filter_map(|p| {
+                p.source.as_ref().map(|s| {
+                    format!(
+                        "to n{}: cursor {} inflight {} reading {}",
+                        p.id,
+                        s.cursor,
+                        s.inflight.len(),
+                        s.reading.len()
+                    )
+                })
+            })
+            .collect();
+        format!(
+            "queue {} (head {:?}), disk ops {}, al {}/{} (flush {}), unacked extents {}, window {}, busy blocks {}, sources [{}], rounds {:?}",
+            self.queue.len(),
+            head,
+            self.disk_ops.len(),
+            self.md.al.len(),
+            self.cfg.al_extents,
+            self.al_flush.is_some(),
+            self.extent_unacked.len(),
+            self.window.len(),
+            self.busy_blocks.len(),
+            sources.join("; "),
+            self.peers
+                .values()
+                .map(|p| (p.id, p.round, p.waiting_turn))
+                .collect::<Vec<_>>()
+        )
     }
 
     /// Handles one event; returns what the driver must do, in order.
@@ -1197,7 +1259,9 @@ impl Replica {
     }
 
     fn unwindow(&mut self, seq: u64) {
-        if let Some((b, c)) = self.window.remove(&seq) {
+        if let Some((b, c)) = self.window.remove(&seq)
+            && self.pinned.remove(&seq)
+        {
             for e in self.extents(b, c) {
                 if let Some(n) = self.extent_unacked.get_mut(&e) {
                     *n -= 1;
@@ -1455,6 +1519,9 @@ impl Replica {
             } => {
                 self.last_seq = self.last_seq.max(seq);
                 self.max_seq = self.max_seq.max(seq);
+                // In the window from arrival on: if the primary goes while this write
+                // still waits in the queue, it is marked for the other nodes too.
+                self.window.insert(seq, (block, u64::from(count)));
                 self.queue.push_back(Work::Peer {
                     from,
                     seq,
@@ -1502,6 +1569,7 @@ impl Replica {
                 lost,
             } => {
                 self.known_current = current;
+                self.md.newest_seen = current;
                 if self.md.disk >= Disk::Outdated && self.md.current == previous {
                     self.push_history(previous);
                     self.md.current = current;
@@ -1831,6 +1899,7 @@ impl Replica {
 
     fn rotate(&mut self) {
         let old = self.md.current;
+        let undo = (old, self.md.history.clone(), self.md.bitmap_uuids.clone());
         let mut new = self.rand();
         while new == 0 || new == old {
             new = self.rand();
@@ -1855,15 +1924,18 @@ impl Replica {
                 }
             }
         }
+        self.rotation_undo = Some(undo);
         self.push_history(old);
         self.md.current = new;
         self.known_current = new;
         self.need_rotation = false;
         self.persist();
+        // Every connected peer, also one still in its handshake: a resync target
+        // must know the generation its incoming writes belong to.
         let ids: Vec<NodeId> = self
             .peers
             .values()
-            .filter(|p| p.live())
+            .filter(|p| p.connected())
             .map(|p| p.id)
             .collect();
         for id in &ids {
@@ -2140,9 +2212,13 @@ impl Replica {
                 for n in others {
                     self.mark(n, block, c);
                 }
-                self.window.insert(seq, (block, c));
-                for e in self.extents(block, c) {
-                    *self.extent_unacked.entry(e).or_insert(0) += 1;
+                // Written here and not yet confirmed everywhere: its extent stays in
+                // the activity log, so a crash of this node still marks it.
+                if self.window.contains_key(&seq) {
+                    self.pinned.insert(seq);
+                    for e in self.extents(block, c) {
+                        *self.extent_unacked.entry(e).or_insert(0) += 1;
+                    }
                 }
                 self.start_local(block, c);
                 let tag = self.tag(DiskOp::PeerWrite {
@@ -2196,6 +2272,7 @@ impl Replica {
                         self.md.current = current;
                         self.md.history = history;
                         self.known_current = current;
+                        self.md.newest_seen = current;
                         self.md.bitmap_uuids.remove(&from);
                         self.md.disk = Disk::UpToDate;
                         self.crashed_primary = false;
@@ -2316,7 +2393,29 @@ impl Replica {
         self.extent_dirty.retain(|e| inflight.contains_key(e));
     }
 
+    /// Settles a pending generation: kept once every peer present acknowledged it
+    /// with quorum held, undone if quorum went first.
+    fn settle_rotation(&mut self) {
+        if self.rotation_undo.is_none() {
+            return;
+        }
+        if !self.quorum {
+            if let Some((current, history, bitmap_uuids)) = self.rotation_undo.take() {
+                self.md.current = current;
+                self.md.history = history;
+                self.md.bitmap_uuids = bitmap_uuids;
+                self.known_current = current;
+                self.uuid_waiting.clear();
+                self.need_rotation = true;
+                self.persist();
+            }
+        } else if self.uuid_waiting.is_empty() {
+            self.rotation_undo = None;
+        }
+    }
+
     fn check_writes(&mut self) {
+        self.settle_rotation();
         let proto_a = self.cfg.protocol == Protocol::A;
         let uuid_ok = self.uuid_waiting.is_empty();
         let mut done = Vec::new();
@@ -2606,6 +2705,7 @@ impl Replica {
             }
         }
         self.update_quorum();
+        self.settle_rotation();
         if self.role == Role::Primary && !self.quorum {
             self.fail_queued_client(IoError::NoQuorum);
         }

@@ -105,6 +105,16 @@ fn decide_data(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
     }
     let a_data = a.disk >= Disk::Outdated;
     let b_data = b.disk >= Disk::Outdated;
+    // A node without consistent data that was told of a newer generation than the
+    // other holds (it got writes the other lacks) takes nothing from it.
+    let behind = |known: u64, src: &Hello| {
+        known != 0 && known != src.current && !src.history.contains(&known)
+    };
+    if (!a_data && b_data && behind(a.known_current, b))
+        || (a_data && !b_data && behind(b.known_current, a))
+    {
+        return Decision::NoSync;
+    }
     match (a_data, b_data) {
         (false, false) => return Decision::NoSync,
         (true, false) => {
@@ -334,6 +344,17 @@ mod tests {
         c.last_seq = 10;
         a.last_seq = 9;
         assert_eq!(decide(&a, &c, P), Decision::BitmapTarget);
+    }
+
+    #[test]
+    fn a_target_that_saw_a_newer_generation_is_not_overwritten_by_an_older_source() {
+        let mut t = h(0, 5);
+        t.disk = Disk::Inconsistent;
+        t.known_current = 9; // got writes of generation 9 from a primary that died
+        assert_eq!(decide(&t, &h(1, 5), P), Decision::NoSync);
+        let mut newer = h(1, 9);
+        newer.history = vec![5];
+        assert_eq!(decide(&t, &newer, P), Decision::BitmapTarget);
     }
 
     #[test]

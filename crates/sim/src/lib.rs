@@ -488,8 +488,8 @@ impl Sim {
                 if live {
                     match &msg {
                         Msg::Hello(h) => self.log(format!(
-                            "n{to} <- n{from} hello r{} {:?} {:?} cur {:x} dirty {} seq {:x} pp {} crashed {}",
-                            h.round, h.role, h.disk, h.current, h.dirty_blocks, h.last_seq, h.primary_present, h.crashed_primary
+                            "n{to} <- n{from} hello r{} {:?} {:?} cur {:x} known {:x} dirty {} seq {:x} pp {} crashed {}",
+                            h.round, h.role, h.disk, h.current, h.known_current, h.dirty_blocks, h.last_seq, h.primary_present, h.crashed_primary
                         )),
                         Msg::ResyncDone { current, last_seq, .. } => {
                             self.log(format!("n{to} <- n{from} resync done cur {current:x} seq {last_seq:x}"))
@@ -1262,6 +1262,18 @@ impl Sim {
                     })
                     .filter(|s| !s.is_empty())
                     .collect();
+                let internals: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| {
+                        n.core
+                            .as_ref()
+                            .map(|c| format!("n{}: {}", n.id, c.debug_summary()))
+                    })
+                    .collect();
+                for l in internals {
+                    self.log(l);
+                }
                 self.violate(
                     5,
                     format!(
