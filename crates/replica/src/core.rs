@@ -1036,6 +1036,15 @@ impl Replica {
         self.out.push(Action::PromoteResult(Ok(())));
     }
 
+    fn demote_stale_primary(&mut self) {
+        self.role = Role::Secondary;
+        self.md.primary = false;
+        self.persist();
+        self.fail_queued_client(IoError::NotPrimary);
+        self.broadcast_role();
+        self.rehandshake_all();
+    }
+
     fn broadcast_role(&mut self) {
         let ids: Vec<NodeId> = self
             .peers
@@ -1205,15 +1214,22 @@ impl Replica {
                     marks.push((w.block, w.count));
                 }
             }
+            let mut affected = !marks.is_empty();
             for (b, c) in marks {
                 self.mark(id, b, c);
             }
             for f in &mut self.flushes {
-                f.waiting.remove(&id);
+                affected |= f.waiting.remove(&id);
             }
             #[cfg(not(feature = "bug-skip-uuid-rotation"))]
             {
                 self.need_rotation = true;
+            }
+            // Writes or flushes it never confirmed are about to complete without it:
+            // that starts a new generation first, which the remaining peers (and
+            // quorum) must acknowledge before those complete.
+            if affected && self.need_rotation {
+                self.rotate();
             }
             let others: Vec<NodeId> = self
                 .peers
@@ -1287,13 +1303,31 @@ impl Replica {
         if p.decision.is_some() {
             return;
         }
-        let (Some(mine), Some(theirs)) = (&p.my_hello, &p.their_hello) else {
+        let (Some(mine), Some(theirs)) = (p.my_hello.clone(), p.their_hello.clone()) else {
             return;
         };
         if mine.round != theirs.round {
             return;
         }
-        let d = decide(mine, theirs, policy);
+        let d = decide(&mine, &theirs, policy);
+        if d == Decision::PrimaryWouldBeTarget && mine.role == Role::Primary {
+            let mut as_secondary = mine.clone();
+            as_secondary.role = Role::Secondary;
+            let target = matches!(
+                decide(&as_secondary, &theirs, policy),
+                Decision::BitmapTarget | Decision::FullTarget
+            );
+            if target {
+                // This primary holds older data than a peer: the peer's side went on
+                // with quorum while this one had none (its I/O has been failing since).
+                // It steps down, like DRBD's force-secondary, and takes the newer data.
+                self.demote_stale_primary();
+                return;
+            }
+        }
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
         p.decision = Some(d);
         p.role = theirs.role;
         p.disk = theirs.disk;
@@ -1316,7 +1350,13 @@ impl Replica {
                          `connect --discard-my-data` on the other node"
                     ),
                 };
-                p.conn = ConnState::StandAlone(reason);
+                // A stale primary on the other side steps down by itself (see above),
+                // so that case only drops this connection and tries again later.
+                p.conn = if d == Decision::PrimaryWouldBeTarget {
+                    ConnState::Connecting
+                } else {
+                    ConnState::StandAlone(reason)
+                };
                 p.repl = Repl::Off;
                 self.out.push(Action::Disconnect { peer: id });
                 self.update_quorum();
@@ -1924,7 +1964,10 @@ impl Replica {
                 }
             }
         }
-        self.rotation_undo = Some(undo);
+        // Several unsettled rotations in a row go back to the last settled one.
+        if self.rotation_undo.is_none() {
+            self.rotation_undo = Some(undo);
+        }
         self.push_history(old);
         self.md.current = new;
         self.known_current = new;
@@ -2461,7 +2504,7 @@ impl Replica {
         let mut i = 0;
         while i < self.flushes.len() {
             let f = &self.flushes[i];
-            if f.local_done && f.waiting.is_empty() {
+            if f.local_done && f.waiting.is_empty() && self.uuid_waiting.is_empty() {
                 let f = self.flushes.remove(i);
                 let result = if !f.local_ok {
                     Err(IoError::Disk)
