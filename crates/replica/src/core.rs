@@ -1497,6 +1497,13 @@ impl Replica {
                 self.md.resync_left.or(&u);
             }
             self.md.disk = Disk::Inconsistent;
+            // Our data is about to change: resyncs we serve start over.
+            let serving: Vec<NodeId> =
+                self.peers.values().filter(|p| p.repl == Repl::SyncSource).map(|p| p.id).collect();
+            for s in serving {
+                let round = self.peers.get(&s).map(|p| p.round.wrapping_add(1)).unwrap_or(1);
+                self.start_handshake(s, round);
+            }
         }
         self.persist();
     }
@@ -2523,6 +2530,12 @@ impl Replica {
     // ---- resync ----
 
     fn resync_step(&mut self, id: NodeId) {
+        // Our rank counts writes received; serve blocks only once they are applied.
+        let applying = self.queue.iter().any(|w| matches!(w, Work::Peer { .. }))
+            || self.disk_ops.values().any(|op| matches!(op, DiskOp::PeerWrite { .. }));
+        if applying {
+            return;
+        }
         let limit = if self.queue.is_empty() {
             self.cfg.resync_inflight
         } else {
