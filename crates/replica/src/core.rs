@@ -242,6 +242,8 @@ pub enum StateChange {
     Role(Role),
     Disk(Disk),
     Quorum(bool),
+    /// The current generation changed (new, adopted from a resync source, or undone).
+    Generation(u64),
     Peer {
         peer: NodeId,
         conn: ConnState,
@@ -474,6 +476,7 @@ pub struct Replica {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Summary {
+    current: Option<u64>,
     role: Option<Role>,
     disk: Option<Disk>,
     quorum: Option<bool>,
@@ -808,6 +811,7 @@ impl Replica {
 
     fn emit_changes(&mut self) {
         let now = Summary {
+            current: Some(self.md.current),
             role: Some(self.role),
             disk: Some(self.md.disk),
             quorum: Some(self.quorum),
@@ -817,6 +821,9 @@ impl Replica {
                 .map(|p| (p.id, (p.conn.clone(), p.repl)))
                 .collect(),
         };
+        if now.current != self.summary.current {
+            self.out.push(Action::State(StateChange::Generation(self.md.current)));
+        }
         if now.role != self.summary.role {
             self.out.push(Action::State(StateChange::Role(self.role)));
         }
@@ -2451,8 +2458,18 @@ impl Replica {
         }
         if !self.quorum {
             if let Some((current, history, bitmap_uuids)) = self.rotation_undo.take() {
+                // A peer may have adopted the voided generation (its ack lost with the
+                // link): keeping it in history turns that meeting into a resync from
+                // whoever is newer instead of a split brain.
+                let voided: Vec<u64> = std::iter::once(self.md.current)
+                    .chain(self.md.history.iter().copied())
+                    .filter(|u| *u != current && !history.contains(u))
+                    .collect();
                 self.md.current = current;
                 self.md.history = history;
+                for v in voided.into_iter().rev() {
+                    self.push_history(v);
+                }
                 self.md.bitmap_uuids = bitmap_uuids;
                 self.known_current = current;
                 self.uuid_waiting.clear();
