@@ -225,7 +225,13 @@ fn from_uuids(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Option<Decision
     match (knows(a, b.current), knows(b, a.current)) {
         (true, false) => return Some(Decision::FullSource),
         (false, true) => return Some(Decision::FullTarget),
-        _ => {}
+        // Each went through the other's generation: one of them is a generation a
+        // primary started and undid for lack of quorum (no write under it completed).
+        // The data agree on everything acknowledged; copy all of it from the rank.
+        (true, true) => {
+            return Some(if a.last_seq >= b.last_seq { Decision::FullSource } else { Decision::FullTarget });
+        }
+        (false, false) => {}
     }
     let parent = bm_uuid(a, b.node);
     if parent != 0 && parent == bm_uuid(b, a.node) {
@@ -354,6 +360,8 @@ mod tests {
         assert_eq!(decide(&t, &h(1, 5), P), Decision::NoSync);
         let mut newer = h(1, 9);
         newer.history = vec![5];
+        assert_eq!(decide(&t, &newer, P), Decision::FullTarget);
+        newer.bitmap_uuids = vec![(0, 5)];
         assert_eq!(decide(&t, &newer, P), Decision::BitmapTarget);
     }
 
