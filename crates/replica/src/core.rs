@@ -1624,7 +1624,10 @@ impl Replica {
             } => {
                 self.known_current = current;
                 self.md.newest_seen = current;
-                if self.md.disk >= Disk::Outdated && self.md.current == previous {
+                // A node the primary names as missing the new generation's writes only
+                // notes that it exists.
+                let missing = lost & mask(self.cfg.node) != 0;
+                if !missing && self.md.disk >= Disk::Outdated && self.md.current == previous {
                     self.push_history(previous);
                     self.md.current = current;
                     for n in self
@@ -2157,7 +2160,18 @@ impl Replica {
                         }
                         continue;
                     }
-                    if self.need_rotation {
+                    // A new generation before the first write that some peer, in sync
+                    // until now, will miss (lost, or connected but not taking writes).
+                    let targets = self.write_targets();
+                    let leaves_one_behind = self.cfg.nodes.iter().any(|n| {
+                        n.diskful
+                            && n.id != self.cfg.node
+                            && !targets.contains(&n.id)
+                            && self.md.bitmap_uuids.get(&n.id).is_none_or(|u| *u == 0)
+                    });
+                    #[cfg(feature = "bug-skip-uuid-rotation")]
+                    let leaves_one_behind = false;
+                    if self.need_rotation || leaves_one_behind {
                         self.rotate();
                     }
                 }
