@@ -225,6 +225,9 @@ struct WriteRec {
     id: u64,
     acked_at: Option<u64>,
     durable: bool,
+    /// Acked but not durable when a node crashed: it may be gone for good, and a
+    /// later flush does not bring it back.
+    maybe_lost: bool,
 }
 
 #[derive(Debug)]
@@ -878,6 +881,13 @@ impl Sim {
     fn crash(&mut self, node: NodeId) {
         self.out.crashes += 1;
         self.last_crash = self.now;
+        for recs in &mut self.blocks {
+            for r in recs.iter_mut() {
+                if r.acked_at.is_some() && !r.durable {
+                    r.maybe_lost = true;
+                }
+            }
+        }
         self.log(format!("chaos: crash n{node}"));
         let peers: Vec<NodeId> = (0..self.nodes.len() as NodeId)
             .filter(|p| *p != node)
@@ -1014,6 +1024,7 @@ impl Sim {
                     id,
                     acked_at: None,
                     durable: false,
+                    maybe_lost: false,
                 });
             }
             self.log(format!(
@@ -1093,10 +1104,11 @@ impl Sim {
                 }
             }
             ClientOp::Flush { submitted } => {
+                self.log(format!("client: flush {id} (sent {submitted}us) -> {result:?}"));
                 if ok {
                     for recs in &mut self.blocks {
                         for r in recs.iter_mut() {
-                            if r.acked_at.is_some_and(|t| t <= submitted) {
+                            if r.acked_at.is_some_and(|t| t <= submitted) && !r.maybe_lost {
                                 r.durable = true;
                             }
                         }
