@@ -378,12 +378,14 @@ enum DiskOp {
     PeerFlush {
         from: NodeId,
         seq: u64,
+        mark: u64,
     },
     ClientRead {
         id: u64,
     },
     ClientFlush {
         id: u64,
+        mark: u64,
     },
     ResyncWrite {
         from: NodeId,
@@ -393,7 +395,9 @@ enum DiskOp {
     ResyncRead {
         peer: NodeId,
     },
-    AlFlush,
+    AlFlush {
+        mark: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -445,9 +449,11 @@ pub struct Replica {
     busy_blocks: BTreeMap<u64, u32>,
     extent_inflight: BTreeMap<u64, u32>,
     extent_unacked: BTreeMap<u64, u32>,
-    extent_dirty: BTreeSet<u64>,
+    /// Extent -> stamp of its last completed local write not yet covered by a flush.
+    extent_dirty: BTreeMap<u64, u64>,
+    dirty_stamp: u64,
     /// Extents covered by the AL flush in flight.
-    al_flush: Option<BTreeSet<u64>>,
+    al_flush: bool,
     writes: BTreeMap<u64, PendingWrite>,
     flushes: Vec<PendingFlush>,
     need_rotation: bool,
@@ -577,8 +583,9 @@ impl Replica {
             busy_blocks: BTreeMap::new(),
             extent_inflight: BTreeMap::new(),
             extent_unacked: BTreeMap::new(),
-            extent_dirty: BTreeSet::new(),
-            al_flush: None,
+            extent_dirty: BTreeMap::new(),
+            dirty_stamp: 0,
+            al_flush: false,
             writes: BTreeMap::new(),
             flushes: Vec::new(),
             need_rotation: false,
@@ -694,7 +701,7 @@ impl Replica {
             self.disk_ops.len(),
             self.md.al.len(),
             self.cfg.al_extents,
-            self.al_flush.is_some(),
+            self.al_flush,
             self.extent_unacked.len(),
             self.window.len(),
             self.busy_blocks.len(),
@@ -822,7 +829,8 @@ impl Replica {
                 .collect(),
         };
         if now.current != self.summary.current {
-            self.out.push(Action::State(StateChange::Generation(self.md.current)));
+            self.out
+                .push(Action::State(StateChange::Generation(self.md.current)));
         }
         if now.role != self.summary.role {
             self.out.push(Action::State(StateChange::Role(self.role)));
@@ -1505,10 +1513,18 @@ impl Replica {
             }
             self.md.disk = Disk::Inconsistent;
             // Our data is about to change: resyncs we serve start over.
-            let serving: Vec<NodeId> =
-                self.peers.values().filter(|p| p.repl == Repl::SyncSource).map(|p| p.id).collect();
+            let serving: Vec<NodeId> = self
+                .peers
+                .values()
+                .filter(|p| p.repl == Repl::SyncSource)
+                .map(|p| p.id)
+                .collect();
             for s in serving {
-                let round = self.peers.get(&s).map(|p| p.round.wrapping_add(1)).unwrap_or(1);
+                let round = self
+                    .peers
+                    .get(&s)
+                    .map(|p| p.round.wrapping_add(1))
+                    .unwrap_or(1);
                 self.start_handshake(s, round);
             }
         }
@@ -1917,7 +1933,8 @@ impl Replica {
         for p in &waiting {
             self.send(*p, Msg::Flush { seq });
         }
-        let tag = self.tag(DiskOp::ClientFlush { id });
+        let mark = self.dirty_stamp;
+        let tag = self.tag(DiskOp::ClientFlush { id, mark });
         self.out.push(Action::DiskFlush { tag });
         self.flushes.push(PendingFlush {
             id,
@@ -2059,7 +2076,7 @@ impl Replica {
                     let clean = idle
                         .iter()
                         .copied()
-                        .find(|x| !self.extent_dirty.contains(x));
+                        .find(|x| !self.extent_dirty.contains_key(x));
                     match clean {
                         Some(victim) => self.md.al.retain(|x| *x != victim),
                         None => {
@@ -2067,9 +2084,10 @@ impl Replica {
                                 self.persist();
                             }
                             // Make idle extents clean with a flush, then retry.
-                            if self.al_flush.is_none() && !idle.is_empty() {
-                                self.al_flush = Some(idle.into_iter().collect());
-                                let tag = self.tag(DiskOp::AlFlush);
+                            if !self.al_flush && !idle.is_empty() {
+                                self.al_flush = true;
+                                let mark = self.dirty_stamp;
+                                let tag = self.tag(DiskOp::AlFlush { mark });
                                 self.out.push(Action::DiskFlush { tag });
                             }
                             return false;
@@ -2093,7 +2111,6 @@ impl Replica {
         }
         for e in self.extents(block, count) {
             *self.extent_inflight.entry(e).or_insert(0) += 1;
-            self.extent_dirty.insert(e);
         }
         // A resync read of these blocks in flight now returns stale data.
         for p in self.peers.values_mut() {
@@ -2115,6 +2132,12 @@ impl Replica {
                     self.busy_blocks.remove(&b);
                 }
             }
+        }
+        // Completed writes are volatile until a flush issued after them completes.
+        self.dirty_stamp += 1;
+        let stamp = self.dirty_stamp;
+        for e in self.extents(block, count) {
+            self.extent_dirty.insert(e, stamp);
         }
         for e in self.extents(block, count) {
             if let Some(n) = self.extent_inflight.get_mut(&e) {
@@ -2307,7 +2330,8 @@ impl Replica {
                 });
             }
             Work::PeerFlush { from, seq } => {
-                let tag = self.tag(DiskOp::PeerFlush { from, seq });
+                let mark = self.dirty_stamp;
+                let tag = self.tag(DiskOp::PeerFlush { from, seq, mark });
                 self.out.push(Action::DiskFlush { tag });
             }
             Work::Resync {
@@ -2383,9 +2407,9 @@ impl Replica {
                 }
                 self.send(from, Msg::WriteAck { seq, ok });
             }
-            DiskOp::PeerFlush { from, seq } => {
+            DiskOp::PeerFlush { from, seq, mark } => {
                 if ok {
-                    self.flush_done();
+                    self.flush_done(mark);
                 }
                 self.send(from, Msg::FlushAck { seq, ok });
             }
@@ -2398,9 +2422,9 @@ impl Replica {
                 };
                 self.out.push(Action::Complete { id, result });
             }
-            DiskOp::ClientFlush { id } => {
+            DiskOp::ClientFlush { id, mark } => {
                 if ok {
-                    self.flush_done();
+                    self.flush_done(mark);
                 }
                 if let Some(f) = self.flushes.iter_mut().find(|f| f.id == id) {
                     f.local_done = true;
@@ -2445,23 +2469,19 @@ impl Replica {
                 }
                 self.resync_step(peer);
             }
-            DiskOp::AlFlush => {
-                if ok && let Some(set) = self.al_flush.take() {
-                    for e in set {
-                        if !self.extent_inflight.contains_key(&e) {
-                            self.extent_dirty.remove(&e);
-                        }
-                    }
+            DiskOp::AlFlush { mark } => {
+                if ok {
+                    self.flush_done(mark);
                 }
-                self.al_flush = None;
+                self.al_flush = false;
             }
         }
     }
 
-    /// A completed flush makes every extent without writes in flight clean.
-    fn flush_done(&mut self) {
-        let inflight = &self.extent_inflight;
-        self.extent_dirty.retain(|e| inflight.contains_key(e));
+    /// A flush issued when the stamp was `mark` made every write completed before
+    /// then durable: extents whose last write is that old are clean.
+    fn flush_done(&mut self, mark: u64) {
+        self.extent_dirty.retain(|_, stamp| *stamp > mark);
     }
 
     /// Settles a pending generation: kept once every peer present acknowledged it
@@ -2563,7 +2583,10 @@ impl Replica {
     fn resync_step(&mut self, id: NodeId) {
         // Our rank counts writes received; serve blocks only once they are applied.
         let applying = self.queue.iter().any(|w| matches!(w, Work::Peer { .. }))
-            || self.disk_ops.values().any(|op| matches!(op, DiskOp::PeerWrite { .. }));
+            || self
+                .disk_ops
+                .values()
+                .any(|op| matches!(op, DiskOp::PeerWrite { .. }));
         if applying {
             return;
         }

@@ -229,7 +229,11 @@ fn from_uuids(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Option<Decision
         // primary started and undid for lack of quorum (no write under it completed).
         // The data agree on everything acknowledged; copy all of it from the rank.
         (true, true) => {
-            return Some(if a.last_seq >= b.last_seq { Decision::FullSource } else { Decision::FullTarget });
+            return Some(if a.last_seq >= b.last_seq {
+                Decision::FullSource
+            } else {
+                Decision::FullTarget
+            });
         }
         (false, false) => {}
     }

@@ -1104,7 +1104,9 @@ impl Sim {
                 }
             }
             ClientOp::Flush { submitted } => {
-                self.log(format!("client: flush {id} (sent {submitted}us) -> {result:?}"));
+                self.log(format!(
+                    "client: flush {id} (sent {submitted}us) -> {result:?}"
+                ));
                 if ok {
                     for recs in &mut self.blocks {
                         for r in recs.iter_mut() {
