@@ -1233,6 +1233,11 @@ impl Replica {
             for (b, c) in marks {
                 self.mark(id, b, c);
             }
+            if affected {
+                // Their extents may have left the activity log already (after a local
+                // flush), so these bits must survive a crash on their own.
+                self.persist();
+            }
             for f in &mut self.flushes {
                 affected |= f.waiting.remove(&id);
             }
@@ -1293,14 +1298,7 @@ impl Replica {
         if let Some((b, c)) = self.window.remove(&seq)
             && self.pinned.remove(&seq)
         {
-            for e in self.extents(b, c) {
-                if let Some(n) = self.extent_unacked.get_mut(&e) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.extent_unacked.remove(&e);
-                    }
-                }
-            }
+            self.unpin_extents(b, c);
         }
     }
 
@@ -1610,6 +1608,7 @@ impl Replica {
                 {
                     let (b, c) = (w.block, w.count);
                     self.mark(from, b, c);
+                    self.persist();
                 }
                 self.check_writes();
             }
@@ -1632,6 +1631,7 @@ impl Replica {
                 for (b, c) in entries {
                     self.mark(node, b, c);
                 }
+                self.persist();
             }
             Msg::NewUuid {
                 current,
@@ -2272,6 +2272,9 @@ impl Replica {
                     data,
                     fua,
                 });
+                // Until every target confirmed it, a crash here must still mark it for
+                // them: its extent stays in the activity log.
+                self.pin_extents(block, u64::from(count));
                 self.writes.insert(
                     seq,
                     PendingWrite {
@@ -2310,9 +2313,7 @@ impl Replica {
                 // the activity log, so a crash of this node still marks it.
                 if self.window.contains_key(&seq) {
                     self.pinned.insert(seq);
-                    for e in self.extents(block, c) {
-                        *self.extent_unacked.entry(e).or_insert(0) += 1;
-                    }
+                    self.pin_extents(block, c);
                 }
                 self.start_local(block, c);
                 let tag = self.tag(DiskOp::PeerWrite {
@@ -2554,7 +2555,26 @@ impl Replica {
             .map(|(s, _)| *s)
             .collect();
         for s in finished {
-            self.writes.remove(&s);
+            if let Some(w) = self.writes.remove(&s) {
+                self.unpin_extents(w.block, w.count);
+            }
+        }
+    }
+
+    fn pin_extents(&mut self, block: u64, count: u64) {
+        for e in self.extents(block, count) {
+            *self.extent_unacked.entry(e).or_insert(0) += 1;
+        }
+    }
+
+    fn unpin_extents(&mut self, block: u64, count: u64) {
+        for e in self.extents(block, count) {
+            if let Some(n) = self.extent_unacked.get_mut(&e) {
+                *n -= 1;
+                if *n == 0 {
+                    self.extent_unacked.remove(&e);
+                }
+            }
         }
     }
 

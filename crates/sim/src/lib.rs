@@ -501,6 +501,19 @@ impl Sim {
                             self.log(format!("n{to} <- n{from} new uuid {current:x} prev {previous:x} lost {lost:b}"))
                         }
                         Msg::InSync { mask } => self.log(format!("n{to} <- n{from} insync {mask:b}")),
+                        Msg::Write { seq, block, count, targets, .. }
+                            if self.watch.is_some_and(|w| w >= *block && w < block + u64::from(*count)) =>
+                        {
+                            self.log(format!("n{to} <- n{from} write seq {seq:x} covering the watched block, targets {targets:b}"));
+                        }
+                        Msg::Bitmap { round, word_offset, words, last } => {
+                            if let Some(w) = self.watch {
+                                let wi = (w / 64) as usize;
+                                let off = *word_offset as usize;
+                                let set = wi >= off && words.get(wi - off).is_some_and(|x| x & (1 << (w % 64)) != 0);
+                                self.log(format!("n{to} <- n{from} bitmap r{round} last {last}: watched block {}", if set { "SET" } else { "clear" }));
+                            }
+                        }
                         _ => {}
                     }
                     self.feed(to, Event::Message { from, msg });
