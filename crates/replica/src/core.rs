@@ -2685,13 +2685,21 @@ impl Replica {
     /// Ends a resync as source: our knowledge of third nodes passes to the target
     /// (it now holds our blocks), then our generations and rank.
     fn send_done(&mut self, id: NodeId) {
-        let others: Vec<(NodeId, Vec<u64>)> = self
-            .md
-            .bitmaps
-            .iter()
-            .filter(|(n, b)| **n != id && !b.is_empty())
-            .map(|(n, b)| (*n, b.words().to_vec()))
-            .collect();
+        // What a third node may lack: its bits, plus writes this primary has not yet
+        // seen it confirm.
+        let mut others: Vec<(NodeId, Vec<u64>)> = Vec::new();
+        for (n, bm) in &self.md.bitmaps {
+            if *n == id {
+                continue;
+            }
+            let mut b = bm.clone();
+            for w in self.writes.values().filter(|w| w.waiting.contains(n)) {
+                b.set_range(w.block, w.count);
+            }
+            if !b.is_empty() {
+                others.push((*n, b.words().to_vec()));
+            }
+        }
         for (node, words) in others {
             for (i, c) in words.chunks(BITMAP_CHUNK).enumerate() {
                 let msg = Msg::OtherBitmap {

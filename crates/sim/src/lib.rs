@@ -259,6 +259,8 @@ struct Sim {
     cut: BTreeSet<(NodeId, NodeId)>,
     next_conn: u64,
     client_node: Option<NodeId>,
+    last_primary: Option<NodeId>,
+    protocol: Protocol,
     inflight: BTreeMap<u64, (NodeId, ClientOp)>,
     next_id: u64,
     blocks: Vec<Vec<WriteRec>>,
@@ -394,6 +396,8 @@ impl Sim {
             cut: BTreeSet::new(),
             next_conn: 1,
             client_node: None,
+            last_primary: None,
+            protocol,
             inflight: BTreeMap::new(),
             next_id: 1,
             blocks: vec![Vec::new(); BLOCKS as usize],
@@ -611,7 +615,27 @@ impl Sim {
                     .insert(tag, DiskOp::Flush { snapshot });
                 self.schedule(lat, Ev::DiskDone { node, inc, tag });
             }
-            Action::PersistMd(md) => self.nodes[node as usize].md = *md,
+            Action::PersistMd(md) => {
+                if let Some(w) = self.watch {
+                    let before = &self.nodes[node as usize].md;
+                    let mut changes = Vec::new();
+                    for (peer, bm) in &md.bitmaps {
+                        let was = before.bitmaps.get(peer).is_some_and(|b| b.get(w));
+                        if was != bm.get(w) {
+                            changes.push(format!(
+                                "bit for n{peer} {}",
+                                if bm.get(w) { "set" } else { "cleared" }
+                            ));
+                        }
+                    }
+                    if !changes.is_empty() {
+                        let line =
+                            format!("n{node} persisted: watched block {}", changes.join(", "));
+                        self.log(line);
+                    }
+                }
+                self.nodes[node as usize].md = *md;
+            }
             Action::Send { to, msg } => self.send(node, to, msg),
             Action::Disconnect { peer } => self.close_conn(node, peer, 1, 20),
             Action::Complete { id, result } => self.complete(node, id, result),
@@ -891,8 +915,8 @@ impl Sim {
         }
     }
 
-    fn crash(&mut self, node: NodeId) {
-        self.out.crashes += 1;
+    /// Acked writes that are not durable may be gone from now on.
+    fn forget_volatile(&mut self) {
         self.last_crash = self.now;
         for recs in &mut self.blocks {
             for r in recs.iter_mut() {
@@ -901,6 +925,11 @@ impl Sim {
                 }
             }
         }
+    }
+
+    fn crash(&mut self, node: NodeId) {
+        self.out.crashes += 1;
+        self.forget_volatile();
         self.log(format!("chaos: crash n{node}"));
         let peers: Vec<NodeId> = (0..self.nodes.len() as NodeId)
             .filter(|p| *p != node)
@@ -979,6 +1008,12 @@ impl Sim {
             return;
         }
         self.nodes[node as usize].primary_since = Some(self.now);
+        // Protocol A acknowledges a write before any peer has it: failing over to
+        // another node may lose it, like a crash (only FLUSH/FUA promise more).
+        if self.protocol == Protocol::A && self.last_primary.is_some_and(|p| p != node) {
+            self.forget_volatile();
+        }
+        self.last_primary = Some(node);
         self.client_node = Some(node);
         self.check_durable(node, "at its promotion");
     }
