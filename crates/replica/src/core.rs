@@ -465,6 +465,8 @@ pub struct Replica {
     rotation_undo: Option<(u64, Vec<u64>, BTreeMap<NodeId, u64>)>,
     /// Writes received from the primary that it has not peer-acked: seq -> (block, count).
     window: BTreeMap<u64, (u64, u64)>,
+    /// The activity log as last persisted (checked against the one in memory).
+    persisted_al: BTreeSet<u64>,
     /// Window writes already submitted here (they pin their activity-log extents).
     pinned: BTreeSet<u64>,
     peer_acked: u64,
@@ -592,6 +594,7 @@ impl Replica {
             uuid_waiting: BTreeSet::new(),
             rotation_undo: None,
             window: BTreeMap::new(),
+            persisted_al: BTreeSet::new(),
             pinned: BTreeSet::new(),
             peer_acked: 0,
             promotion: None,
@@ -734,6 +737,14 @@ impl Replica {
         }
         self.pump();
         self.emit_changes();
+        // The activity log is only worth anything if every extent written to is in
+        // its persisted copy.
+        debug_assert!(
+            self.md.al.iter().all(|e| self.persisted_al.contains(e)),
+            "activity log extent in memory but not persisted: {:?} vs {:?}",
+            self.md.al,
+            self.persisted_al
+        );
         std::mem::take(&mut self.out)
     }
 
@@ -758,6 +769,7 @@ impl Replica {
     }
 
     fn persist(&mut self) {
+        self.persisted_al = self.md.al.iter().copied().collect();
         self.out.push(Action::PersistMd(Box::new(self.md.clone())));
     }
 
@@ -2060,6 +2072,8 @@ impl Replica {
                 }
                 return true;
             }
+            // Never evict an extent this very request needs.
+            let own: Vec<u64> = self.extents(block, count).collect();
             let mut changed = false;
             for e in needed {
                 if self.md.al.len() >= self.cfg.al_extents {
@@ -2071,6 +2085,7 @@ impl Replica {
                         .filter(|x| {
                             !self.extent_inflight.contains_key(x)
                                 && !self.extent_unacked.contains_key(x)
+                                && !own.contains(x)
                         })
                         .collect();
                     let clean = idle

@@ -628,6 +628,11 @@ impl Sim {
                             ));
                         }
                     }
+                    let ext = w / 8;
+                    let (was_al, now_al) = (before.al.contains(&ext), md.al.contains(&ext));
+                    if was_al != now_al {
+                        changes.push(format!("extent {ext} {} the activity log", if now_al { "enters" } else { "leaves" }));
+                    }
                     if !changes.is_empty() {
                         let line =
                             format!("n{node} persisted: watched block {}", changes.join(", "));
@@ -967,7 +972,8 @@ impl Sim {
         let n = &mut self.nodes[node as usize];
         n.core = Some(Replica::new(n.cfg.clone(), n.md.clone(), seed));
         let inc = n.inc;
-        self.log(format!("restart n{node}"));
+        let (dirty, al) = (self.nodes[node as usize].md.dirty, self.nodes[node as usize].md.al.clone());
+        self.log(format!("restart n{node} (metadata dirty {dirty}, activity log {al:?})"));
         self.schedule(MS, Ev::Tick { node, inc });
     }
 
