@@ -697,8 +697,22 @@ impl Replica {
                 })
             })
             .collect();
+        let writes: Vec<String> = self
+            .writes
+            .iter()
+            .map(|(seq, w)| {
+                format!(
+                    "{seq:x} @{}: local {} completed {} waiting {:?}",
+                    w.block, w.local_done, w.completed, w.waiting
+                )
+            })
+            .collect();
         format!(
-            "queue {} (head {:?}), disk ops {}, al {}/{} (flush {}), unacked extents {}, window {}, busy blocks {}, sources [{}], rounds {:?}",
+            "writes [{}], uuid waiting {:?}, role {:?}, quorum {}; queue {} (head {:?}), disk ops {}, al {}/{} (flush {}), unacked extents {}, window {}, busy blocks {}, sources [{}], rounds {:?}",
+            writes.join("; "),
+            self.uuid_waiting,
+            self.role,
+            self.quorum,
             self.queue.len(),
             head,
             self.disk_ops.len(),
@@ -1233,26 +1247,27 @@ impl Replica {
             ))));
         }
         self.uuid_waiting.remove(&id);
+        // Writes it did not acknowledge are out of sync for it, whatever our role now
+        // (a primary demoted with writes outstanding still tracks them).
+        let mut marks = Vec::new();
+        for w in self.writes.values_mut() {
+            if w.waiting.remove(&id) {
+                marks.push((w.block, w.count));
+            }
+        }
+        let mut affected = !marks.is_empty();
+        for (b, c) in marks {
+            self.mark(id, b, c);
+        }
+        if affected {
+            // Their extents may have left the activity log already (after a local
+            // flush), so these bits must survive a crash on their own.
+            self.persist();
+        }
+        for f in &mut self.flushes {
+            affected |= f.waiting.remove(&id);
+        }
         if self.role == Role::Primary && diskful {
-            // Writes it did not acknowledge are out of sync for it.
-            let mut marks = Vec::new();
-            for w in self.writes.values_mut() {
-                if w.waiting.remove(&id) {
-                    marks.push((w.block, w.count));
-                }
-            }
-            let mut affected = !marks.is_empty();
-            for (b, c) in marks {
-                self.mark(id, b, c);
-            }
-            if affected {
-                // Their extents may have left the activity log already (after a local
-                // flush), so these bits must survive a crash on their own.
-                self.persist();
-            }
-            for f in &mut self.flushes {
-                affected |= f.waiting.remove(&id);
-            }
             #[cfg(not(feature = "bug-skip-uuid-rotation"))]
             {
                 self.need_rotation = true;

@@ -631,7 +631,10 @@ impl Sim {
                     let ext = w / 8;
                     let (was_al, now_al) = (before.al.contains(&ext), md.al.contains(&ext));
                     if was_al != now_al {
-                        changes.push(format!("extent {ext} {} the activity log", if now_al { "enters" } else { "leaves" }));
+                        changes.push(format!(
+                            "extent {ext} {} the activity log",
+                            if now_al { "enters" } else { "leaves" }
+                        ));
                     }
                     if !changes.is_empty() {
                         let line =
@@ -757,6 +760,18 @@ impl Sim {
         }
         let lat = self.net_latency();
         let now = self.now;
+        if let Msg::Write {
+            seq, block, count, ..
+        } = &decoded
+            && self
+                .watch
+                .is_some_and(|w| w >= *block && w < block + u64::from(*count))
+        {
+            let up = self.conns.get(&pair(from, to)).map(|c| c.id);
+            self.log(format!(
+                "n{from} -> n{to} write seq {seq:x} covering the watched block (connection {up:?})"
+            ));
+        }
         let Some(c) = self.conns.get_mut(&pair(from, to)) else {
             return;
         };
@@ -972,8 +987,13 @@ impl Sim {
         let n = &mut self.nodes[node as usize];
         n.core = Some(Replica::new(n.cfg.clone(), n.md.clone(), seed));
         let inc = n.inc;
-        let (dirty, al) = (self.nodes[node as usize].md.dirty, self.nodes[node as usize].md.al.clone());
-        self.log(format!("restart n{node} (metadata dirty {dirty}, activity log {al:?})"));
+        let (dirty, al) = (
+            self.nodes[node as usize].md.dirty,
+            self.nodes[node as usize].md.al.clone(),
+        );
+        self.log(format!(
+            "restart n{node} (metadata dirty {dirty}, activity log {al:?})"
+        ));
         self.schedule(MS, Ev::Tick { node, inc });
     }
 
