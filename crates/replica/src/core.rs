@@ -1516,6 +1516,10 @@ impl Replica {
                 // Nothing to copy: the target still adopts our generations.
                 self.send_done(id);
                 self.md.bitmap_uuids.remove(&id);
+                let current = self.md.current;
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.current = current;
+                }
             } else {
                 self.peers.get_mut(&id).expect("peer").repl = Repl::SyncTarget;
             }
@@ -1531,6 +1535,13 @@ impl Replica {
             });
         } else {
             p.repl = Repl::SyncTarget;
+            // From now on we hold blocks of the source's generation: no older source
+            // may overwrite them, even if this resync does not finish.
+            let source_current = p.current;
+            if source_current != 0 {
+                self.known_current = source_current;
+                self.md.newest_seen = source_current;
+            }
             // Inconsistent until done, durably, before the first block arrives; what is
             // still to come is remembered whichever peer finishes it.
             if let Some(u) = self.md.bitmaps.get(&id).cloned() {
@@ -2025,6 +2036,12 @@ impl Replica {
                 }
             }
         }
+        // Peers in sync adopt the new generation with it (they get every write).
+        for p in self.peers.values_mut() {
+            if p.diskful && lost & mask(p.id) == 0 && p.current == old {
+                p.current = new;
+            }
+        }
         // Several unsettled rotations in a row go back to the last settled one.
         if self.rotation_undo.is_none() {
             self.rotation_undo = Some(undo);
@@ -2216,11 +2233,12 @@ impl Replica {
                     // A new generation before the first write that some peer, in sync
                     // until now, will miss (lost, or connected but not taking writes).
                     let targets = self.write_targets();
-                    let leaves_one_behind = self.cfg.nodes.iter().any(|n| {
-                        n.diskful
-                            && n.id != self.cfg.node
-                            && !targets.contains(&n.id)
-                            && self.md.bitmap_uuids.get(&n.id).is_none_or(|u| *u == 0)
+                    let current = self.md.current;
+                    let leaves_one_behind = self.peers.values().any(|p| {
+                        p.diskful
+                            && !targets.contains(&p.id)
+                            && current != 0
+                            && p.current == current
                     });
                     #[cfg(feature = "bug-skip-uuid-rotation")]
                     let leaves_one_behind = false;
@@ -2776,7 +2794,9 @@ impl Replica {
     fn finish_source(&mut self, id: NodeId) {
         self.send_done(id);
         self.md.bitmap_uuids.remove(&id);
+        let current = self.md.current;
         if let Some(p) = self.peers.get_mut(&id) {
+            p.current = current;
             p.repl = Repl::Established;
             p.source = None;
             p.disk = Disk::UpToDate;

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") || args.is_empty() {
         println!("usage: sim --seed N [--trace]   replay one seed with a readable trace");
-        println!("       sim --seeds N [--start S]   run N seeds from S (default 0)");
+        println!(
+            "       sim --seeds N [--start S] [--keep-going]   run N seeds from S (default 0);"
+        );
+        println!("           stops at the first violation unless --keep-going");
         return ExitCode::SUCCESS;
     }
     let parsed = (|| {
@@ -75,8 +78,10 @@ fn main() -> ExitCode {
     }
     let count = seeds.unwrap_or(100);
     let start = start.unwrap_or(0);
+    let keep_going = args.iter().any(|a| a == "--keep-going");
     let t = std::time::Instant::now();
     let mut totals = sim::Outcome::default();
+    let mut failed: Vec<String> = Vec::new();
     for s in start..start + count {
         match sim::run(s, &opts) {
             Ok(o) => {
@@ -89,10 +94,29 @@ fn main() -> ExitCode {
                 totals.resync_blocks += o.resync_blocks;
             }
             Err(v) => {
+                if keep_going {
+                    failed.push(format!(
+                        "seed {}: invariant {}: {}",
+                        v.seed,
+                        v.invariant,
+                        v.message.chars().take(150).collect::<String>()
+                    ));
+                    continue;
+                }
                 println!("{v}");
                 return ExitCode::FAILURE;
             }
         }
+    }
+    if !failed.is_empty() {
+        for f in &failed {
+            println!("{f}");
+        }
+        println!(
+            "{} of {count} seeds from {start} violated an invariant",
+            failed.len()
+        );
+        return ExitCode::FAILURE;
     }
     println!(
         "{count} seeds from {start}: all invariants held ({} events, {} writes acked, {} reads checked, {} promotions, {} crashes, {} links cut, {} resync blocks) in {:.1}s",
