@@ -1447,6 +1447,7 @@ impl Replica {
         }
         if let Some(p) = self.peers.get(&id)
             && p.role == Role::Primary
+            && p.current == self.md.current
         {
             self.known_current = p.current;
         }
@@ -1537,8 +1538,15 @@ impl Replica {
             p.repl = Repl::SyncTarget;
             // From now on we hold blocks of the source's generation: no older source
             // may overwrite them, even if this resync does not finish.
-            let source_current = p.current;
-            if source_current != 0 {
+            // Only forward: a newer generation learned from a NewUuid stays.
+            let (source_current, source_history) = p
+                .their_hello
+                .as_ref()
+                .map(|h| (h.current, h.history.clone()))
+                .unwrap_or((p.current, Vec::new()));
+            let known = self.known_current;
+            let forward = known == 0 || known == self.md.current || source_history.contains(&known);
+            if source_current != 0 && forward {
                 self.known_current = source_current;
                 self.md.newest_seen = source_current;
             }
