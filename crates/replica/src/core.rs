@@ -1510,23 +1510,26 @@ impl Replica {
             bm.or(&incoming);
         }
         let empty = self.md.bitmaps.get(&id).is_none_or(|b| b.is_empty());
-        let p = self.peers.get_mut(&id).expect("peer exists");
         if empty {
-            p.repl = Repl::Established;
             if source {
                 // Nothing to copy: the target still adopts our generations.
                 self.send_done(id);
                 self.md.bitmap_uuids.remove(&id);
                 let current = self.md.current;
                 if let Some(p) = self.peers.get_mut(&id) {
+                    p.repl = Repl::Established;
                     p.current = current;
                 }
-            } else {
-                self.peers.get_mut(&id).expect("peer").repl = Repl::SyncTarget;
+            } else if let Some(p) = self.peers.get_mut(&id) {
+                // Waits for the source's ResyncDone to adopt its generations.
+                p.repl = Repl::SyncTarget;
             }
             self.persist();
             return;
         }
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
         if source {
             p.repl = Repl::SyncSource;
             p.source = Some(SourceState {
@@ -2206,10 +2209,7 @@ impl Replica {
 
     /// Runs queued work in order while it can start.
     fn pump(&mut self) {
-        loop {
-            let Some(head) = self.queue.front() else {
-                break;
-            };
+        while let Some(head) = self.queue.front() {
             let range = head.range();
             let barrier = matches!(head, Work::PeerFlush { .. } | Work::ResyncDone { .. });
             if barrier {

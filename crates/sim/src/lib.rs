@@ -324,7 +324,7 @@ impl Sim {
     fn new(seed: u64, opts: &Options) -> Sim {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let diskful = rng.range(2, 5) as usize;
-        let diskless = if diskful % 2 == 0 {
+        let diskless = if diskful.is_multiple_of(2) {
             rng.range(1, 2) as usize
         } else {
             rng.range(0, 1) as usize
@@ -1214,7 +1214,7 @@ impl Sim {
                 }
             }
         }
-        if ok && !matches!(self.violation, Some(_)) {
+        if ok && self.violation.is_none() {
             self.nodes[node as usize].last_ok = Some(self.now);
         }
     }

@@ -1,0 +1,81 @@
+#![cfg(not(any(
+    feature = "bug-early-ack",
+    feature = "bug-skip-uuid-rotation",
+    feature = "bug-forget-al"
+)))]
+
+//! The simulator in CI: 2,000 seeds, every one checked against all five invariants.
+//!
+//! Seeds in `KNOWN_FAILURES` still violate an invariant (see docs/replication.md,
+//! "Known failures"); the test also asserts they still do, so the list can only
+//! shrink as bugs are fixed, never hide a new one.
+
+use sim::{Options, run};
+
+const SEEDS: u64 = 2000;
+/// Every seed below 2,000 that violates an invariant today, with the invariant.
+const KNOWN_FAILURES: &[(u64, u8)] = &[
+    (56, 5),
+    (227, 5),
+    (543, 4),
+    (718, 5),
+    (803, 5),
+    (847, 4),
+    (1106, 5),
+    (1617, 5),
+    (1661, 5),
+    (1830, 4),
+];
+
+fn check_range(from: u64, to: u64) {
+    let opts = Options::default();
+    let mut failures = Vec::new();
+    for seed in from..to {
+        let known = KNOWN_FAILURES.iter().find(|(s, _)| *s == seed);
+        match (run(seed, &opts), known) {
+            (Ok(_), None) => {}
+            (Err(v), None) => failures.push(format!("{v}")),
+            (Err(v), Some((_, inv))) if v.invariant == *inv => {}
+            (Err(v), Some((_, inv))) => failures.push(format!(
+                "seed {seed} was known to violate invariant {inv}, now violates {}:\n{v}",
+                v.invariant
+            )),
+            (Ok(_), Some(_)) => failures.push(format!(
+                "seed {seed} no longer violates an invariant: remove it from KNOWN_FAILURES"
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn seeds_0_to_499() {
+    check_range(0, 500);
+}
+
+#[test]
+fn seeds_500_to_999() {
+    check_range(500, 1000);
+}
+
+#[test]
+fn seeds_1000_to_1499() {
+    check_range(1000, 1500);
+}
+
+#[test]
+fn seeds_1500_to_1999() {
+    check_range(1500, SEEDS);
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let opts = Options {
+        trace: true,
+        ..Options::default()
+    };
+    let a = run(7, &opts).map(|o| o.trace).unwrap_or_else(|v| v.trace);
+    let b = run(7, &opts).map(|o| o.trace).unwrap_or_else(|v| v.trace);
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+}
