@@ -82,8 +82,12 @@ pub struct Persistent {
     /// as a resync target that received the primary's writes): no source older than
     /// this may overwrite it, and no node older than this gets its vote.
     pub newest_seen: u64,
-    /// Blocks this node still lacks from an unfinished resync (whatever the source).
+    /// Every block of an unfinished resync (kept whole until one completes): a new
+    /// source must send all of them again, since those already received came from
+    /// another copy that may differ.
     pub resync_left: Bitmap,
+    /// The source of the unfinished resync.
+    pub resync_from: Option<NodeId>,
     /// Hot extents, least recently used first.
     pub al: Vec<u64>,
     /// The node was primary (a crash then makes it a crashed primary).
@@ -122,6 +126,7 @@ impl Persistent {
             bitmaps,
             newest_seen: 0,
             resync_left: Bitmap::new(cfg.size_blocks),
+            resync_from: None,
             al: Vec::new(),
             primary: false,
             dirty: false,
@@ -1416,11 +1421,13 @@ impl Replica {
             | Decision::FullTarget => {
                 p.conn = ConnState::Connected;
                 let left = self.md.resync_left.clone();
+                let same_source = self.md.resync_from == Some(id);
                 if let Some(bm) = self.md.bitmaps.get_mut(&id) {
                     if matches!(d, Decision::FullSource | Decision::FullTarget) {
                         bm.set_all();
-                    } else if matches!(d, Decision::BitmapTarget) {
-                        // Resume whatever an earlier resync left, from this source.
+                    } else if matches!(d, Decision::BitmapTarget) && !same_source {
+                        // An unfinished resync from another source: all of its blocks
+                        // again from this one. (The same source resumes from its bits.)
                         bm.or(&left);
                     }
                 }
@@ -1558,6 +1565,7 @@ impl Replica {
             if let Some(u) = self.md.bitmaps.get(&id).cloned() {
                 self.md.resync_left.or(&u);
             }
+            self.md.resync_from = Some(id);
             self.md.disk = Disk::Inconsistent;
             // Our data is about to change: resyncs we serve start over.
             let serving: Vec<NodeId> = self
@@ -2427,6 +2435,8 @@ impl Replica {
                         self.md.newest_seen = current;
                         self.md.bitmap_uuids.remove(&from);
                         self.md.disk = Disk::UpToDate;
+                        self.md.resync_left.clear_all();
+                        self.md.resync_from = None;
                         self.crashed_primary = false;
                         if let Some(p) = self.peers.get_mut(&from) {
                             p.repl = Repl::Established;
@@ -2500,7 +2510,6 @@ impl Replica {
                     if let Some(bm) = self.md.bitmaps.get_mut(&from) {
                         bm.clear(block);
                     }
-                    self.md.resync_left.clear(block);
                 }
                 self.send(from, Msg::ResyncAck { block, ok });
             }
