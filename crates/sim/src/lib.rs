@@ -92,6 +92,45 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// The cluster a run simulates.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub diskful: usize,
+    pub diskless: usize,
+    pub protocol: Protocol,
+    /// A node that starts without data (needs a full initial sync).
+    pub fresh_node: Option<NodeId>,
+    pub quorum: QuorumPolicy,
+}
+
+impl Shape {
+    fn random(rng: &mut Rng) -> Shape {
+        let diskful = rng.range(2, 5) as usize;
+        let diskless = if diskful.is_multiple_of(2) {
+            rng.range(1, 2) as usize
+        } else {
+            rng.range(0, 1) as usize
+        };
+        let protocol = if rng.chance(25) {
+            Protocol::A
+        } else {
+            Protocol::C
+        };
+        let fresh_node = if rng.chance(20) {
+            Some(diskful as NodeId - 1)
+        } else {
+            None
+        };
+        Shape {
+            diskful,
+            diskless,
+            protocol,
+            fresh_node,
+            quorum: QuorumPolicy::Majority,
+        }
+    }
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -276,6 +315,10 @@ struct Sim {
     watch: Option<u64>,
     out: Outcome,
     violation: Option<(u8, String)>,
+    /// Outcome of each client request, for scripted scenarios.
+    results: BTreeMap<u64, bool>,
+    /// Outcome of the last promotion per node, for scripted scenarios.
+    promotions: BTreeMap<NodeId, Result<(), String>>,
 }
 
 fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
@@ -323,22 +366,24 @@ pub fn run(seed: u64, opts: &Options) -> Result<Outcome, Violation> {
 impl Sim {
     fn new(seed: u64, opts: &Options) -> Sim {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let diskful = rng.range(2, 5) as usize;
-        let diskless = if diskful.is_multiple_of(2) {
-            rng.range(1, 2) as usize
-        } else {
-            rng.range(0, 1) as usize
-        };
-        let protocol = if rng.chance(25) {
-            Protocol::A
-        } else {
-            Protocol::C
-        };
-        let fresh_node = if rng.chance(20) {
-            Some(diskful as NodeId - 1)
-        } else {
-            None
-        };
+        let shape = Shape::random(&mut rng);
+        let mut sim = Sim::build(rng, shape, opts);
+        sim.schedule(50 * MS, Ev::Client);
+        sim.schedule(500 * MS, Ev::Chaos);
+        sim.schedule(opts.chaos_us, Ev::Heal);
+        // Start with node 0 primary once connected.
+        sim.promote_later(0, 300 * MS);
+        sim
+    }
+
+    fn build(mut rng: Rng, shape: Shape, opts: &Options) -> Sim {
+        let Shape {
+            diskful,
+            diskless,
+            protocol,
+            fresh_node,
+            quorum,
+        } = shape;
         let confs: Vec<NodeConf> = (0..(diskful + diskless))
             .map(|i| NodeConf {
                 id: i as NodeId,
@@ -352,7 +397,7 @@ impl Sim {
                 nodes: confs.clone(),
                 size_blocks: BLOCKS,
                 protocol,
-                quorum: QuorumPolicy::Majority,
+                quorum,
                 split_brain: SplitBrainPolicy::Disconnect,
                 al_extents: 12,
                 extent_blocks: 8,
@@ -418,6 +463,8 @@ impl Sim {
                 ..Outcome::default()
             },
             violation: None,
+            results: BTreeMap::new(),
+            promotions: BTreeMap::new(),
         };
         sim.log(format!(
             "cluster: {diskful} diskful + {diskless} diskless, protocol {protocol:?}, fresh node {fresh_node:?}"
@@ -433,11 +480,6 @@ impl Sim {
             );
         }
         sim.schedule(0, Ev::Connect);
-        sim.schedule(50 * MS, Ev::Client);
-        sim.schedule(500 * MS, Ev::Chaos);
-        sim.schedule(opts.chaos_us, Ev::Heal);
-        // Start with node 0 primary once connected.
-        sim.promote_later(0, 300 * MS);
         sim
     }
 
@@ -649,6 +691,7 @@ impl Sim {
             Action::Complete { id, result } => self.complete(node, id, result),
             Action::PromoteResult(r) => {
                 self.promoting.remove(&node);
+                self.promotions.insert(node, r.clone());
                 match r {
                     Ok(()) => self.promoted(node),
                     Err(e) => self.log(format!("n{node} promotion refused: {e}")),
@@ -1164,6 +1207,7 @@ impl Sim {
             return;
         }
         let ok = result.is_ok();
+        self.results.insert(id, ok);
         match op {
             ClientOp::Write { block, count, fua } => {
                 self.log(format!("client: write {id} -> {result:?}"));
@@ -1428,4 +1472,247 @@ impl Sim {
 /// Runs seeds `start..start+count`; returns the first violation, if any.
 pub fn run_many(start: u64, count: u64, opts: &Options) -> Result<Vec<Outcome>, Violation> {
     (start..start + count).map(|s| run(s, opts)).collect()
+}
+
+/// A scripted run: the same simulated network, disks and oracle, but faults and I/O
+/// come from the test, step by step. For the named scenario tests.
+pub struct Scenario {
+    sim: Sim,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario")
+            .field("now_us", &self.sim.now)
+            .finish()
+    }
+}
+
+impl Scenario {
+    /// Every diskful node starts UpToDate in one generation (all zero data); nodes
+    /// connect by themselves.
+    pub fn new(diskful: usize, diskless: usize, protocol: Protocol) -> Scenario {
+        Scenario::with_quorum(diskful, diskless, protocol, QuorumPolicy::Majority)
+    }
+
+    pub fn with_quorum(
+        diskful: usize,
+        diskless: usize,
+        protocol: Protocol,
+        quorum: QuorumPolicy,
+    ) -> Scenario {
+        let shape = Shape {
+            diskful,
+            diskless,
+            protocol,
+            fresh_node: None,
+            quorum,
+        };
+        let opts = Options {
+            trace: true,
+            ..Options::default()
+        };
+        let mut sim = Sim::build(Rng(0x5eed), shape, &opts);
+        sim.healing = None;
+        let mut sc = Scenario { sim };
+        sc.run_ms(1000);
+        sc
+    }
+
+    /// Lets simulated time pass.
+    pub fn run_ms(&mut self, ms: u64) {
+        let until = self.sim.now + ms * MS;
+        while let Some((&(t, _), _)) = self.sim.queue.first_key_value() {
+            if t > until {
+                break;
+            }
+            let Some(((t, _), ev)) = self.sim.queue.pop_first() else {
+                break;
+            };
+            self.sim.now = t;
+            self.sim.event(ev);
+        }
+        self.sim.now = until;
+    }
+
+    /// The first invariant violation seen so far, if any.
+    pub fn violation(&self) -> Option<(u8, String)> {
+        self.sim.violation.clone()
+    }
+
+    pub fn trace(&self) -> String {
+        self.sim.trace.join("\n")
+    }
+
+    pub fn promote(&mut self, node: NodeId, force: bool) -> Result<(), String> {
+        self.sim.promotions.remove(&node);
+        self.sim.feed(node, Event::Admin(Admin::Primary { force }));
+        for _ in 0..50 {
+            if let Some(r) = self.sim.promotions.get(&node) {
+                return r.clone();
+            }
+            self.run_ms(100);
+        }
+        Err("no answer to the promotion".into())
+    }
+
+    pub fn demote(&mut self, node: NodeId) {
+        self.sim.feed(node, Event::Admin(Admin::Secondary));
+        if self.sim.client_node == Some(node) {
+            self.sim.client_node = None;
+        }
+        self.run_ms(200);
+    }
+
+    pub fn admin(&mut self, node: NodeId, a: Admin) {
+        self.sim.feed(node, Event::Admin(a));
+    }
+
+    /// Writes `count` blocks from `block` on `node` and waits for the answer.
+    pub fn write(&mut self, node: NodeId, block: u64, count: u32, fua: bool) -> bool {
+        let id = self.sim.next_id;
+        self.sim.next_id += 1;
+        for b in block..block + u64::from(count) {
+            self.sim.blocks[b as usize].push(WriteRec {
+                id,
+                acked_at: None,
+                durable: false,
+                maybe_lost: false,
+            });
+        }
+        self.sim
+            .inflight
+            .insert(id, (node, ClientOp::Write { block, count, fua }));
+        let data = bytes_of(&vec![id; count as usize]);
+        self.sim.feed(
+            node,
+            Event::ClientWrite {
+                id,
+                block,
+                count,
+                data,
+                fua,
+            },
+        );
+        self.wait(id)
+    }
+
+    pub fn flush(&mut self, node: NodeId) -> bool {
+        let id = self.sim.next_id;
+        self.sim.next_id += 1;
+        self.sim.inflight.insert(
+            id,
+            (
+                node,
+                ClientOp::Flush {
+                    submitted: self.sim.now,
+                },
+            ),
+        );
+        self.sim.feed(node, Event::ClientFlush { id });
+        self.wait(id)
+    }
+
+    fn wait(&mut self, id: u64) -> bool {
+        for _ in 0..500 {
+            if let Some(ok) = self.sim.results.get(&id) {
+                return *ok;
+            }
+            self.run_ms(10);
+        }
+        false
+    }
+
+    pub fn cut(&mut self, a: NodeId, b: NodeId) {
+        if self.sim.cut.insert(pair(a, b)) {
+            self.sim.close_conn(a, b, 300, 300);
+        }
+    }
+
+    pub fn heal(&mut self, a: NodeId, b: NodeId) {
+        self.sim.cut.remove(&pair(a, b));
+    }
+
+    pub fn isolate(&mut self, n: NodeId) {
+        for o in 0..self.sim.nodes.len() as NodeId {
+            if o != n {
+                self.cut(n, o);
+            }
+        }
+    }
+
+    pub fn heal_all(&mut self) {
+        self.sim.cut.clear();
+    }
+
+    /// Kills the node: unflushed writes survive or vanish at random.
+    pub fn crash(&mut self, n: NodeId) {
+        self.sim.crash(n);
+    }
+
+    pub fn restart(&mut self, n: NodeId) {
+        self.sim.restart(n);
+    }
+
+    pub fn status(&self, n: NodeId) -> Option<replica::core::Status> {
+        self.sim.nodes[n as usize].core.as_ref().map(|c| c.status())
+    }
+
+    pub fn standalone_reason(&self, n: NodeId, peer: NodeId) -> Option<String> {
+        self.sim.nodes[n as usize]
+            .core
+            .as_ref()?
+            .standalone_reason(peer)
+            .map(str::to_owned)
+    }
+
+    pub fn block(&self, n: NodeId, b: u64) -> u64 {
+        self.sim.nodes[n as usize].disk.value(b)
+    }
+
+    /// Resync blocks sent since the scenario started.
+    pub fn resync_blocks(&self) -> u64 {
+        self.sim.out.resync_blocks
+    }
+
+    /// Every node up, every pair connected with nothing to resync, every disk UpToDate.
+    pub fn settled(&self) -> bool {
+        self.sim.nodes.iter().all(|n| {
+            n.core.as_ref().is_some_and(|c| {
+                let st = c.status();
+                (!n.diskful || st.disk == Disk::UpToDate)
+                    && st.peers.iter().all(|p| {
+                        p.conn == ConnState::Connected
+                            && matches!(p.repl, Repl::Established | Repl::Deferred)
+                            && p.out_of_sync_blocks == 0
+                    })
+            })
+        })
+    }
+
+    /// Diskful nodes whose data differs from node `of` (block by block).
+    pub fn differing_from(&self, of: NodeId) -> Vec<NodeId> {
+        self.sim
+            .nodes
+            .iter()
+            .filter(|n| n.diskful && n.id != of)
+            .filter(|n| {
+                (0..BLOCKS).any(|b| n.disk.value(b) != self.sim.nodes[of as usize].disk.value(b))
+            })
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Runs until settled (at most `ms`); then checks that all diskful replicas are
+    /// identical and hold every durable write.
+    pub fn settle(&mut self, ms: u64) -> bool {
+        for _ in 0..ms / 100 {
+            if self.settled() {
+                self.sim.final_checks();
+                return self.sim.violation.is_none();
+            }
+            self.run_ms(100);
+        }
+        false
+    }
 }

@@ -1,0 +1,192 @@
+//! Named scenarios, scripted step by step (no random faults), on the simulator's
+//! network, disks and oracle.
+
+use replica::core::{Admin, ConnState, Protocol};
+use replica::quorum::QuorumPolicy;
+use sim::Scenario;
+use wire::{Disk, Role};
+
+fn assert_clean(sc: &Scenario) {
+    assert!(
+        sc.violation().is_none(),
+        "{:?}\n{}",
+        sc.violation(),
+        sc.trace()
+    );
+}
+
+#[test]
+fn primary_crash_and_return_resyncs_only_the_hot_extents() {
+    // Two data nodes and a tiebreaker; extents are 8 blocks in the simulator.
+    let mut sc = Scenario::new(2, 1, Protocol::C);
+    sc.promote(0, false).unwrap();
+    for b in [3u64, 5, 100, 101] {
+        assert!(sc.write(0, b, 1, false));
+    }
+    sc.crash(0);
+    sc.run_ms(2000);
+    // The survivor keeps quorum through the tiebreaker and takes over.
+    sc.promote(1, false).unwrap();
+    assert!(sc.write(1, 200, 2, true));
+    let before = sc.resync_blocks();
+    sc.restart(0);
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    let copied = sc.resync_blocks() - before;
+    // Hot extents of the crashed primary (2 x 8 blocks) plus what was written since.
+    assert!(copied >= 2 && copied <= 2 * 8 + 2, "copied {copied} blocks");
+    assert!(sc.differing_from(1).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn secondary_down_while_primary_writes_copies_only_the_changes() {
+    let mut sc = Scenario::new(3, 0, Protocol::C);
+    sc.promote(0, false).unwrap();
+    sc.isolate(2);
+    sc.run_ms(2000);
+    let blocks = [1u64, 9, 17, 40, 41, 42, 130, 131, 200, 250];
+    for b in blocks {
+        assert!(sc.write(0, b, 1, false));
+    }
+    assert!(sc.flush(0));
+    let before = sc.resync_blocks();
+    sc.heal_all();
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert_eq!(
+        sc.resync_blocks() - before,
+        blocks.len() as u64,
+        "bytes copied track the changes"
+    );
+    assert!(sc.differing_from(0).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn forced_split_brain_is_detected_explained_and_resolved_by_discard_my_data() {
+    // Two nodes without quorum (a split brain cannot form with quorum on: even a
+    // forced primary fails I/O without it, see the tiebreaker scenario).
+    let mut sc = Scenario::with_quorum(2, 0, Protocol::C, QuorumPolicy::Off);
+    sc.promote(0, false).unwrap();
+    sc.cut(0, 1);
+    sc.run_ms(2000);
+    // While node 0 is primary nobody else promotes; the administrator forces it.
+    sc.promote(1, true).unwrap();
+    assert!(sc.write(0, 10, 2, false));
+    assert!(sc.write(1, 20, 3, false));
+    // The oracle notices the two writers the administrator forced.
+    assert_eq!(sc.violation().map(|v| v.0), Some(3));
+    sc.heal_all();
+    sc.run_ms(3000);
+    let reason = sc
+        .standalone_reason(0, 1)
+        .or_else(|| sc.standalone_reason(1, 0))
+        .unwrap_or_default();
+    assert!(
+        reason.contains("split brain") && reason.contains("connect --discard-my-data"),
+        "{reason}"
+    );
+    // Nobody syncs: the differing blocks are untouched.
+    assert_eq!(sc.differing_from(0), vec![1]);
+    // The documented resolution: on the victim, secondary + connect --discard-my-data.
+    let before = sc.resync_blocks();
+    sc.demote(1);
+    sc.admin(
+        1,
+        Admin::Connect {
+            peer: Some(0),
+            discard_my_data: true,
+        },
+    );
+    sc.admin(
+        0,
+        Admin::Connect {
+            peer: Some(1),
+            discard_my_data: false,
+        },
+    );
+    for _ in 0..100 {
+        if sc.differing_from(0).is_empty() && sc.settled() {
+            break;
+        }
+        sc.run_ms(200);
+    }
+    assert!(sc.settled(), "{}", sc.trace());
+    assert!(sc.differing_from(0).is_empty());
+    // Only the divergent blocks were copied (5 written, plus nothing else).
+    assert_eq!(sc.resync_blocks() - before, 5);
+}
+
+#[test]
+fn a_rejoining_node_that_lost_quorum_is_resynced_not_declared_in_sync() {
+    // drbd#145: the rejoining secondary must not get a silent no-sync.
+    let mut sc = Scenario::new(3, 0, Protocol::C);
+    sc.promote(0, false).unwrap();
+    sc.isolate(2);
+    sc.run_ms(2000);
+    assert_eq!(sc.status(2).map(|s| s.quorum), Some(false));
+    for b in 0..6u64 {
+        assert!(sc.write(0, b * 20, 1, true));
+    }
+    let before = sc.resync_blocks();
+    sc.heal_all();
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert!(sc.resync_blocks() - before >= 6);
+    assert!(sc.differing_from(0).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn when_the_tiebreaker_switches_sides_nobody_promotes() {
+    let mut sc = Scenario::new(2, 1, Protocol::C);
+    sc.promote(0, false).unwrap();
+    // The data nodes lose each other; both still see the tiebreaker (node 2).
+    sc.cut(0, 1);
+    sc.run_ms(2000);
+    assert!(
+        sc.write(0, 7, 1, true),
+        "the primary keeps quorum through the tiebreaker"
+    );
+    let refused = sc.promote(1, false);
+    assert!(refused.is_err(), "node 1 promoted while node 0 is primary");
+    // Now the tiebreaker switches sides: it loses the primary.
+    sc.cut(0, 2);
+    sc.run_ms(2000);
+    assert!(
+        !sc.write(0, 8, 1, true),
+        "a primary without quorum must fail writes"
+    );
+    let refused = sc.promote(1, false);
+    assert!(
+        refused.is_err(),
+        "node 1 has stale data and must not promote: {refused:?}"
+    );
+    assert_eq!(sc.status(1).map(|s| s.role), Some(Role::Secondary));
+    assert_clean(&sc);
+}
+
+#[test]
+fn three_data_nodes_primary_dies_and_the_secondaries_reconcile() {
+    let mut sc = Scenario::new(3, 0, Protocol::C);
+    sc.promote(0, false).unwrap();
+    for b in 0..30u64 {
+        assert!(sc.write(0, b * 7 % 256, 2, b % 5 == 0));
+    }
+    sc.crash(0);
+    sc.run_ms(3000);
+    // The two survivors agree with each other and one of them takes over.
+    for n in [1, 2] {
+        let st = sc.status(n).unwrap();
+        assert_eq!(st.disk, Disk::UpToDate);
+        let other = if n == 1 { 2 } else { 1 };
+        let p = st.peers.iter().find(|p| p.id == other).unwrap();
+        assert_eq!(p.conn, ConnState::Connected);
+        assert_eq!(p.out_of_sync_blocks, 0);
+    }
+    assert!(!sc.differing_from(1).contains(&2));
+    sc.promote(1, false).unwrap();
+    assert!(sc.write(1, 3, 1, true));
+    sc.restart(0);
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert!(sc.differing_from(1).is_empty());
+    assert_clean(&sc);
+}
