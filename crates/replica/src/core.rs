@@ -2506,10 +2506,8 @@ impl Replica {
                     // the next resync copies the block again.
                     return;
                 }
-                if ok {
-                    if let Some(bm) = self.md.bitmaps.get_mut(&from) {
-                        bm.clear(block);
-                    }
+                if ok && let Some(bm) = self.md.bitmaps.get_mut(&from) {
+                    bm.clear(block);
                 }
                 self.send(from, Msg::ResyncAck { block, ok });
             }
