@@ -2257,7 +2257,10 @@ impl Replica {
                             && p.current == current
                     });
                     #[cfg(feature = "bug-skip-uuid-rotation")]
-                    let leaves_one_behind = false;
+                    let leaves_one_behind = {
+                        let _ = leaves_one_behind;
+                        false
+                    };
                     if self.need_rotation || leaves_one_behind {
                         self.rotate();
                     }
@@ -2590,7 +2593,10 @@ impl Replica {
             }
             let peers_ok = w.waiting.is_empty() || (proto_a && !w.fua);
             #[cfg(feature = "bug-early-ack")]
-            let peers_ok = true;
+            let peers_ok = {
+                let _ = peers_ok;
+                true
+            };
             if peers_ok && uuid_ok {
                 w.completed = true;
                 done.push((*seq, w.client, w.local_ok));

@@ -33,7 +33,7 @@ fn primary_crash_and_return_resyncs_only_the_hot_extents() {
     assert!(sc.settle(60_000), "{}", sc.trace());
     let copied = sc.resync_blocks() - before;
     // Hot extents of the crashed primary (2 x 8 blocks) plus what was written since.
-    assert!(copied >= 2 && copied <= 2 * 8 + 2, "copied {copied} blocks");
+    assert!((2..=2 * 8 + 2).contains(&copied), "copied {copied} blocks");
     assert!(sc.differing_from(1).is_empty());
     assert_clean(&sc);
 }
