@@ -1178,13 +1178,18 @@ impl Replica {
             .map(|p| p.id)
             .collect();
         for id in ids {
-            let round = self
-                .peers
-                .get(&id)
-                .map(|p| p.round.wrapping_add(1))
-                .unwrap_or(1);
-            self.start_handshake(id, round);
+            self.new_round(id);
         }
+    }
+
+    /// Starts the next handshake round with `id`.
+    fn new_round(&mut self, id: NodeId) {
+        let round = self
+            .peers
+            .get(&id)
+            .map(|p| p.round.wrapping_add(1))
+            .unwrap_or(1);
+        self.start_handshake(id, round);
     }
 
     fn rehandshake_all(&mut self) {
@@ -1195,12 +1200,7 @@ impl Replica {
             .map(|p| p.id)
             .collect();
         for id in ids {
-            let round = self
-                .peers
-                .get(&id)
-                .map(|p| p.round.wrapping_add(1))
-                .unwrap_or(1);
-            self.start_handshake(id, round);
+            self.new_round(id);
         }
     }
 
@@ -1575,12 +1575,7 @@ impl Replica {
                 .map(|p| p.id)
                 .collect();
             for s in serving {
-                let round = self
-                    .peers
-                    .get(&s)
-                    .map(|p| p.round.wrapping_add(1))
-                    .unwrap_or(1);
-                self.start_handshake(s, round);
+                self.new_round(s);
             }
         }
         self.persist();
@@ -2797,12 +2792,7 @@ impl Replica {
             .map(|p| p.id)
             .collect();
         for id in waiting {
-            let round = self
-                .peers
-                .get(&id)
-                .map(|p| p.round.wrapping_add(1))
-                .unwrap_or(1);
-            self.start_handshake(id, round);
+            self.new_round(id);
         }
     }
 
@@ -2894,12 +2884,7 @@ impl Replica {
             .map(|p| p.id)
             .collect();
         for id in dirty {
-            let round = self
-                .peers
-                .get(&id)
-                .map(|p| p.round.wrapping_add(1))
-                .unwrap_or(1);
-            self.start_handshake(id, round);
+            self.new_round(id);
         }
         let budget = self.cfg.resync_per_tick;
         let sources: Vec<NodeId> = self
