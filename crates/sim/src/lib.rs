@@ -1136,31 +1136,7 @@ impl Sim {
                 return;
             }
             let fua = self.rng.chance(8);
-            for b in block..block + u64::from(count) {
-                self.blocks[b as usize].push(WriteRec {
-                    id,
-                    acked_at: None,
-                    durable: false,
-                    maybe_lost: false,
-                });
-            }
-            self.log(format!(
-                "client: write {id} to blocks {block}..{} on n{node}",
-                block + u64::from(count)
-            ));
-            self.inflight
-                .insert(id, (node, ClientOp::Write { block, count, fua }));
-            let data = bytes_of(&vec![id; count as usize]);
-            self.feed(
-                node,
-                Event::ClientWrite {
-                    id,
-                    block,
-                    count,
-                    data,
-                    fua,
-                },
-            );
+            self.submit_write(id, node, block, count, fua);
         } else if roll < 88 {
             let count = self.rng.range(1, 4) as u32;
             let block = self.rng.below(BLOCKS - u64::from(count) + 1);
@@ -1188,6 +1164,35 @@ impl Sim {
             );
             self.feed(node, Event::ClientFlush { id });
         }
+    }
+
+    /// Records a client write in the oracle and hands it to `node`.
+    fn submit_write(&mut self, id: u64, node: NodeId, block: u64, count: u32, fua: bool) {
+        for b in block..block + u64::from(count) {
+            self.blocks[b as usize].push(WriteRec {
+                id,
+                acked_at: None,
+                durable: false,
+                maybe_lost: false,
+            });
+        }
+        self.log(format!(
+            "client: write {id} to blocks {block}..{} on n{node}",
+            block + u64::from(count)
+        ));
+        self.inflight
+            .insert(id, (node, ClientOp::Write { block, count, fua }));
+        let data = bytes_of(&vec![id; count as usize]);
+        self.feed(
+            node,
+            Event::ClientWrite {
+                id,
+                block,
+                count,
+                data,
+                fua,
+            },
+        );
     }
 
     fn complete(
@@ -1572,28 +1577,7 @@ impl Scenario {
     pub fn write(&mut self, node: NodeId, block: u64, count: u32, fua: bool) -> bool {
         let id = self.sim.next_id;
         self.sim.next_id += 1;
-        for b in block..block + u64::from(count) {
-            self.sim.blocks[b as usize].push(WriteRec {
-                id,
-                acked_at: None,
-                durable: false,
-                maybe_lost: false,
-            });
-        }
-        self.sim
-            .inflight
-            .insert(id, (node, ClientOp::Write { block, count, fua }));
-        let data = bytes_of(&vec![id; count as usize]);
-        self.sim.feed(
-            node,
-            Event::ClientWrite {
-                id,
-                block,
-                count,
-                data,
-                fua,
-            },
-        );
+        self.sim.submit_write(id, node, block, count, fua);
         self.wait(id)
     }
 
