@@ -1860,6 +1860,10 @@ impl Replica {
 
     /// Whether this node lets `from` become primary.
     fn grant(&self, from: NodeId, current: u64, history: &[u64]) -> Result<(), String> {
+        // Two candidates that see each other must not grant each other.
+        if self.promotion.is_some() {
+            return Err(format!("node {} is being promoted itself", self.cfg.node));
+        }
         if self.role == Role::Primary {
             return Err(format!("node {} is primary", self.cfg.node));
         }
