@@ -1808,10 +1808,7 @@ impl Replica {
                 self.check_promotion();
             }
             Msg::ResyncData { block, data } => {
-                if let Some(p) = self.peers.get(&from)
-                    && p.repl == Repl::SyncTarget
-                {
-                    let round = p.round;
+                if let Some(round) = self.target_round(from) {
                     self.queue.push_back(Work::Resync {
                         from,
                         round,
@@ -1834,10 +1831,7 @@ impl Replica {
                 history,
                 last_seq,
             } => {
-                if let Some(p) = self.peers.get(&from)
-                    && p.repl == Repl::SyncTarget
-                {
-                    let round = p.round;
+                if let Some(round) = self.target_round(from) {
                     self.queue.push_back(Work::ResyncDone {
                         from,
                         round,
@@ -2853,10 +2847,16 @@ impl Replica {
         }
     }
 
-    fn current_target_round(&self, from: NodeId, round: u32) -> bool {
+    /// The handshake round in which we are `from`'s resync target, if we are.
+    fn target_round(&self, from: NodeId) -> Option<u32> {
         self.peers
             .get(&from)
-            .is_some_and(|p| p.repl == Repl::SyncTarget && p.round == round)
+            .filter(|p| p.repl == Repl::SyncTarget)
+            .map(|p| p.round)
+    }
+
+    fn current_target_round(&self, from: NodeId, round: u32) -> bool {
+        self.target_round(from) == Some(round)
     }
 
     fn finish_source(&mut self, id: NodeId) {
