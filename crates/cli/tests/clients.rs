@@ -172,6 +172,7 @@ fn fio_verify_crc32c_with_several_jobs_and_depths() {
                 "--verify=crc32c",
                 "--do_verify=1",
                 "--verify_fatal=1",
+                "--verify_state_save=0",
                 "--group_reporting",
                 "--output-format=json",
             ],
