@@ -1962,16 +1962,19 @@ impl Replica {
         self.out.push(Action::Complete { id, result: Err(e) });
     }
 
-    fn client_write(&mut self, id: u64, block: u64, count: u32, data: Vec<u8>, fua: bool) {
-        if let Err(e) = self.client_ok() {
-            return self.fail(id, e);
+    /// Whether a client request for `count` blocks at `block` can be served here.
+    fn admit(&self, block: u64, count: u32) -> Result<(), IoError> {
+        self.client_ok()?;
+        let end = block.checked_add(u64::from(count));
+        if count == 0 || end.is_none_or(|end| end > self.cfg.size_blocks) {
+            return Err(IoError::OutOfRange);
         }
-        if block
-            .checked_add(u64::from(count))
-            .is_none_or(|end| end > self.cfg.size_blocks)
-            || count == 0
-        {
-            return self.fail(id, IoError::OutOfRange);
+        Ok(())
+    }
+
+    fn client_write(&mut self, id: u64, block: u64, count: u32, data: Vec<u8>, fua: bool) {
+        if let Err(e) = self.admit(block, count) {
+            return self.fail(id, e);
         }
         if self.queue.len() >= self.cfg.max_queued {
             return self.fail(id, IoError::Busy);
@@ -1986,15 +1989,8 @@ impl Replica {
     }
 
     fn client_read(&mut self, id: u64, block: u64, count: u32) {
-        if let Err(e) = self.client_ok() {
+        if let Err(e) = self.admit(block, count) {
             return self.fail(id, e);
-        }
-        if block
-            .checked_add(u64::from(count))
-            .is_none_or(|end| end > self.cfg.size_blocks)
-            || count == 0
-        {
-            return self.fail(id, IoError::OutOfRange);
         }
         let tag = self.tag(DiskOp::ClientRead { id });
         self.out.push(Action::DiskRead { tag, block, count });
