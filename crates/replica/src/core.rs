@@ -975,6 +975,9 @@ impl Replica {
                 if self.role == Role::Secondary {
                     return;
                 }
+                // Writes confirmed everywhere need no resync when secondaries
+                // reconcile after this demotion.
+                self.send_peer_ack();
                 self.role = Role::Secondary;
                 self.md.primary = false;
                 self.persist();
@@ -1080,6 +1083,15 @@ impl Replica {
         self.next_seq = (epoch << 32) | 1;
         if force && self.md.disk != Disk::UpToDate {
             self.md.disk = Disk::UpToDate;
+            if self.md.current == 0 {
+                // Data that never had a generation (a new volume) becomes the first
+                // one; whatever the peers hold is unrelated to it, so they take all of it.
+                self.md.current = self.rand() | 1;
+                self.known_current = self.md.current;
+                for bm in self.md.bitmaps.values_mut() {
+                    bm.set_all();
+                }
+            }
         }
         // A generation starts with the first write unless every diskful peer is here.
         self.need_rotation = force
@@ -1100,6 +1112,28 @@ impl Replica {
         self.fail_queued_client(IoError::NotPrimary);
         self.broadcast_role();
         self.rehandshake_all();
+    }
+
+    /// Tells secondaries how far every write reached all its targets.
+    fn send_peer_ack(&mut self) {
+        let acked = self
+            .writes
+            .keys()
+            .next()
+            .map(|s| s - 1)
+            .unwrap_or(self.next_seq - 1);
+        if acked > self.peer_acked {
+            self.peer_acked = acked;
+            let ids: Vec<NodeId> = self
+                .peers
+                .values()
+                .filter(|p| p.live() && p.diskful)
+                .map(|p| p.id)
+                .collect();
+            for id in ids {
+                self.send(id, Msg::PeerAck { seq: acked });
+            }
+        }
     }
 
     fn broadcast_role(&mut self) {
@@ -1879,7 +1913,11 @@ impl Replica {
                     p.left_cleanly = true;
                 }
             }
-            Msg::VerifyDigest { .. } | Msg::VerifyResult { .. } | Msg::VerifyDone => {}
+            Msg::VerifyDigest { .. }
+            | Msg::VerifyResult { .. }
+            | Msg::VerifyDone
+            | Msg::Ping
+            | Msg::Pong => {}
         }
     }
 
@@ -2879,25 +2917,7 @@ impl Replica {
         }
         self.check_promotion();
         if self.role == Role::Primary {
-            // Tell secondaries how far every write reached all its targets.
-            let acked = self
-                .writes
-                .keys()
-                .next()
-                .map(|s| s - 1)
-                .unwrap_or(self.next_seq - 1);
-            if acked > self.peer_acked {
-                self.peer_acked = acked;
-                let ids: Vec<NodeId> = self
-                    .peers
-                    .values()
-                    .filter(|p| p.live() && p.diskful)
-                    .map(|p| p.id)
-                    .collect();
-                for id in ids {
-                    self.send(id, Msg::PeerAck { seq: acked });
-                }
-            }
+            self.send_peer_ack();
             let mut m = mask(self.cfg.node);
             for p in self.peers.values() {
                 let clean = self.md.bitmaps.get(&p.id).is_none_or(|b| b.is_empty());

@@ -164,6 +164,10 @@ pub enum Msg {
         equal: bool,
     },
     VerifyDone,
+    /// Keepalive from the transport: the receiver answers with `Pong`. Never reaches
+    /// the replication core.
+    Ping,
+    Pong,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -331,6 +335,8 @@ impl Msg {
             Msg::VerifyResult { .. } => 20,
             Msg::VerifyDone => 21,
             Msg::OtherBitmap { .. } => 22,
+            Msg::Ping => 23,
+            Msg::Pong => 24,
         }
     }
 
@@ -446,7 +452,7 @@ impl Msg {
                 w.u64s(words);
             }
             Msg::InSync { mask } => w.u32(*mask),
-            Msg::Leaving | Msg::VerifyDone => {}
+            Msg::Leaving | Msg::VerifyDone | Msg::Ping | Msg::Pong => {}
             Msg::VerifyDigest { block, digest } => {
                 w.u64(*block);
                 w.u32(*digest);
@@ -493,7 +499,7 @@ impl Msg {
             1 => "hello",
             2 => "bitmap",
             3 => "write",
-            4..=22 => "control",
+            4..=24 => "control",
             k => return Err(DecodeError::Kind(k)),
         };
         let mut r = R { b, what: name };
@@ -593,6 +599,8 @@ impl Msg {
                 equal: r.bool()?,
             },
             21 => Msg::VerifyDone,
+            23 => Msg::Ping,
+            24 => Msg::Pong,
             22 => Msg::OtherBitmap {
                 node: r.u8()?,
                 word_offset: r.u64()?,
@@ -691,6 +699,8 @@ mod tests {
                     words
                 }),
             Just(Msg::Leaving),
+            Just(Msg::Ping),
+            Just(Msg::Pong),
             any::<u32>().prop_map(|mask| Msg::InSync { mask }),
         ]
     }
