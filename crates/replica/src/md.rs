@@ -2,14 +2,17 @@
 //!
 //! ```text
 //! 0                 data_size                                         backing_size
-//! | data (exported) | bitmap peer 0 | ... | bitmap peer P-1 | AL ring | SB slot 0 | SB slot 1 |
+//! | data (exported) | bitmap peer 0 | ... | bitmap peer P-1 | resync bitmap | AL ring | SB 0 | SB 1 |
 //! ```
 //!
 //! * The data sits at offset 0, untouched, so the device stays readable without tandem.
 //! * Two superblock slots of 4 KiB: an update writes the slot the current version is
 //!   *not* in, so a torn write always leaves the previous version intact; the reader
 //!   takes the valid slot (magic + CRC32C) with the highest sequence number.
-//! * One bitmap per peer slot, one bit per 4 KiB data block, each rounded up to 4 KiB.
+//! * One bitmap per peer slot, one bit per 4 KiB data block, each rounded up to 4 KiB;
+//!   then one more for the blocks an interrupted resync still has to receive.
+//! * The activity log (hot extents) is recorded in the superblock itself, so one
+//!   superblock write makes a whole metadata change durable.
 //! * An activity-log ring of 4 KiB transaction slots.
 //!
 //! Every offset is recorded in the superblock so a later format can move things without
@@ -32,10 +35,14 @@ pub const MAX_PEERS: u32 = 31;
 pub const MIN_DATA_SIZE: u64 = 1 << 20;
 /// No node id recorded (peer slot unused, or own id not assigned yet).
 pub const NO_NODE: u32 = u32::MAX;
-pub const HISTORY_LEN: usize = 4;
+pub const HISTORY_LEN: usize = 8;
+/// Most activity-log extents recorded in the superblock.
+pub const MAX_AL: usize = 128;
 
 /// Superblock flag: the volume was in use and not closed cleanly.
 pub const FLAG_DIRTY: u32 = 1 << 0;
+/// Superblock flag: the node was primary when this version was written.
+pub const FLAG_PRIMARY: u32 = 1 << 1;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum MdError {
@@ -92,7 +99,8 @@ impl Layout {
         let first = usable.checked_sub(fixed).ok_or(too_small(fixed))?;
         // Bitmaps sized for an upper bound of the data area still cover the real one.
         let bm = bitmap_bytes(first);
-        let bitmaps = bm * u64::from(max_peers);
+        // One per peer slot, plus the resync bitmap.
+        let bitmaps = bm * (u64::from(max_peers) + 1);
         let data_size = first
             .checked_sub(bitmaps)
             .ok_or(too_small(fixed + bitmaps))?;
@@ -117,6 +125,16 @@ impl Layout {
         self.sb_offset + (slot & 1) * MD_BLOCK
     }
 
+    /// Offset of bitmap `index`: peer slots 0..max_peers, then the resync bitmap.
+    pub fn bitmap_at(&self, index: u32) -> u64 {
+        self.bitmap_offset + u64::from(index) * self.bitmap_bytes
+    }
+
+    /// Offset of the resync bitmap.
+    pub fn resync_bitmap(&self) -> u64 {
+        self.bitmap_at(self.max_peers)
+    }
+
     /// Bytes from the end of data to the end of the backing device.
     pub fn md_size(&self) -> u64 {
         self.backing_size - self.data_size
@@ -135,6 +153,8 @@ pub enum DiskState {
     Consistent = 2,
     /// The newest data.
     UpToDate = 3,
+    /// The node has no usable disk (detached after an error).
+    Diskless = 4,
 }
 
 impl DiskState {
@@ -144,6 +164,7 @@ impl DiskState {
             1 => DiskState::Outdated,
             2 => DiskState::Consistent,
             3 => DiskState::UpToDate,
+            4 => DiskState::Diskless,
             _ => return None,
         })
     }
@@ -180,6 +201,12 @@ pub struct Superblock {
     pub current_uuid: u64,
     pub history: [u64; HISTORY_LEN],
     pub peers: Vec<PeerSlot>,
+    /// Newest generation this node was told of.
+    pub newest_seen: u64,
+    /// Source of an unfinished resync (NO_NODE when none).
+    pub resync_from: u32,
+    /// Hot activity-log extents, least recently used first (at most MAX_AL).
+    pub al: Vec<u64>,
 }
 
 // Field offsets inside a superblock slot.
@@ -194,7 +221,11 @@ const OFF_CURRENT: usize = 112;
 const OFF_HISTORY: usize = 120;
 const OFF_PEERS: usize = OFF_HISTORY + 8 * HISTORY_LEN;
 const PEER_LEN: usize = 16;
-const OFF_CRC: usize = OFF_PEERS + PEER_LEN * MAX_PEERS as usize;
+const OFF_NEWEST: usize = OFF_PEERS + PEER_LEN * MAX_PEERS as usize;
+const OFF_RESYNC_FROM: usize = OFF_NEWEST + 8;
+const OFF_AL_COUNT: usize = OFF_RESYNC_FROM + 4;
+const OFF_AL: usize = OFF_AL_COUNT + 4;
+const OFF_CRC: usize = OFF_AL + 8 * MAX_AL;
 const _: () = assert!(OFF_CRC + 4 <= MD_BLOCK as usize);
 
 impl Superblock {
@@ -209,6 +240,9 @@ impl Superblock {
             current_uuid,
             history: [0; HISTORY_LEN],
             peers: vec![PeerSlot::default(); layout.max_peers as usize],
+            newest_seen: 0,
+            resync_from: NO_NODE,
+            al: Vec::new(),
         }
     }
 
@@ -253,6 +287,13 @@ impl Superblock {
             put32(&mut b, at, p.node_id);
             put32(&mut b, at + 4, p.flags);
             put64(&mut b, at + 8, p.bitmap_uuid);
+        }
+        put64(&mut b, OFF_NEWEST, self.newest_seen);
+        put32(&mut b, OFF_RESYNC_FROM, self.resync_from);
+        let al = &self.al[..self.al.len().min(MAX_AL)];
+        put32(&mut b, OFF_AL_COUNT, al.len() as u32);
+        for (i, e) in al.iter().enumerate() {
+            put64(&mut b, OFF_AL + 8 * i, *e);
         }
         let crc = crc32c::crc32c(&b[..OFF_CRC]);
         put32(&mut b, OFF_CRC, crc);
@@ -321,6 +362,11 @@ impl Superblock {
                 }
             })
             .collect();
+        let al_count = get32(OFF_AL_COUNT) as usize;
+        if al_count > MAX_AL {
+            return Err(MdError::Corrupt("activity log longer than its area"));
+        }
+        let al = (0..al_count).map(|i| get64(OFF_AL + 8 * i)).collect();
         let mut volume_uuid = [0u8; 16];
         volume_uuid.copy_from_slice(&b[OFF_UUID..OFF_UUID + 16]);
         Ok(Superblock {
@@ -333,6 +379,9 @@ impl Superblock {
             current_uuid: get64(OFF_CURRENT),
             history,
             peers,
+            newest_seen: get64(OFF_NEWEST),
+            resync_from: get32(OFF_RESYNC_FROM),
+            al,
         })
     }
 
@@ -376,7 +425,8 @@ mod tests {
                 l.bitmap_bytes * 8 * BM_BLOCK >= l.data_size,
                 "bitmap covers data"
             );
-            assert_eq!(l.al_offset, l.data_size + 7 * l.bitmap_bytes);
+            assert_eq!(l.al_offset, l.data_size + 8 * l.bitmap_bytes);
+            assert_eq!(l.resync_bitmap(), l.data_size + 7 * l.bitmap_bytes);
             assert!(l.sb_slot(1) + MD_BLOCK <= size);
             assert!(
                 size - (l.sb_slot(1) + MD_BLOCK) < MD_BLOCK,
@@ -416,7 +466,11 @@ mod tests {
             flags: 1,
             bitmap_uuid: 99,
         };
-        sb.history = [1, 2, 3, 4];
+        sb.history = [1, 2, 3, 4, 0, 0, 0, 0];
+        sb.newest_seen = 77;
+        sb.resync_from = 1;
+        sb.al = vec![5, 9, 3];
+        sb.flags = FLAG_PRIMARY;
         sb
     }
 
