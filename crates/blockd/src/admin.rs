@@ -33,6 +33,35 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Become primary; `force` also with data that is not UpToDate or without quorum.
+    Primary {
+        resource: String,
+        #[serde(default)]
+        force: bool,
+    },
+    Secondary {
+        resource: String,
+    },
+    /// Allow connecting to `peer` (a node name; all peers when absent) again.
+    Connect {
+        resource: String,
+        #[serde(default)]
+        peer: Option<String>,
+        #[serde(default)]
+        discard_my_data: bool,
+    },
+    Disconnect {
+        resource: String,
+        #[serde(default)]
+        peer: Option<String>,
+    },
+    /// Throw this node's data away and take a full resync.
+    Invalidate {
+        resource: String,
+    },
+    /// Stream state changes: after the first answer, one JSON event per line until the
+    /// client disconnects.
+    Events {},
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -102,6 +131,50 @@ pub struct VolumeStatus {
     pub read_bytes: u64,
     pub written_bytes: u64,
     pub error: Option<String>,
+    /// "Primary" or "Secondary" (a volume of a resource without peers is always
+    /// primary while up).
+    pub role: Option<String>,
+    /// UpToDate, Consistent, Outdated, Inconsistent or Diskless.
+    pub disk_state: Option<String>,
+    pub quorum: Option<bool>,
+    pub may_promote: Option<bool>,
+    /// Node name this blockd runs as (replicated resources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Generation UUID of the data (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_uuid: Option<String>,
+    /// Bytes this node still has to receive from its sync source.
+    #[serde(default)]
+    pub resync_left_bytes: u64,
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+    /// What to run when the state needs a human.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// One peer of a replicated volume as this node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub node_id: u8,
+    pub address: String,
+    pub diskless: bool,
+    /// StandAlone, Connecting, Handshake or Connected.
+    pub connection: String,
+    /// Off, Established, SyncSource or SyncTarget.
+    pub replication: String,
+    pub role: Option<String>,
+    pub disk_state: Option<String>,
+    /// Bytes the peer lacks compared to this node (its out-of-sync bitmap).
+    pub out_of_sync_bytes: u64,
+    /// Of the running resync, how much is done (0-100).
+    pub resync_done_percent: Option<f64>,
+    pub resync_sent_bytes: u64,
+    pub resync_received_bytes: u64,
+    /// Why the connection is refused or failed last.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -138,6 +211,35 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
         return Err(ClientError::NoAnswer);
     }
     Ok(serde_json::from_str(&answer)?)
+}
+
+/// Sends an `events` request and copies every event line to `out` until blockd closes
+/// the stream.
+pub fn stream_events(socket: &Path, out: &mut dyn Write) -> Result<(), ClientError> {
+    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    let mut line = serde_json::to_vec(&Request::Events {})?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut r = BufReader::new(s);
+    let mut first = String::new();
+    (&mut r).take(MAX_LINE).read_line(&mut first)?;
+    let resp: Response = serde_json::from_str(&first)?;
+    if !resp.ok {
+        return Err(ClientError::Io(std::io::Error::other(
+            resp.error.unwrap_or_default(),
+        )));
+    }
+    loop {
+        let mut ev = String::new();
+        if (&mut r).take(MAX_LINE).read_line(&mut ev)? == 0 {
+            return Ok(());
+        }
+        out.write_all(ev.as_bytes())?;
+        out.flush()?;
+    }
 }
 
 #[cfg(test)]

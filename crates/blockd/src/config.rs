@@ -18,6 +18,12 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 pub const MAX_RESOURCES: usize = 4096;
 /// Most volumes per resource.
 pub const MAX_VOLUMES: usize = 64;
+/// Most nodes one replicated resource may list.
+pub const MAX_NODES: usize = 16;
+/// Shortest accepted shared secret.
+pub const MIN_SECRET: usize = 8;
+/// Default time after which a silent peer counts as gone.
+pub const DEFAULT_TIMEOUT_MS: u64 = 2000;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -43,6 +49,54 @@ pub struct ResourceConfig {
     pub name: String,
     pub file: PathBuf,
     pub volumes: BTreeMap<u32, VolumeConfig>,
+    /// Replication settings; `None` for a resource that lives on this node only.
+    pub repl: Option<ReplConfig>,
+}
+
+/// How a resource is replicated: every node holding it and the shared options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplConfig {
+    pub nodes: Vec<NodeConfig>,
+    pub secret: String,
+    pub protocol: ProtocolOpt,
+    /// Majority quorum (true) or none.
+    pub quorum: bool,
+    pub split_brain: SplitBrainOpt,
+    /// A peer silent for this long is disconnected.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub id: u8,
+    pub address: SocketAddr,
+    pub diskless: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolOpt {
+    A,
+    C,
+}
+
+/// What to do automatically after a split brain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitBrainOpt {
+    Disconnect,
+    DiscardZeroChanges,
+    DiscardLeastChanges,
+    /// Discard the changes of the named node.
+    DiscardNode(String),
+}
+
+impl ReplConfig {
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+    pub fn node_by_id(&self, id: u8) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +116,30 @@ struct RawResource {
     name: Option<Spanned<String>>,
     #[serde(default)]
     volume: Vec<Spanned<RawVolume>>,
+    #[serde(default)]
+    node: Vec<Spanned<RawNode>>,
+    secret: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
+    quorum: Option<Spanned<String>>,
+    split_brain: Option<Spanned<String>>,
+    timeout_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawNode {
+    name: Spanned<String>,
+    id: Spanned<i64>,
+    address: Spanned<String>,
+    #[serde(default)]
+    diskless: bool,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawVolume {
     number: Spanned<i64>,
-    backing: Spanned<String>,
+    backing: Option<Spanned<String>>,
     size: Option<Spanned<SizeValue>>,
     #[serde(default)]
     preallocate: bool,
@@ -94,6 +165,24 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if !(2..=48).contains(&name.len()) || !first_ok || !rest_ok {
         return Err(format!(
             "invalid resource name {name:?}: use 2-48 characters, a letter or '_' first, then letters, digits, '_' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Node names are host names: 1 to 63 letters, digits, '-', '_' or '.', starting with
+/// a letter or digit.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !(1..=63).contains(&name.len()) || !first_ok || !rest_ok {
+        return Err(format!(
+            "invalid node name {name:?}: use 1-63 letters, digits, '-', '_' or '.', a letter or digit first (usually the host name)"
         ));
     }
     Ok(())
@@ -196,6 +285,14 @@ pub fn parse_resource(path: &Path, text: &str) -> Result<ResourceConfig, ConfigE
             ),
         });
     }
+    let raw_repl = RawRepl {
+        node: raw.node,
+        secret: raw.secret,
+        protocol: raw.protocol,
+        quorum: raw.quorum,
+        split_brain: raw.split_brain,
+        timeout_ms: raw.timeout_ms,
+    };
     let mut volumes = BTreeMap::new();
     for v in raw.volume {
         let vspan = v.span();
@@ -212,13 +309,27 @@ pub fn parse_resource(path: &Path, text: &str) -> Result<ResourceConfig, ConfigE
                     ),
                 )
             })?;
-        let backing = PathBuf::from(v.backing.get_ref());
-        if !backing.is_absolute() {
-            return Err(at(
-                v.backing.span(),
-                format!("backing {:?} must be an absolute path", v.backing.get_ref()),
-            ));
-        }
+        let backing = match &v.backing {
+            Some(b) => {
+                let p = PathBuf::from(b.get_ref());
+                if !p.is_absolute() {
+                    return Err(at(
+                        b.span(),
+                        format!("backing {:?} must be an absolute path", b.get_ref()),
+                    ));
+                }
+                p
+            }
+            // Only a diskless node of a replicated resource has no backing; checked
+            // when the daemon knows which node it is.
+            None if !raw_repl.node.is_empty() => PathBuf::new(),
+            None => {
+                return Err(at(
+                    vspan,
+                    format!("volume {number} has no backing = \"/path/to/file-or-device\""),
+                ));
+            }
+        };
         let size = match v.size {
             None => None,
             Some(s) => {
@@ -269,11 +380,191 @@ pub fn parse_resource(path: &Path, text: &str) -> Result<ResourceConfig, ConfigE
             return Err(at(vspan, format!("volume number {number} appears twice")));
         }
     }
+    let repl = parse_repl(&raw_repl, &at, path, volumes.len())?;
     Ok(ResourceConfig {
         name,
         file: path.to_owned(),
         volumes,
+        repl,
     })
+}
+
+/// The replication part of a resource file.
+struct RawRepl {
+    node: Vec<Spanned<RawNode>>,
+    secret: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
+    quorum: Option<Spanned<String>>,
+    split_brain: Option<Spanned<String>>,
+    timeout_ms: Option<Spanned<i64>>,
+}
+
+fn parse_repl(
+    raw: &RawRepl,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
+    path: &Path,
+    volumes: usize,
+) -> Result<Option<ReplConfig>, ConfigError> {
+    let file_err = |msg: String| ConfigError::File {
+        path: path.to_owned(),
+        msg,
+    };
+    if raw.node.is_empty() {
+        let stray = [
+            raw.secret.as_ref().map(|s| ("secret", s.span())),
+            raw.protocol.as_ref().map(|s| ("protocol", s.span())),
+            raw.quorum.as_ref().map(|s| ("quorum", s.span())),
+            raw.split_brain.as_ref().map(|s| ("split-brain", s.span())),
+            raw.timeout_ms.as_ref().map(|s| ("timeout-ms", s.span())),
+        ];
+        if let Some((key, span)) = stray.into_iter().flatten().next() {
+            return Err(at(
+                span,
+                format!(
+                    "{key} only applies to a replicated resource: add [[node]] sections or remove it"
+                ),
+            ));
+        }
+        return Ok(None);
+    }
+    if volumes != 1 {
+        return Err(file_err(format!(
+            "a replicated resource has exactly one [[volume]] today ({volumes} given); use one resource per disk"
+        )));
+    }
+    if raw.node.len() < 2 || raw.node.len() > MAX_NODES {
+        return Err(file_err(format!(
+            "a replicated resource lists 2 to {MAX_NODES} [[node]] sections ({} given)",
+            raw.node.len()
+        )));
+    }
+    let mut nodes: Vec<NodeConfig> = Vec::new();
+    for n in &raw.node {
+        let span = n.span();
+        let n = n.get_ref();
+        check_node_name(n.name.get_ref()).map_err(|m| at(n.name.span(), m))?;
+        let id = u8::try_from(*n.id.get_ref())
+            .ok()
+            .filter(|i| u32::from(*i) <= replica::md::MAX_PEERS)
+            .ok_or_else(|| {
+                at(
+                    n.id.span(),
+                    format!(
+                        "node id {} is out of range 0..={}",
+                        n.id.get_ref(),
+                        replica::md::MAX_PEERS
+                    ),
+                )
+            })?;
+        let address = n.address.get_ref().parse::<SocketAddr>().map_err(|_| {
+            at(
+                n.address.span(),
+                format!(
+                    "address {:?} is not an address like 192.168.1.10:7000",
+                    n.address.get_ref()
+                ),
+            )
+        })?;
+        for o in &nodes {
+            let clash = if o.name == *n.name.get_ref() {
+                Some(format!("node name {:?}", o.name))
+            } else if o.id == id {
+                Some(format!("node id {id}"))
+            } else if o.address == address {
+                Some(format!("address {address}"))
+            } else {
+                None
+            };
+            if let Some(what) = clash {
+                return Err(at(span, format!("{what} appears twice")));
+            }
+        }
+        nodes.push(NodeConfig {
+            name: n.name.get_ref().clone(),
+            id,
+            address,
+            diskless: n.diskless,
+        });
+    }
+    if nodes.iter().all(|n| n.diskless) {
+        return Err(file_err(
+            "every node is diskless: at least one needs a disk".into(),
+        ));
+    }
+    let secret = match &raw.secret {
+        None => return Err(file_err("a replicated resource needs secret = \"...\" (the same on every node, at least 8 characters)".into())),
+        Some(s) if s.get_ref().len() < MIN_SECRET => {
+            return Err(at(s.span(), format!("secret is shorter than {MIN_SECRET} characters")));
+        }
+        Some(s) => s.get_ref().clone(),
+    };
+    let protocol = match raw
+        .protocol
+        .as_ref()
+        .map(|p| (p.get_ref().as_str(), p.span()))
+    {
+        None | Some(("C" | "c", _)) => ProtocolOpt::C,
+        Some(("A" | "a", _)) => ProtocolOpt::A,
+        Some((other, span)) => {
+            return Err(at(
+                span,
+                format!(
+                    "protocol {other:?} is unknown: use \"C\" (synchronous) or \"A\" (asynchronous)"
+                ),
+            ));
+        }
+    };
+    let quorum = match raw
+        .quorum
+        .as_ref()
+        .map(|p| (p.get_ref().as_str(), p.span()))
+    {
+        None | Some(("majority", _)) => true,
+        Some(("off", _)) => false,
+        Some((other, span)) => {
+            return Err(at(
+                span,
+                format!("quorum {other:?} is unknown: use \"majority\" or \"off\""),
+            ));
+        }
+    };
+    let split_brain = match raw
+        .split_brain
+        .as_ref()
+        .map(|p| (p.get_ref().as_str(), p.span()))
+    {
+        None | Some(("disconnect", _)) => SplitBrainOpt::Disconnect,
+        Some(("discard-zero-changes", _)) => SplitBrainOpt::DiscardZeroChanges,
+        Some(("discard-least-changes", _)) => SplitBrainOpt::DiscardLeastChanges,
+        Some((other, span)) => match other.strip_prefix("discard-node-") {
+            Some(name) if nodes.iter().any(|n| n.name == name) => {
+                SplitBrainOpt::DiscardNode(name.to_owned())
+            }
+            _ => {
+                return Err(at(
+                    span,
+                    format!(
+                        "split-brain {other:?} is unknown: use disconnect, discard-zero-changes, discard-least-changes or discard-node-<name of a listed node>"
+                    ),
+                ));
+            }
+        },
+    };
+    let timeout_ms = match &raw.timeout_ms {
+        None => DEFAULT_TIMEOUT_MS,
+        Some(t) => u64::try_from(*t.get_ref())
+            .ok()
+            .filter(|t| (200..=60_000).contains(t))
+            .ok_or_else(|| at(t.span(), "timeout-ms must be 200..=60000".into()))?,
+    };
+    Ok(Some(ReplConfig {
+        nodes,
+        secret,
+        protocol,
+        quorum,
+        split_brain,
+        timeout_ms,
+    }))
 }
 
 /// Reads every `*.toml` file in `dir`. Cross-file conflicts (the same backing file or
@@ -321,7 +612,9 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, ResourceConfig>, ConfigEr
         let text = std::fs::read_to_string(&path).map_err(read)?;
         let res = parse_resource(&path, &text)?;
         for v in res.volumes.values() {
-            if let Some(other) = backings.insert(v.backing.clone(), path.clone()) {
+            if v.backing.as_os_str().is_empty() {
+                // A diskless node's volume.
+            } else if let Some(other) = backings.insert(v.backing.clone(), path.clone()) {
                 return Err(ConfigError::File {
                     path,
                     msg: format!(

@@ -18,8 +18,10 @@ use nbd::{BlockDevice, ExportInfo, Exports, Limits, OpenError};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, Request, ResourceStatus, Response, Status, VolumeStatus};
+use crate::admin::{self, PeerStatus, Request, ResourceStatus, Response, Status, VolumeStatus};
 use crate::config::{self, ResourceConfig, VolumeConfig};
+use crate::peer;
+use crate::repl::{self, ReplVolume};
 use crate::volume::{self, LocalVolume};
 
 /// Most NBD connections one volume accepts at once.
@@ -28,10 +30,12 @@ pub const MAX_CONNS_PER_VOLUME: usize = 64;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Admin connections served at once.
 pub const MAX_ADMIN_CONNS: usize = 32;
+/// Peer handshakes in progress at once.
+pub const MAX_PEER_HANDSHAKES: usize = 64;
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error("{what} {path}: {source}")]
     Io {
@@ -51,6 +55,17 @@ pub struct Options {
     pub run_dir: PathBuf,
     pub admin_socket: PathBuf,
     pub limits: Limits,
+    /// The node name this daemon runs as in replicated resources.
+    pub node: String,
+}
+
+/// The host name, the default node name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 impl Options {
@@ -67,6 +82,7 @@ impl Options {
             run_dir,
             admin_socket,
             limits: Limits::default(),
+            node: hostname(),
         }
     }
 }
@@ -97,9 +113,34 @@ impl Conns {
     }
 }
 
+/// A volume as served: local only, or replicated with peers.
+#[derive(Debug, Clone)]
+enum Dev {
+    Local(Arc<LocalVolume>),
+    Repl(Arc<ReplVolume>),
+}
+
+impl Dev {
+    fn size(&self) -> u64 {
+        match self {
+            Dev::Local(d) => d.size(),
+            Dev::Repl(r) => r.size,
+        }
+    }
+    fn local(&self) -> Option<&Arc<LocalVolume>> {
+        match self {
+            Dev::Local(d) => Some(d),
+            Dev::Repl(r) => r.local.as_ref(),
+        }
+    }
+}
+
+/// Replicated volumes by resource name, for the peer listener.
+type ReplIndex = Arc<Mutex<HashMap<String, Arc<ReplVolume>>>>;
+
 #[derive(Debug)]
 struct VolumeRt {
-    dev: Arc<LocalVolume>,
+    dev: Dev,
     export_name: String,
     listeners: Vec<JoinHandle<()>>,
     conns: Arc<Conns>,
@@ -123,6 +164,8 @@ pub struct Daemon {
     opts: Options,
     state: Mutex<State>,
     rt: tokio::runtime::Handle,
+    repls: ReplIndex,
+    peer_listeners: Mutex<BTreeMap<SocketAddr, JoinHandle<()>>>,
 }
 
 fn export_name(res: &str, vol: u32) -> String {
@@ -138,7 +181,7 @@ pub fn nbd_unix_uri(export: &str, socket: &Path) -> String {
 #[derive(Debug)]
 struct VolumeExport {
     name: String,
-    dev: Arc<LocalVolume>,
+    dev: Dev,
 }
 
 impl Exports for VolumeExport {
@@ -159,7 +202,13 @@ impl Exports for VolumeExport {
     }
     fn open(&self, name: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
         self.describe(name)?;
-        Ok(self.dev.clone())
+        match &self.dev {
+            Dev::Local(d) => Ok(d.clone()),
+            Dev::Repl(r) => match r.open_for_client() {
+                Ok(d) => Ok(d),
+                Err(e) => Err(OpenError::Refused(format!("{}: {e}", self.name))),
+            },
+        }
     }
 }
 
@@ -191,6 +240,8 @@ impl Daemon {
             opts,
             state: Mutex::new(State { resources }),
             rt,
+            repls: Arc::new(Mutex::new(HashMap::new())),
+            peer_listeners: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -271,6 +322,10 @@ impl Daemon {
                 Response::err(format!("request longer than {} bytes", admin::MAX_LINE))
             } else {
                 match serde_json::from_str::<Request>(&line) {
+                    Ok(Request::Events {}) => {
+                        self.stream_events(&mut w);
+                        return;
+                    }
                     Ok(req) => self.handle(req),
                     Err(e) => Response::err(format!("bad request: {e}; see docs/admin-socket.md")),
                 }
@@ -283,9 +338,59 @@ impl Daemon {
         }
     }
 
+    /// Writes an ok answer, then every state change of the replicated volumes that are
+    /// up now, one JSON object per line, until the client goes away.
+    fn stream_events(&self, w: &mut std::os::unix::net::UnixStream) {
+        let mut out = serde_json::to_vec(&Response::ok("streaming events")).unwrap_or_default();
+        out.push(b'\n');
+        if w.write_all(&out).is_err() {
+            return;
+        }
+        let vols: Vec<Arc<ReplVolume>> = self
+            .repls
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let mut tasks = Vec::new();
+        for v in vols {
+            let mut sub = v.subscribe();
+            let tx = tx.clone();
+            tasks.push(self.rt.spawn(async move {
+                loop {
+                    match sub.recv().await {
+                        Ok(line) => {
+                            if tx.send(line).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let line = format!("{{\"event\":\"lagged\",\"missed\":{n}}}");
+                            if tx.send(line).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        while let Some(line) = rx.blocking_recv() {
+            if w.write_all(line.as_bytes()).is_err() || w.write_all(b"\n").is_err() {
+                break;
+            }
+        }
+        tasks.iter().for_each(|t| t.abort());
+    }
+
     /// Carries out one admin request.
     pub fn handle(&self, req: Request) -> Response {
-        tracing::info!(?req, "admin request");
+        if req == (Request::Status {}) {
+            tracing::debug!(?req, "admin request");
+        } else {
+            tracing::info!(?req, "admin request");
+        }
         let res = match req {
             Request::Status {} => {
                 return Response {
@@ -298,11 +403,107 @@ impl Daemon {
             Request::Down { resource } => self.down(resource.as_deref()),
             Request::Adjust { resource } => self.adjust(resource.as_deref()),
             Request::CreateMd { resource, force } => self.create_md(&resource, force),
+            Request::Primary { resource, force } => self.with_repl(&resource, |v| {
+                self.rt.block_on(v.promote(force))?;
+                Ok(format!("{resource}: primary"))
+            }),
+            Request::Secondary { resource } => {
+                let conns = self.nbd_clients(&resource);
+                self.with_repl(&resource, |v| {
+                    if conns > 0 {
+                        return Err(format!(
+                            "{resource} is held open by {conns} NBD client(s); stop them (the last one to leave demotes the node) and try again"
+                        ));
+                    }
+                    self.rt.block_on(v.admin(replica::core::Admin::Secondary))?;
+                    Ok(format!("{resource}: secondary"))
+                })
+            }
+            Request::Connect {
+                resource,
+                peer,
+                discard_my_data,
+            } => self.with_repl(&resource, |v| {
+                let peer = peer_id(v, peer.as_deref())?;
+                self.rt.block_on(v.admin(replica::core::Admin::Connect {
+                    peer,
+                    discard_my_data,
+                }))?;
+                Ok(format!(
+                    "{resource}: connecting{}",
+                    if discard_my_data {
+                        " (this node's changes will be discarded if the nodes disagree)"
+                    } else {
+                        ""
+                    }
+                ))
+            }),
+            Request::Disconnect { resource, peer } => self.with_repl(&resource, |v| {
+                let peer = peer_id(v, peer.as_deref())?;
+                self.rt
+                    .block_on(v.admin(replica::core::Admin::Disconnect { peer }))?;
+                Ok(format!(
+                    "{resource}: disconnected (StandAlone until `tandem local connect {resource}`)"
+                ))
+            }),
+            Request::Invalidate { resource } => self.with_repl(&resource, |v| {
+                let snap = v.snapshot().ok_or("volume is shutting down")?;
+                if snap.status.role == wire::Role::Primary {
+                    return Err(format!(
+                        "{resource} is primary here; invalidate a secondary (or run `tandem local secondary {resource}` first)"
+                    ));
+                }
+                self.rt
+                    .block_on(v.admin(replica::core::Admin::Invalidate))?;
+                Ok(format!(
+                    "{resource}: data invalidated; a full resync from an UpToDate peer follows"
+                ))
+            }),
+            Request::Events {} => Err("events streams; use `tandem local events`".into()),
         };
         match res {
             Ok(msg) => Response::ok(msg),
             Err(e) => Response::err(e),
         }
+    }
+
+    /// Runs `f` on the replicated volume of `resource`.
+    fn with_repl(
+        &self,
+        resource: &str,
+        f: impl FnOnce(&Arc<ReplVolume>) -> Result<String, String>,
+    ) -> Result<String, String> {
+        let v = self
+            .repls
+            .lock()
+            .ok()
+            .and_then(|m| m.get(resource).cloned());
+        match v {
+            Some(v) => f(&v),
+            None => {
+                let state = self.lock();
+                match state.resources.get(resource) {
+                    None => Err(format!(
+                        "no resource {resource:?} in the configuration; add its file and run `tandem local adjust`"
+                    )),
+                    Some(r) if r.cfg.repl.is_none() => Err(format!(
+                        "resource {resource} has no [[node]] sections, so it has no peers and is always primary while up"
+                    )),
+                    Some(_) => Err(format!(
+                        "resource {resource} is down; run `tandem local up {resource}` first"
+                    )),
+                }
+            }
+        }
+    }
+
+    fn nbd_clients(&self, resource: &str) -> usize {
+        let state = self.lock();
+        state
+            .resources
+            .get(resource)
+            .map(|r| r.volumes.values().map(|v| v.conns.count()).sum())
+            .unwrap_or(0)
     }
 
     fn targets(state: &State, resource: Option<&str>) -> Result<Vec<String>, String> {
@@ -350,7 +551,7 @@ impl Daemon {
     fn up_resource(&self, cfg: &ResourceConfig) -> Result<BTreeMap<u32, VolumeRt>, String> {
         let mut vols = BTreeMap::new();
         for v in cfg.volumes.values() {
-            match self.up_volume(&cfg.name, v) {
+            match self.up_volume(&cfg.name, v, cfg.repl.as_ref()) {
                 Ok(rt) => {
                     vols.insert(v.number, rt);
                 }
@@ -366,8 +567,32 @@ impl Daemon {
         Ok(vols)
     }
 
-    fn up_volume(&self, res: &str, cfg: &VolumeConfig) -> Result<VolumeRt, String> {
-        let dev = Arc::new(LocalVolume::open(cfg, res).map_err(|e| e.to_string())?);
+    fn up_volume(
+        &self,
+        res: &str,
+        cfg: &VolumeConfig,
+        repl_cfg: Option<&config::ReplConfig>,
+    ) -> Result<VolumeRt, String> {
+        let dev = match repl_cfg {
+            None => Dev::Local(Arc::new(
+                LocalVolume::open(cfg, res).map_err(|e| e.to_string())?,
+            )),
+            Some(rc) => {
+                let me = rc.node(&self.opts.node).ok_or_else(|| {
+                    format!(
+                        "this node ({}) is not listed in the resource (nodes: {}); start blockd with --node set to one of them",
+                        self.opts.node,
+                        rc.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                })?;
+                self.listen_peers(me.address)?;
+                let v = ReplVolume::start(res, cfg, rc, &self.opts.node, &self.rt)?;
+                if let Ok(mut m) = self.repls.lock() {
+                    m.insert(res.to_owned(), v.clone());
+                }
+                Dev::Repl(v)
+            }
+        };
         let name = export_name(res, cfg.number);
         let conns = Arc::new(Conns::default());
         let export = Arc::new(VolumeExport {
@@ -386,7 +611,7 @@ impl Daemon {
         if let Err(e) = started {
             listeners.iter().for_each(|l| l.abort());
             let _ = std::fs::remove_file(&sock);
-            let _ = dev.close();
+            self.close_dev(res, &dev);
             return Err(e);
         }
         tracing::info!(export = %name, socket = %sock.display(), size = dev.size(), "volume up");
@@ -491,7 +716,9 @@ impl Daemon {
     fn down_volume(&self, res: &str, number: u32, v: VolumeRt) -> Result<(), String> {
         v.listeners.iter().for_each(|l| l.abort());
         let _ = std::fs::remove_file(self.socket_path(res, number));
-        v.dev.stop_io();
+        if let Some(d) = v.dev.local() {
+            d.stop_io();
+        }
         v.conns.shutdown_all();
         let start = Instant::now();
         while v.conns.count() > 0 {
@@ -504,8 +731,73 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        v.dev.close().map_err(|e| e.to_string())?;
+        match &v.dev {
+            Dev::Local(d) => d.close().map_err(|e| e.to_string())?,
+            Dev::Repl(_) => self.close_dev(res, &v.dev),
+        }
         tracing::info!(export = %v.export_name, "volume down");
+        Ok(())
+    }
+
+    fn close_dev(&self, res: &str, dev: &Dev) {
+        match dev {
+            Dev::Local(d) => {
+                let _ = d.close();
+            }
+            Dev::Repl(r) => {
+                if let Ok(mut m) = self.repls.lock() {
+                    m.remove(res);
+                }
+                // Admin requests run on the blocking pool, where waiting is fine.
+                self.rt.block_on(r.stop());
+            }
+        }
+    }
+
+    /// Listens for peers on this node's replication address (once per address).
+    fn listen_peers(&self, addr: SocketAddr) -> Result<(), String> {
+        let mut ls = self
+            .peer_listeners
+            .lock()
+            .map_err(|_| "peer listener lock poisoned".to_owned())?;
+        if ls.contains_key(&addr) {
+            return Ok(());
+        }
+        let std_l = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen for peers on {addr}: {e}"))?;
+        std_l
+            .set_nonblocking(true)
+            .map_err(|e| format!("peer listener {addr}: {e}"))?;
+        let _guard = self.rt.enter();
+        let l = tokio::net::TcpListener::from_std(std_l)
+            .map_err(|e| format!("peer listener {addr}: {e}"))?;
+        let repls = self.repls.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_HANDSHAKES));
+        let task = self.rt.spawn(async move {
+            loop {
+                let (stream, from) = match l.accept().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("peer accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%from, "too many peer handshakes at once; dropping one");
+                    continue;
+                };
+                let repls = repls.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = accept_peer(stream, &repls).await {
+                        tracing::warn!(%from, "peer connection refused: {e}");
+                    }
+                });
+            }
+        });
+        tracing::info!(%addr, "listening for peers");
+        ls.insert(addr, task);
         Ok(())
     }
 
@@ -600,7 +892,8 @@ impl Daemon {
         numbers.dedup();
         for n in numbers {
             let (old, new) = (old_cfg.volumes.get(&n), cfg.volumes.get(&n));
-            if old == new {
+            // Changed replication settings reopen the volume with the new ones.
+            if old == new && old_cfg.repl == cfg.repl {
                 continue;
             }
             if let Some(v) = r.volumes.remove(&n) {
@@ -609,7 +902,7 @@ impl Daemon {
             if let Some(new) = new {
                 r.volumes.insert(
                     n,
-                    self.up_volume(&name, new)
+                    self.up_volume(&name, new, cfg.repl.as_ref())
                         .map_err(|e| format!("volume {n}: {e}"))?,
                 );
                 report.push(format!(
@@ -680,16 +973,19 @@ impl Daemon {
         let export = export_name(res, cfg.number);
         let sock = self.socket_path(res, cfg.number);
         let (sb, error) = match rt {
-            Some(rt) => (rt.dev.superblock(), None),
+            Some(rt) => (rt.dev.local().and_then(|d| d.superblock()), None),
             None => match volume::peek(&cfg.backing) {
                 Ok(sb) => (Some(sb), None),
                 Err(e) => (None, Some(e.to_string())),
             },
         };
-        VolumeStatus {
+        let mut st = VolumeStatus {
             number: cfg.number,
             backing: cfg.backing.display().to_string(),
-            size: sb.as_ref().map(|s| s.layout.data_size),
+            size: sb
+                .as_ref()
+                .map(|s| s.layout.data_size)
+                .or(rt.map(|r| r.dev.size())),
             backing_size: sb.as_ref().map(|s| s.layout.backing_size),
             open: rt.is_some(),
             nbd_uri: nbd_unix_uri(&export, &sock),
@@ -699,15 +995,38 @@ impl Daemon {
             export_name: export,
             connections: rt.map(|r| r.conns.count() as u64).unwrap_or(0),
             previous_shutdown: rt
-                .map(|r| if r.dev.was_clean { "clean" } else { "unclean" }.to_owned()),
+                .and_then(|r| r.dev.local())
+                .map(|d| if d.was_clean { "clean" } else { "unclean" }.to_owned()),
             read_bytes: rt
-                .map(|r| r.dev.stats.read_bytes.load(Ordering::Relaxed))
+                .and_then(|r| r.dev.local())
+                .map(|d| d.stats.read_bytes.load(Ordering::Relaxed))
                 .unwrap_or(0),
             written_bytes: rt
-                .map(|r| r.dev.stats.written_bytes.load(Ordering::Relaxed))
+                .and_then(|r| r.dev.local())
+                .map(|d| d.stats.written_bytes.load(Ordering::Relaxed))
                 .unwrap_or(0),
             error,
+            role: None,
+            disk_state: None,
+            quorum: None,
+            may_promote: None,
+            node: None,
+            current_uuid: None,
+            resync_left_bytes: 0,
+            peers: Vec::new(),
+            hint: None,
+        };
+        match rt.map(|r| &r.dev) {
+            Some(Dev::Local(_)) => {
+                st.role = Some("Primary".into());
+                st.disk_state = Some("UpToDate".into());
+                st.quorum = Some(true);
+                st.may_promote = Some(true);
+            }
+            Some(Dev::Repl(v)) => repl_status(&mut st, v),
+            None => {}
         }
+        st
     }
 
     /// Takes everything down and removes the admin socket; for a clean exit.
@@ -716,6 +1035,161 @@ impl Daemon {
             tracing::error!("shutdown: {e}");
         }
         let _ = std::fs::remove_file(&self.opts.admin_socket);
+    }
+}
+
+/// Takes one incoming peer connection through the handshake and hands it to its
+/// volume, or refuses it with a reason both sides log.
+async fn accept_peer(mut stream: tokio::net::TcpStream, repls: &ReplIndex) -> Result<(), String> {
+    let offer = peer::read_offer(&mut stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let vol = repls
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&offer.resource).cloned());
+    let check = || -> Result<Arc<ReplVolume>, String> {
+        let vol = vol.ok_or_else(|| {
+            format!(
+                "resource {:?} is not up on this node (check the resource name, or run `tandem local up` here)",
+                offer.resource
+            )
+        })?;
+        if offer.to != vol.me.id {
+            return Err(format!(
+                "this is node {} (id {}), the peer asked for node id {}",
+                vol.me.name, vol.me.id, offer.to
+            ));
+        }
+        let Some(from) = vol.cfg.node_by_id(offer.from) else {
+            return Err(format!(
+                "node id {} is not a node of resource {}",
+                offer.from, offer.resource
+            ));
+        };
+        if offer.from == vol.me.id {
+            return Err(format!("node id {} is this node's own id", offer.from));
+        }
+        if offer.size != vol.size {
+            return Err(format!(
+                "size mismatch: node {} has {} bytes of data, this node {}; give every node the same volume size",
+                from.name, offer.size, vol.size
+            ));
+        }
+        vol.accepts(offer.from)?;
+        Ok(vol)
+    };
+    let vol = match check() {
+        Ok(v) => v,
+        Err(reason) => {
+            peer::refuse(&mut stream, &reason).await;
+            return Err(format!("{}: {reason}", offer.resource));
+        }
+    };
+    peer::accept(&mut stream, &offer, &vol.cfg.secret)
+        .await
+        .map_err(|e| format!("{} from node id {}: {e}", offer.resource, offer.from))?;
+    vol.accepted(offer.from, stream).await;
+    Ok(())
+}
+
+/// Resolves a peer given by node name.
+fn peer_id(v: &ReplVolume, name: Option<&str>) -> Result<Option<u8>, String> {
+    match name {
+        None => Ok(None),
+        Some(n) => match v.cfg.node(n) {
+            Some(node) if node.id != v.me.id => Ok(Some(node.id)),
+            Some(_) => Err(format!("{n} is this node itself")),
+            None => Err(format!(
+                "no node {n:?} in resource {} (nodes: {})",
+                v.resource,
+                v.cfg
+                    .nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        },
+    }
+}
+
+/// Fills the replication fields of a volume's status.
+fn repl_status(st: &mut VolumeStatus, v: &ReplVolume) {
+    let Some(snap) = v.snapshot() else { return };
+    let s = &snap.status;
+    let res = &v.resource;
+    st.role = Some(repl::role_name(s.role).into());
+    st.disk_state = Some(repl::disk_name(s.disk).into());
+    st.quorum = Some(s.quorum);
+    st.may_promote = Some(s.may_promote);
+    st.node = Some(v.me.name.clone());
+    st.current_uuid = Some(format!("{:016X}", s.current));
+    st.resync_left_bytes = snap.resync_left_blocks * repl::BLOCK;
+    let mut hints = Vec::new();
+    for p in &s.peers {
+        let Some(node) = v.cfg.node_by_id(p.id) else {
+            continue;
+        };
+        let counters = snap.peers.get(&p.id).cloned().unwrap_or_default();
+        let connected = p.conn == replica::core::ConnState::Connected;
+        let out_of_sync = p.out_of_sync_blocks;
+        let left = match p.repl {
+            replica::core::Repl::SyncSource => Some(out_of_sync),
+            replica::core::Repl::SyncTarget => Some(snap.resync_left_blocks),
+            _ => None,
+        };
+        let percent = left.map(|l| {
+            let total = counters.resync_total_blocks.max(l).max(1);
+            ((total - l) as f64 * 1000.0 / total as f64).round() / 10.0
+        });
+        let reason = match &p.conn {
+            replica::core::ConnState::StandAlone(r) => {
+                if r.contains("split brain") {
+                    hints.push(format!(
+                        "split brain with {0}: on the node whose changes are to be thrown away run `tandem local connect {res} --discard-my-data`, then on the other `tandem local connect {res}`",
+                        node.name
+                    ));
+                } else {
+                    hints.push(format!(
+                        "not connecting to {}: {r}; run `tandem local connect {res} --peer {}`",
+                        node.name, node.name
+                    ));
+                }
+                Some(r.clone())
+            }
+            _ if !connected => counters.last_error.clone(),
+            _ => None,
+        };
+        st.peers.push(PeerStatus {
+            name: node.name.clone(),
+            node_id: node.id,
+            address: node.address.to_string(),
+            diskless: node.diskless,
+            connection: repl::conn_name(&p.conn).into(),
+            replication: repl::repl_name(p.repl).into(),
+            role: connected.then(|| repl::role_name(p.role).into()),
+            disk_state: connected.then(|| repl::disk_name(p.disk).into()),
+            out_of_sync_bytes: out_of_sync * repl::BLOCK,
+            resync_done_percent: percent,
+            resync_sent_bytes: counters.resync_sent_bytes,
+            resync_received_bytes: counters.resync_received_bytes,
+            reason,
+        });
+    }
+    if s.disk == wire::Disk::Inconsistent
+        && s.current == 0
+        && !s.peers.iter().any(|p| p.disk == wire::Disk::UpToDate)
+    {
+        hints.push(format!(
+            "no node has UpToDate data yet: on the one node whose data is to be kept (any, for a new empty volume) run `tandem local primary {res} --force`"
+        ));
+    }
+    if let Some(e) = &snap.error {
+        hints.push(e.clone());
+    }
+    if !hints.is_empty() {
+        st.hint = Some(hints.join("; "));
     }
 }
 

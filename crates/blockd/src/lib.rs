@@ -5,4 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod peer;
+pub mod repl;
+pub mod replmd;
 pub mod volume;

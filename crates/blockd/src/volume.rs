@@ -352,6 +352,80 @@ impl LocalVolume {
         Ok(())
     }
 
+    /// Reads every bitmap of the metadata as words: one per peer slot, then the
+    /// resync bitmap. Only the words covering the data are returned.
+    pub fn read_bitmaps(&self) -> Result<Vec<Vec<u64>>, VolumeError> {
+        let layout = self.layout()?;
+        let words = (layout.data_size / md::BM_BLOCK).div_ceil(64) as usize;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; words * 8];
+        for i in 0..=layout.max_peers {
+            self.file
+                .read_exact_at(&mut buf, layout.bitmap_at(i))
+                .map_err(io_err(&self.path, "read bitmap"))?;
+            out.push(
+                buf.chunks_exact(8)
+                    .map(|c| {
+                        let mut w = [0u8; 8];
+                        w.copy_from_slice(c);
+                        u64::from_le_bytes(w)
+                    })
+                    .collect(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Makes a metadata change durable: the changed bitmap pages `(bitmap index,
+    /// byte offset inside it, bytes)` first, then the superblock as `update` leaves
+    /// it. A crash in between leaves the previous superblock, and bitmap pages only
+    /// ever hold bits the core already asked for.
+    pub fn write_md(
+        &self,
+        pages: &[(u32, u64, Vec<u8>)],
+        update: impl FnOnce(&mut Superblock),
+    ) -> Result<(), VolumeError> {
+        let layout = self.layout()?;
+        for (index, at, bytes) in pages {
+            if *index > layout.max_peers || at + bytes.len() as u64 > layout.bitmap_bytes {
+                return Err(VolumeError::Io {
+                    path: self.path.clone(),
+                    what: "write bitmap",
+                    source: io::Error::other("bitmap page outside its area"),
+                });
+            }
+            self.file
+                .write_all_at(bytes, layout.bitmap_at(*index) + at)
+                .map_err(io_err(&self.path, "write bitmap"))?;
+        }
+        if !pages.is_empty() {
+            self.file
+                .sync_data()
+                .map_err(io_err(&self.path, "sync bitmap"))?;
+        }
+        let mut sb = self.sb.lock().map_err(|_| VolumeError::Io {
+            path: self.path.clone(),
+            what: "write metadata",
+            source: io::Error::other("metadata lock poisoned"),
+        })?;
+        let mut next = sb.next();
+        update(&mut next);
+        write_sb(&self.file, &self.path, &next)?;
+        *sb = next;
+        Ok(())
+    }
+
+    fn layout(&self) -> Result<Layout, VolumeError> {
+        self.sb
+            .lock()
+            .map(|s| s.layout)
+            .map_err(|_| VolumeError::Io {
+                path: self.path.clone(),
+                what: "read metadata",
+                source: io::Error::other("metadata lock poisoned"),
+            })
+    }
+
     fn check(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(DeviceError::Shutdown);

@@ -40,6 +40,9 @@ enum Cmd {
         /// Admin socket path (default: RUN_DIR/admin.sock).
         #[arg(long)]
         admin_socket: Option<PathBuf>,
+        /// This node's name in replicated resources' [[node]] lists (default: the host name).
+        #[arg(long, env = "TANDEM_NODE")]
+        node: Option<String>,
     },
     /// Talk to the blockd of this node.
     Local {
@@ -84,6 +87,35 @@ enum LocalCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Make this node primary for a replicated resource (NBD clients do it on connect).
+    Primary {
+        resource: String,
+        /// Also without UpToDate data or quorum: this node's data becomes the truth.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make this node secondary (refused while NBD clients hold the volume open).
+    Secondary { resource: String },
+    /// Allow connecting to the peers again (after disconnect or a split brain).
+    Connect {
+        resource: String,
+        /// Only this peer (node name).
+        #[arg(long)]
+        peer: Option<String>,
+        /// If the nodes disagree, throw this node's changes away and resync from the peer.
+        #[arg(long)]
+        discard_my_data: bool,
+    },
+    /// Drop the connections and stay StandAlone until `connect`.
+    Disconnect {
+        resource: String,
+        #[arg(long)]
+        peer: Option<String>,
+    },
+    /// Discard this node's data and take a full resync from an UpToDate peer.
+    Invalidate { resource: String },
+    /// Print state changes as they happen, one JSON object per line (docs/events.md).
+    Events,
 }
 
 fn init_logs(level: &str) -> Result<()> {
@@ -117,9 +149,14 @@ fn run(cli: Cli) -> Result<()> {
             config_dir,
             run_dir,
             admin_socket,
+            node,
         } => {
             init_logs(&cli.log)?;
-            run_blockd(Options::new(config_dir, run_dir, admin_socket), None)
+            let mut opts = Options::new(config_dir, run_dir, admin_socket);
+            if let Some(n) = node {
+                opts.node = n;
+            }
+            run_blockd(opts, None)
         }
         Cmd::Local { admin_socket, cmd } => local(&admin_socket, cmd),
         Cmd::Playground { dir, size } => {
@@ -194,6 +231,23 @@ fn local(socket: &Path, cmd: LocalCmd) -> Result<()> {
         LocalCmd::Down { resource } => Request::Down { resource },
         LocalCmd::Adjust { resource } => Request::Adjust { resource },
         LocalCmd::CreateMd { resource, force } => Request::CreateMd { resource, force },
+        LocalCmd::Primary { resource, force } => Request::Primary { resource, force },
+        LocalCmd::Secondary { resource } => Request::Secondary { resource },
+        LocalCmd::Connect {
+            resource,
+            peer,
+            discard_my_data,
+        } => Request::Connect {
+            resource,
+            peer,
+            discard_my_data,
+        },
+        LocalCmd::Disconnect { resource, peer } => Request::Disconnect { resource, peer },
+        LocalCmd::Invalidate { resource } => Request::Invalidate { resource },
+        LocalCmd::Events => {
+            let mut out = std::io::stdout().lock();
+            return admin::stream_events(socket, &mut out).map_err(Into::into);
+        }
     };
     let resp = call(socket, req)?;
     if resp.ok {
@@ -247,6 +301,46 @@ fn print_status(s: &Status) {
             );
             if let Some(e) = &v.error {
                 println!("    volume {}: {e}", v.number);
+            }
+            if let (Some(role), Some(disk)) = (&v.role, &v.disk_state) {
+                println!(
+                    "    {}{role} {disk} quorum:{} may-promote:{}",
+                    v.node
+                        .as_ref()
+                        .map(|n| format!("{n}: "))
+                        .unwrap_or_default(),
+                    if v.quorum == Some(true) { "yes" } else { "no" },
+                    if v.may_promote == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                );
+            }
+            if v.resync_left_bytes > 0 {
+                println!("    to receive: {}", human_size(v.resync_left_bytes));
+            }
+            for p in &v.peers {
+                let mut line = format!(
+                    "    peer {} ({}): {} {}",
+                    p.name, p.address, p.connection, p.replication
+                );
+                if let (Some(r), Some(d)) = (&p.role, &p.disk_state) {
+                    line.push_str(&format!(" {r} {d}"));
+                }
+                if p.out_of_sync_bytes > 0 {
+                    line.push_str(&format!(" out-of-sync {}", human_size(p.out_of_sync_bytes)));
+                }
+                if let Some(pc) = p.resync_done_percent {
+                    line.push_str(&format!(" resync {pc:.1}%"));
+                }
+                if let Some(r) = &p.reason {
+                    line.push_str(&format!(" ({r})"));
+                }
+                println!("{line}");
+            }
+            if let Some(h) = &v.hint {
+                println!("    to resolve: {h}");
             }
         }
         if let Some(e) = &r.error {

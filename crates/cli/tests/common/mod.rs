@@ -47,6 +47,8 @@ pub fn stdout(out: &Output) -> String {
 pub struct Blockd {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `--node` given to blockd (replicated resources).
+    pub node: Option<String>,
 }
 
 impl Blockd {
@@ -59,7 +61,11 @@ impl Blockd {
         for d in ["conf", "run", "data"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        Blockd { dir, child: None }
+        Blockd {
+            dir,
+            child: None,
+            node: None,
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -98,6 +104,7 @@ impl Blockd {
             .arg(self.path("conf"))
             .arg("--run-dir")
             .arg(self.path("run"))
+            .args(self.node.iter().flat_map(|n| ["--node", n.as_str()]))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -197,6 +204,147 @@ impl Blockd {
     pub fn size(&self, res: &str, vol: u64) -> u64 {
         self.volume(res, vol)["size"].as_u64().unwrap()
     }
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One node of a test cluster: name, id, port, diskless.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub name: String,
+    pub id: u8,
+    pub port: u16,
+    pub diskless: bool,
+}
+
+/// Several blockd processes on 127.0.0.1, each with its own directory, sharing the
+/// replicated resources written by [`Cluster::add_resource`].
+pub struct Cluster {
+    pub nodes: Vec<Blockd>,
+    pub specs: Vec<NodeSpec>,
+}
+
+impl Cluster {
+    /// `diskless[i]` says whether node i has no disk. Node names are n0, n1, ...
+    pub fn new(diskless: &[bool]) -> Self {
+        let specs: Vec<NodeSpec> = diskless
+            .iter()
+            .enumerate()
+            .map(|(i, d)| NodeSpec {
+                name: format!("n{i}"),
+                id: i as u8,
+                port: free_port(),
+                diskless: *d,
+            })
+            .collect();
+        let nodes = specs
+            .iter()
+            .map(|s| {
+                let mut b = Blockd::new();
+                b.node = Some(s.name.clone());
+                b
+            })
+            .collect();
+        Cluster { nodes, specs }
+    }
+
+    /// The resource file text for node `i` (`extra` goes at the top, e.g. options).
+    pub fn resource_text(
+        &self,
+        i: usize,
+        name: &str,
+        size: &str,
+        secret: &str,
+        extra: &str,
+    ) -> String {
+        let mut t = format!("secret = \"{secret}\"\n{extra}\n");
+        for s in &self.specs {
+            t.push_str(&format!(
+                "[[node]]\nname = \"{}\"\nid = {}\naddress = \"127.0.0.1:{}\"\ndiskless = {}\n\n",
+                s.name, s.id, s.port, s.diskless
+            ));
+        }
+        t.push_str(&format!("[[volume]]\nnumber = 0\nsize = \"{size}\"\n"));
+        if !self.specs[i].diskless {
+            t.push_str(&format!(
+                "backing = \"{}\"\n",
+                self.nodes[i].path(&format!("data/{name}.img")).display()
+            ));
+        }
+        t
+    }
+
+    pub fn add_resource(&self, name: &str, size: &str) {
+        for i in 0..self.nodes.len() {
+            let t = self.resource_text(i, name, size, "test-secret-1234", "");
+            self.nodes[i].write_conf(name, &t);
+        }
+    }
+
+    pub fn start_all(&mut self) {
+        for n in &mut self.nodes {
+            n.start();
+        }
+    }
+
+    /// Waits until `f` holds for node i's volume 0 of `res`; panics with its status.
+    pub fn wait(&self, i: usize, res: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.nodes[i].volume(res, 0);
+            if f(&v) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "node {i}: timed out waiting for {what}; volume status:\n{v:#}\nlog:\n{}",
+                self.nodes[i].log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until node i sees every peer connected and in sync, and is UpToDate
+    /// (or Diskless).
+    pub fn wait_in_sync(&self, i: usize, res: &str) -> Value {
+        self.wait(i, res, "connected and in sync", |v| {
+            let disk_ok = v["disk_state"] == "UpToDate" || v["disk_state"] == "Diskless";
+            disk_ok
+                && v["peers"].as_array().is_some_and(|ps| {
+                    ps.iter().all(|p| {
+                        p["connection"] == "Connected"
+                            && p["replication"] == "Established"
+                            && p["out_of_sync_bytes"] == 0
+                    })
+                })
+        })
+    }
+
+    pub fn local_ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.nodes[i].local(args);
+        assert!(
+            out.status.success(),
+            "node {i}: tandem local {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    }
+}
+
+/// A peer field of a volume status.
+pub fn peer<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no peer {name} in {v:#}"))
 }
 
 impl Drop for Blockd {

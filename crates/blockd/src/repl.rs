@@ -1,0 +1,1069 @@
+//! A replicated volume: the `replica` core driven with a real disk and TCP peers.
+//!
+//! One task per volume owns the core. Everything reaches it as an [`Input`] on one
+//! bounded channel: client requests from NBD threads, disk completions from the
+//! blocking pool, messages and connection changes from the peer tasks, admin
+//! commands, and a 100 ms tick. The task carries out the core's actions: disk I/O on
+//! the blocking pool, metadata writes in place (they must be durable before anything
+//! after them happens), messages to the peer writer tasks.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use nbd::{BlockDevice, DeviceError};
+use replica::core::{
+    Action, Admin, Config, ConnState, Event, IoError, NodeConf, Persistent, Protocol, Repl,
+    Replica, StateChange, Status,
+};
+use replica::decide::SplitBrainPolicy;
+use replica::quorum::QuorumPolicy;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use wire::{Msg, NodeId, Role};
+
+use crate::config::{NodeConfig, ProtocolOpt, ReplConfig, SplitBrainOpt, VolumeConfig};
+use crate::peer::{self, Offer};
+use crate::replmd::MdStore;
+use crate::volume::LocalVolume;
+
+/// Bytes per block of the core (one bitmap bit).
+pub const BLOCK: u64 = 4096;
+const INPUT_QUEUE: usize = 1024;
+/// Messages queued to one peer before the connection counts as stuck and is dropped.
+const SEND_QUEUE: usize = 8192;
+const TICK: Duration = Duration::from_millis(100);
+const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
+const IO_BUF: usize = 256 << 10;
+/// State-change events kept for slow `events` readers.
+const EVENT_BACKLOG: usize = 1024;
+/// Largest piece a zeroing request is split into.
+const ZERO_CHUNK: u64 = 1 << 20;
+
+type ClientReply = oneshot::Sender<Result<Option<Vec<u8>>, IoError>>;
+
+#[derive(Debug)]
+enum Input {
+    Client {
+        id: u64,
+        ev: Event,
+        reply: ClientReply,
+    },
+    Promote {
+        force: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Admin {
+        admin: Admin,
+        reply: oneshot::Sender<()>,
+    },
+    /// The last NBD client left a volume that was promoted for it.
+    AutoDemote,
+    DiskDone {
+        tag: u64,
+        ok: bool,
+        data: Option<Vec<u8>>,
+    },
+    Accepted {
+        peer: NodeId,
+        stream: TcpStream,
+    },
+    Dialed {
+        peer: NodeId,
+        result: Result<TcpStream, String>,
+    },
+    PeerMsg {
+        peer: NodeId,
+        conn: u64,
+        msg: Msg,
+    },
+    PeerGone {
+        peer: NodeId,
+        conn: u64,
+        why: String,
+    },
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Counters per peer, cumulative since the volume came up.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCounters {
+    pub resync_sent_bytes: u64,
+    pub resync_received_bytes: u64,
+    /// Out-of-sync blocks when the running resync started (for progress).
+    pub resync_total_blocks: u64,
+    pub last_error: Option<String>,
+}
+
+/// What status shows, refreshed after every input.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub status: Status,
+    /// Blocks this node still has to receive (SyncTarget).
+    pub resync_left_blocks: u64,
+    pub peers: BTreeMap<NodeId, PeerCounters>,
+    pub connected: BTreeMap<NodeId, bool>,
+    pub error: Option<String>,
+}
+
+/// The shared handle of one replicated volume.
+#[derive(Debug)]
+pub struct ReplVolume {
+    pub resource: String,
+    pub number: u32,
+    pub me: NodeConfig,
+    pub cfg: ReplConfig,
+    /// Data bytes.
+    pub size: u64,
+    pub local: Option<Arc<LocalVolume>>,
+    tx: mpsc::Sender<Input>,
+    next_id: AtomicU64,
+    snapshot: Mutex<Snapshot>,
+    opens: AtomicUsize,
+    auto_promoted: AtomicBool,
+    /// Unaligned writes read, patch and write whole blocks; they exclude every other
+    /// write while they do.
+    rmw: RwLock<()>,
+    events: broadcast::Sender<String>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn map_err(e: IoError) -> DeviceError {
+    let msg = match e {
+        IoError::NotPrimary => "this node is not primary (or its data is not UpToDate)",
+        IoError::NoQuorum => "no quorum: too few nodes reachable",
+        IoError::NoData => "no UpToDate data reachable",
+        IoError::Disk => "the local disk failed",
+        IoError::Busy => "too many requests queued",
+        IoError::OutOfRange => return DeviceError::NoSpace,
+    };
+    DeviceError::Io(std::io::Error::other(msg))
+}
+
+/// Data bytes a volume of this config holds: read from the disk, or for a diskless node
+/// computed from the configured size exactly as a diskful node lays it out.
+fn diskless_size(vcfg: &VolumeConfig) -> Result<u64, String> {
+    let size = vcfg.size.ok_or_else(|| {
+        "a diskless node needs size = ... in the [[volume]] section (the same as on the diskful nodes)".to_owned()
+    })?;
+    replica::md::Layout::compute(size, vcfg.max_peers, replica::md::DEFAULT_AL_SLOTS)
+        .map(|l| l.data_size)
+        .map_err(|e| e.to_string())
+}
+
+fn core_config(me: &NodeConfig, cfg: &ReplConfig, size: u64) -> Config {
+    Config {
+        node: me.id,
+        nodes: cfg
+            .nodes
+            .iter()
+            .map(|n| NodeConf {
+                id: n.id,
+                diskful: !n.diskless,
+            })
+            .collect(),
+        size_blocks: size / BLOCK,
+        protocol: match cfg.protocol {
+            ProtocolOpt::A => Protocol::A,
+            ProtocolOpt::C => Protocol::C,
+        },
+        quorum: if cfg.quorum {
+            QuorumPolicy::Majority
+        } else {
+            QuorumPolicy::Off
+        },
+        split_brain: match &cfg.split_brain {
+            SplitBrainOpt::Disconnect => SplitBrainPolicy::Disconnect,
+            SplitBrainOpt::DiscardZeroChanges => SplitBrainPolicy::DiscardZeroChanges,
+            SplitBrainOpt::DiscardLeastChanges => SplitBrainPolicy::DiscardLeastChanges,
+            SplitBrainOpt::DiscardNode(name) => match cfg.node(name) {
+                Some(n) => SplitBrainPolicy::DiscardNode(n.id),
+                None => SplitBrainPolicy::Disconnect,
+            },
+        },
+        al_extents: 64,
+        extent_blocks: replica::md::AL_EXTENT / BLOCK,
+        resync_inflight: 64,
+        resync_per_tick: 64,
+        promote_timeout_ms: cfg.timeout_ms + 1000,
+        grant_lease_ms: 1000,
+        max_queued: 1024,
+    }
+}
+
+impl ReplVolume {
+    /// Opens the volume (creating it if configured so) and starts its task.
+    pub fn start(
+        resource: &str,
+        vcfg: &VolumeConfig,
+        cfg: &ReplConfig,
+        node_name: &str,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Arc<ReplVolume>, String> {
+        let me = cfg.node(node_name).cloned().ok_or_else(|| {
+            format!(
+                "this node ({node_name}) is not listed in the resource (nodes: {}); start blockd with --node set to one of them",
+                cfg.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        let (local, size) = if me.diskless {
+            (None, diskless_size(vcfg)?)
+        } else {
+            if vcfg.backing.as_os_str().is_empty() {
+                return Err(format!(
+                    "node {} has a disk in this resource but the volume gives no backing",
+                    me.name
+                ));
+            }
+            let v = Arc::new(LocalVolume::open(vcfg, resource).map_err(|e| e.to_string())?);
+            let size = v.size();
+            (Some(v), size)
+        };
+        let core_cfg = core_config(&me, cfg, size);
+        let (md, store) = match &local {
+            Some(v) => {
+                let (p, s) = MdStore::load(v.clone(), &core_cfg).inspect_err(|_| {
+                    let _ = v.close();
+                })?;
+                (p, Some(s))
+            }
+            None => (Persistent::new_fresh(&core_cfg), None),
+        };
+        let seed = peer::nonce()
+            .map(|n| u64::from_le_bytes([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]]))
+            .unwrap_or(0x5eed);
+        let core = Replica::new(core_cfg, md, seed);
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let snapshot = Snapshot {
+            status: core.status(),
+            resync_left_blocks: core.metadata().resync_left.count(),
+            peers: BTreeMap::new(),
+            connected: BTreeMap::new(),
+            error: None,
+        };
+        let shared = Arc::new(ReplVolume {
+            resource: resource.to_owned(),
+            number: vcfg.number,
+            me: me.clone(),
+            cfg: cfg.clone(),
+            size,
+            local: local.clone(),
+            tx: tx.clone(),
+            next_id: AtomicU64::new(1),
+            snapshot: Mutex::new(snapshot),
+            opens: AtomicUsize::new(0),
+            auto_promoted: AtomicBool::new(false),
+            rmw: RwLock::new(()),
+            events,
+            task: Mutex::new(None),
+        });
+        let mut driver = Driver {
+            core,
+            shared: shared.clone(),
+            vol: local,
+            store,
+            rx,
+            tx,
+            start: Instant::now(),
+            conns: BTreeMap::new(),
+            dialing: BTreeMap::new(),
+            clients: HashMap::new(),
+            promotes: VecDeque::new(),
+            next_conn: 1,
+            pending: VecDeque::new(),
+            counters: BTreeMap::new(),
+            rt: rt.clone(),
+        };
+        let handle = rt.spawn(async move {
+            driver.feed(Event::Tick { now: 0 });
+            driver.run().await;
+        });
+        if let Ok(mut t) = shared.task.lock() {
+            *t = Some(handle);
+        }
+        Ok(shared)
+    }
+
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        self.snapshot.lock().ok().map(|s| s.clone())
+    }
+
+    /// Subscribes to state changes, one JSON object per event.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.events.subscribe()
+    }
+
+    /// Whether a connection from `peer` would be taken now.
+    pub fn accepts(&self, peer: NodeId) -> Result<(), String> {
+        let snap = self.snapshot().ok_or("volume is shutting down")?;
+        match snap.status.peers.iter().find(|p| p.id == peer) {
+            None => Err(format!("node id {peer} is not a peer of this resource")),
+            Some(p) => match &p.conn {
+                ConnState::StandAlone(r) => Err(format!("not connecting: {r}")),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Hands an authenticated connection from `peer` to the volume.
+    pub async fn accepted(&self, peer: NodeId, stream: TcpStream) {
+        let _ = self.tx.send(Input::Accepted { peer, stream }).await;
+    }
+
+    /// Becomes primary (waits for the peers' grants).
+    pub async fn promote(&self, force: bool) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Promote { force, reply })
+            .await
+            .map_err(|_| "volume is shutting down".to_owned())?;
+        rx.await
+            .map_err(|_| "volume is shutting down".to_owned())??;
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
+        while !self.handshakes_done() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
+    /// No connected peer is in the middle of a handshake. A new primary re-handshakes
+    /// with its peers; writes issued before that ends would not reach them and would
+    /// be marked for a resync, so promotion waits for it (bounded by the timeout).
+    fn handshakes_done(&self) -> bool {
+        self.snapshot().is_none_or(|s| {
+            s.status
+                .peers
+                .iter()
+                .all(|p| p.conn != ConnState::Handshake)
+        })
+    }
+
+    pub async fn admin(&self, admin: Admin) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Admin { admin, reply })
+            .await
+            .map_err(|_| "volume is shutting down".to_owned())?;
+        rx.await.map_err(|_| "volume is shutting down".to_owned())
+    }
+
+    /// Leaves cleanly: tells the peers, writes the metadata, closes the disk.
+    pub async fn stop(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Input::Stop { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+
+    /// An NBD client opens the volume: promote for it unless already primary.
+    pub fn open_for_client(self: &Arc<Self>) -> Result<Arc<ReplDevice>, String> {
+        let snap = self.snapshot().ok_or("volume is shutting down")?;
+        if snap.status.role != Role::Primary {
+            // Called from an NBD connection thread, never from the runtime.
+            let (reply, orx) = oneshot::channel();
+            self.tx
+                .blocking_send(Input::Promote {
+                    force: false,
+                    reply,
+                })
+                .map_err(|_| "volume is shutting down".to_owned())?;
+            orx.blocking_recv()
+                .map_err(|_| "volume is shutting down".to_owned())?
+                .map_err(|e| format!("cannot become primary: {e}"))?;
+            let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
+            while !self.handshakes_done() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            self.auto_promoted.store(true, Ordering::SeqCst);
+        }
+        self.opens.fetch_add(1, Ordering::SeqCst);
+        Ok(Arc::new(ReplDevice { vol: self.clone() }))
+    }
+
+    fn call(&self, ev: impl FnOnce(u64) -> Event) -> Result<Option<Vec<u8>>, DeviceError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Input::Client {
+                id,
+                ev: ev(id),
+                reply,
+            })
+            .map_err(|_| DeviceError::Shutdown)?;
+        match rx.blocking_recv() {
+            Ok(Ok(d)) => Ok(d),
+            Ok(Err(e)) => Err(map_err(e)),
+            Err(_) => Err(DeviceError::Shutdown),
+        }
+    }
+
+    fn read_blocks(&self, block: u64, count: u64) -> Result<Vec<u8>, DeviceError> {
+        let data = self
+            .call(|id| Event::ClientRead {
+                id,
+                block,
+                count: count as u32,
+            })?
+            .unwrap_or_default();
+        if data.len() as u64 != count * BLOCK {
+            return Err(DeviceError::Io(std::io::Error::other(
+                "short read from the replication core",
+            )));
+        }
+        Ok(data)
+    }
+
+    fn write_blocks(&self, block: u64, data: Vec<u8>, fua: bool) -> Result<(), DeviceError> {
+        let count = (data.len() as u64 / BLOCK) as u32;
+        self.call(|id| Event::ClientWrite {
+            id,
+            block,
+            count,
+            data,
+            fua,
+        })
+        .map(|_| ())
+    }
+
+    fn write_any(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|e| *e <= self.size)
+            .ok_or(DeviceError::NoSpace)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if offset.is_multiple_of(BLOCK) && (buf.len() as u64).is_multiple_of(BLOCK) {
+            let _g = self.rmw.read().map_err(|_| DeviceError::Shutdown)?;
+            return self.write_blocks(offset / BLOCK, buf.to_vec(), fua);
+        }
+        let _g = self.rmw.write().map_err(|_| DeviceError::Shutdown)?;
+        let first = offset / BLOCK;
+        let last = end.div_ceil(BLOCK);
+        let mut data = self.read_blocks(first, last - first)?;
+        let at = (offset - first * BLOCK) as usize;
+        data[at..at + buf.len()].copy_from_slice(buf);
+        self.write_blocks(first, data, fua)
+    }
+}
+
+/// One NBD client's handle on a replicated volume; dropping it is the close.
+#[derive(Debug)]
+pub struct ReplDevice {
+    vol: Arc<ReplVolume>,
+}
+
+impl Drop for ReplDevice {
+    fn drop(&mut self) {
+        if self.vol.opens.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.vol.auto_promoted.swap(false, Ordering::SeqCst)
+        {
+            let _ = self.vol.tx.try_send(Input::AutoDemote);
+        }
+    }
+}
+
+impl BlockDevice for ReplDevice {
+    fn size(&self) -> u64 {
+        self.vol.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|e| *e <= self.vol.size)
+            .ok_or(DeviceError::NoSpace)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let first = offset / BLOCK;
+        let last = end.div_ceil(BLOCK);
+        let data = self.vol.read_blocks(first, last - first)?;
+        let at = (offset - first * BLOCK) as usize;
+        buf.copy_from_slice(&data[at..at + buf.len()]);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
+        self.vol.write_any(buf, offset, fua)
+    }
+
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.vol.call(|id| Event::ClientFlush { id }).map(|_| ())
+    }
+
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), DeviceError> {
+        // After a trim the content is unspecified (NBD), so keeping it is correct and
+        // keeps the replicas identical.
+        offset
+            .checked_add(len)
+            .filter(|e| *e <= self.vol.size)
+            .ok_or(DeviceError::NoSpace)?;
+        if fua { self.flush() } else { Ok(()) }
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        _may_trim: bool,
+        fua: bool,
+    ) -> Result<(), DeviceError> {
+        offset
+            .checked_add(len)
+            .filter(|e| *e <= self.vol.size)
+            .ok_or(DeviceError::NoSpace)?;
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let n = (end - at).min(ZERO_CHUNK);
+            self.vol.write_any(&vec![0u8; n as usize], at, fua)?;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Msg>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Dial {
+    in_progress: bool,
+    next: Instant,
+    backoff: Duration,
+    last_error: Option<String>,
+}
+
+struct Driver {
+    core: Replica,
+    shared: Arc<ReplVolume>,
+    vol: Option<Arc<LocalVolume>>,
+    store: Option<MdStore>,
+    rx: mpsc::Receiver<Input>,
+    tx: mpsc::Sender<Input>,
+    start: Instant,
+    conns: BTreeMap<NodeId, Conn>,
+    dialing: BTreeMap<NodeId, Dial>,
+    clients: HashMap<u64, ClientReply>,
+    promotes: VecDeque<oneshot::Sender<Result<(), String>>>,
+    next_conn: u64,
+    pending: VecDeque<Event>,
+    counters: BTreeMap<NodeId, PeerCounters>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Driver {
+    async fn run(&mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                input = self.rx.recv() => {
+                    let Some(input) = input else { break };
+                    if let Input::Stop { reply } = input {
+                        self.stop().await;
+                        let _ = reply.send(());
+                        break;
+                    }
+                    self.input(input);
+                }
+                _ = tick.tick() => {
+                    let now = self.start.elapsed().as_millis() as u64;
+                    self.feed(Event::Tick { now });
+                    self.dial();
+                }
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Client { id, ev, reply } => {
+                self.clients.insert(id, reply);
+                self.feed(ev);
+            }
+            Input::Promote { force, reply } => {
+                self.promotes.push_back(reply);
+                self.feed(Event::Admin(Admin::Primary { force }));
+            }
+            Input::Admin { admin, reply } => {
+                if let Admin::Connect { peer, .. } = &admin {
+                    for (id, d) in self.dialing.iter_mut() {
+                        if peer.is_none_or(|p| p == *id) {
+                            d.next = Instant::now();
+                            d.backoff = DIAL_BACKOFF_MIN;
+                        }
+                    }
+                }
+                self.feed(Event::Admin(admin));
+                let _ = reply.send(());
+            }
+            Input::AutoDemote => {
+                if self.shared.opens.load(Ordering::SeqCst) == 0 {
+                    self.feed(Event::Admin(Admin::Secondary));
+                }
+            }
+            Input::DiskDone { tag, ok, data } => self.feed(Event::DiskDone { tag, ok, data }),
+            Input::Accepted { peer, stream } => self.establish(peer, stream),
+            Input::Dialed { peer, result } => {
+                let d = self.dialing.entry(peer).or_insert_with(new_dial);
+                d.in_progress = false;
+                match result {
+                    Ok(stream) => {
+                        d.backoff = DIAL_BACKOFF_MIN;
+                        d.last_error = None;
+                        self.establish(peer, stream);
+                    }
+                    Err(e) => {
+                        if d.last_error.as_deref() != Some(e.as_str()) {
+                            tracing::warn!(resource = %self.shared.resource, peer, "connecting: {e}");
+                        }
+                        d.next = Instant::now() + d.backoff;
+                        d.backoff = (d.backoff * 2).min(DIAL_BACKOFF_MAX);
+                        d.last_error = Some(e.clone());
+                        self.counters.entry(peer).or_default().last_error = Some(e);
+                        self.refresh();
+                    }
+                }
+            }
+            Input::PeerMsg { peer, conn, msg } => {
+                if self.conns.get(&peer).is_some_and(|c| c.id == conn) {
+                    if let Msg::ResyncData { data, .. } = &msg {
+                        self.counters.entry(peer).or_default().resync_received_bytes +=
+                            data.len() as u64;
+                    }
+                    self.feed(Event::Message { from: peer, msg });
+                }
+            }
+            Input::PeerGone { peer, conn, why } => {
+                if self.conns.get(&peer).is_some_and(|c| c.id == conn) {
+                    tracing::warn!(resource = %self.shared.resource, peer, "connection lost: {why}");
+                    self.counters.entry(peer).or_default().last_error = Some(why);
+                    self.close(peer);
+                    self.feed(Event::PeerDisconnected { peer });
+                }
+            }
+            Input::Stop { .. } => {}
+        }
+    }
+
+    /// Starts connection attempts to the peers this node dials (those with a lower id).
+    fn dial(&mut self) {
+        let me = self.shared.me.id;
+        for n in self.shared.cfg.nodes.clone() {
+            if n.id >= me || self.conns.contains_key(&n.id) || !self.core.wants_connection(n.id) {
+                continue;
+            }
+            let d = self.dialing.entry(n.id).or_insert_with(new_dial);
+            if d.in_progress || Instant::now() < d.next {
+                continue;
+            }
+            d.in_progress = true;
+            let offer = Offer {
+                resource: self.shared.resource.clone(),
+                from: me,
+                to: n.id,
+                size: self.shared.size,
+                nonce: match peer::nonce() {
+                    Ok(n) => n,
+                    Err(_) => continue,
+                },
+            };
+            let secret = self.shared.cfg.secret.clone();
+            let tx = self.tx.clone();
+            let peer = n.id;
+            let addr = n.address;
+            self.rt.spawn(async move {
+                let result = async {
+                    let mut s =
+                        tokio::time::timeout(peer::HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+                            .await
+                            .map_err(|_| format!("{addr}: connect timed out"))?
+                            .map_err(|e| format!("{addr}: {e}"))?;
+                    let _ = s.set_nodelay(true);
+                    peer::dial(&mut s, &offer, &secret)
+                        .await
+                        .map_err(|e| format!("{addr}: {e}"))?;
+                    Ok::<_, String>(s)
+                }
+                .await;
+                let _ = tx.send(Input::Dialed { peer, result }).await;
+            });
+        }
+    }
+
+    fn establish(&mut self, peer: NodeId, stream: TcpStream) {
+        if !self.core.wants_connection(peer) {
+            tracing::info!(resource = %self.shared.resource, peer, "dropping a connection: this node is StandAlone towards it");
+            return;
+        }
+        if self.conns.contains_key(&peer) {
+            // The peer reconnected before the old connection was noticed dead.
+            self.close(peer);
+            self.feed(Event::PeerDisconnected { peer });
+        }
+        let _ = stream.set_nodelay(true);
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let (rd, wr) = stream.into_split();
+        let (mtx, mut mrx) = mpsc::channel::<Msg>(SEND_QUEUE);
+        let timeout = Duration::from_millis(self.shared.cfg.timeout_ms);
+        let ping = timeout / 4;
+        let tx = self.tx.clone();
+        let pong = mtx.clone();
+        let reader = self.rt.spawn(async move {
+            let mut rd = BufReader::with_capacity(IO_BUF, rd);
+            let why = loop {
+                match tokio::time::timeout(timeout, peer::read_msg(&mut rd)).await {
+                    Err(_) => break format!("no message for {} ms", timeout.as_millis()),
+                    Ok(Err(e)) => break e.to_string(),
+                    Ok(Ok(None)) => break "the peer closed the connection".to_owned(),
+                    Ok(Ok(Some(Msg::Ping))) => {
+                        let _ = pong.try_send(Msg::Pong);
+                    }
+                    Ok(Ok(Some(Msg::Pong))) => {}
+                    Ok(Ok(Some(msg))) => {
+                        if tx
+                            .send(Input::PeerMsg {
+                                peer,
+                                conn: id,
+                                msg,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            };
+            let _ = tx
+                .send(Input::PeerGone {
+                    peer,
+                    conn: id,
+                    why,
+                })
+                .await;
+        });
+        let tx = self.tx.clone();
+        let writer = self.rt.spawn(async move {
+            let mut w = BufWriter::with_capacity(IO_BUF, wr);
+            let why = loop {
+                let msg = match tokio::time::timeout(ping, mrx.recv()).await {
+                    Err(_) => Msg::Ping,
+                    Ok(Some(m)) => m,
+                    Ok(None) => {
+                        let _ = w.flush().await;
+                        let _ = w.shutdown().await;
+                        return;
+                    }
+                };
+                if let Err(e) = w.write_all(&msg.encode()).await {
+                    break e.to_string();
+                }
+                let mut failed = None;
+                while let Ok(m) = mrx.try_recv() {
+                    if let Err(e) = w.write_all(&m.encode()).await {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+                if let Some(e) = failed {
+                    break e;
+                }
+                if let Err(e) = w.flush().await {
+                    break e.to_string();
+                }
+            };
+            let _ = tx
+                .send(Input::PeerGone {
+                    peer,
+                    conn: id,
+                    why,
+                })
+                .await;
+        });
+        self.conns.insert(
+            peer,
+            Conn {
+                id,
+                tx: mtx,
+                reader,
+                writer,
+            },
+        );
+        self.counters.entry(peer).or_default().last_error = None;
+        tracing::info!(resource = %self.shared.resource, peer, "connected");
+        self.feed(Event::PeerConnected { peer });
+    }
+
+    fn close(&mut self, peer: NodeId) {
+        if let Some(c) = self.conns.remove(&peer) {
+            c.reader.abort();
+            c.writer.abort();
+        }
+    }
+
+    async fn stop(&mut self) {
+        self.feed(Event::Admin(Admin::Down));
+        // Let the writers send what is queued (the Leaving notices), briefly.
+        let conns = std::mem::take(&mut self.conns);
+        for (_, c) in conns {
+            drop(c.tx);
+            c.reader.abort();
+            let mut w = c.writer;
+            if tokio::time::timeout(Duration::from_secs(1), &mut w)
+                .await
+                .is_err()
+            {
+                w.abort();
+            }
+        }
+        for (_, reply) in self.clients.drain() {
+            let _ = reply.send(Err(IoError::NotPrimary));
+        }
+        if let Some(v) = &self.vol {
+            let v = v.clone();
+            let _ = tokio::task::spawn_blocking(move || v.close()).await;
+        }
+    }
+
+    fn feed(&mut self, ev: Event) {
+        self.pending.push_back(ev);
+        while let Some(ev) = self.pending.pop_front() {
+            for a in self.core.handle(ev) {
+                self.act(a);
+            }
+        }
+        self.refresh();
+    }
+
+    fn disk(
+        &mut self,
+        tag: u64,
+        op: impl FnOnce(&LocalVolume) -> Result<Option<Vec<u8>>, DeviceError> + Send + 'static,
+    ) {
+        let Some(vol) = self.vol.clone() else {
+            self.pending.push_back(Event::DiskDone {
+                tag,
+                ok: false,
+                data: None,
+            });
+            return;
+        };
+        let tx = self.tx.clone();
+        self.rt.spawn_blocking(move || {
+            let (ok, data) = match op(&vol) {
+                Ok(d) => (true, d),
+                Err(e) => {
+                    tracing::error!(backing = %vol.path().display(), "disk I/O failed: {e}");
+                    (false, None)
+                }
+            };
+            let _ = tx.blocking_send(Input::DiskDone { tag, ok, data });
+        });
+    }
+
+    fn act(&mut self, a: Action) {
+        match a {
+            Action::DiskWrite {
+                tag,
+                block,
+                count: _,
+                data,
+                fua,
+            } => self.disk(tag, move |v| {
+                v.write_at(&data, block * BLOCK, fua).map(|_| None)
+            }),
+            Action::DiskRead { tag, block, count } => self.disk(tag, move |v| {
+                let mut buf = vec![0u8; count as usize * BLOCK as usize];
+                v.read_at(&mut buf, block * BLOCK).map(|_| Some(buf))
+            }),
+            Action::DiskFlush { tag } => self.disk(tag, |v| v.flush().map(|_| None)),
+            Action::PersistMd(p) => {
+                if let Some(store) = self.store.as_mut() {
+                    let r = tokio::task::block_in_place(|| store.persist(&p));
+                    if let Err(e) = r {
+                        // Without durable metadata nothing after this may happen.
+                        tracing::error!(resource = %self.shared.resource, "metadata write failed: {e}");
+                        if let Ok(mut s) = self.shared.snapshot.lock() {
+                            s.error = Some(format!("metadata write failed: {e}"));
+                        }
+                    }
+                }
+            }
+            Action::Send { to, msg } => {
+                if let Msg::ResyncData { data, .. } = &msg {
+                    self.counters.entry(to).or_default().resync_sent_bytes += data.len() as u64;
+                }
+                let full = match self.conns.get(&to) {
+                    Some(c) => c.tx.try_send(msg).is_err(),
+                    None => false,
+                };
+                if full {
+                    tracing::warn!(resource = %self.shared.resource, peer = to, "send queue full; dropping the connection");
+                    self.close(to);
+                    self.pending.push_back(Event::PeerDisconnected { peer: to });
+                }
+            }
+            Action::Disconnect { peer } => {
+                if self.conns.contains_key(&peer) {
+                    self.close(peer);
+                    self.pending.push_back(Event::PeerDisconnected { peer });
+                }
+            }
+            Action::Complete { id, result } => {
+                if let Some(reply) = self.clients.remove(&id) {
+                    let _ = reply.send(result);
+                }
+            }
+            Action::PromoteResult(r) => {
+                if let Some(reply) = self.promotes.pop_front() {
+                    let _ = reply.send(r);
+                }
+            }
+            Action::State(change) => self.event(change),
+        }
+    }
+
+    fn event(&mut self, change: StateChange) {
+        let (kind, detail) = match &change {
+            StateChange::Role(r) => ("role", serde_json::json!({ "role": role_name(*r) })),
+            StateChange::Disk(d) => ("disk", serde_json::json!({ "disk_state": disk_name(*d) })),
+            StateChange::Quorum(q) => ("quorum", serde_json::json!({ "quorum": q })),
+            StateChange::Generation(g) => (
+                "generation",
+                serde_json::json!({ "current": format!("{g:016X}") }),
+            ),
+            StateChange::Peer { peer, conn, repl } => {
+                if matches!(repl, Repl::SyncSource) {
+                    let total = self
+                        .core
+                        .status()
+                        .peers
+                        .iter()
+                        .find(|p| p.id == *peer)
+                        .map(|p| p.out_of_sync_blocks)
+                        .unwrap_or(0);
+                    self.counters.entry(*peer).or_default().resync_total_blocks = total;
+                }
+                if matches!(repl, Repl::SyncTarget) {
+                    let total = self.core.metadata().resync_left.count();
+                    self.counters.entry(*peer).or_default().resync_total_blocks = total;
+                }
+                let peer_name = self
+                    .shared
+                    .cfg
+                    .node_by_id(*peer)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default();
+                (
+                    "peer",
+                    serde_json::json!({
+                        "peer": peer_name,
+                        "peer_id": peer,
+                        "connection": conn_name(conn),
+                        "replication": repl_name(*repl),
+                    }),
+                )
+            }
+        };
+        tracing::info!(resource = %self.shared.resource, "{kind}: {detail}");
+        let mut obj = serde_json::json!({
+            "time_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            "resource": self.shared.resource,
+            "volume": self.shared.number,
+            "event": kind,
+        });
+        if let (Some(o), Some(d)) = (obj.as_object_mut(), detail.as_object()) {
+            for (k, v) in d {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        let _ = self.shared.events.send(obj.to_string());
+    }
+
+    fn refresh(&mut self) {
+        let status = self.core.status();
+        let resync_left_blocks = self.core.metadata().resync_left.count();
+        let connected = self
+            .shared
+            .cfg
+            .nodes
+            .iter()
+            .filter(|n| n.id != self.shared.me.id)
+            .map(|n| (n.id, self.conns.contains_key(&n.id)))
+            .collect();
+        if let Ok(mut s) = self.shared.snapshot.lock() {
+            s.status = status;
+            s.resync_left_blocks = resync_left_blocks;
+            s.peers = self.counters.clone();
+            s.connected = connected;
+        }
+    }
+}
+
+fn new_dial() -> Dial {
+    Dial {
+        in_progress: false,
+        next: Instant::now(),
+        backoff: DIAL_BACKOFF_MIN,
+        last_error: None,
+    }
+}
+
+pub fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Primary => "Primary",
+        Role::Secondary => "Secondary",
+    }
+}
+
+pub fn disk_name(d: wire::Disk) -> &'static str {
+    match d {
+        wire::Disk::Diskless => "Diskless",
+        wire::Disk::Inconsistent => "Inconsistent",
+        wire::Disk::Outdated => "Outdated",
+        wire::Disk::Consistent => "Consistent",
+        wire::Disk::UpToDate => "UpToDate",
+    }
+}
+
+pub fn conn_name(c: &ConnState) -> &'static str {
+    match c {
+        ConnState::StandAlone(_) => "StandAlone",
+        ConnState::Connecting => "Connecting",
+        ConnState::Handshake => "Handshake",
+        ConnState::Connected => "Connected",
+    }
+}
+
+pub fn repl_name(r: Repl) -> &'static str {
+    match r {
+        Repl::Off => "Off",
+        Repl::Established => "Established",
+        Repl::Deferred => "Established",
+        Repl::SyncSource => "SyncSource",
+        Repl::SyncTarget => "SyncTarget",
+    }
+}

@@ -1,0 +1,276 @@
+//! Replicated resources across real blockd processes on loopback: failover after a
+//! crash, bitmap resync of only what changed, split brain and its resolution, and
+//! peers that must be refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{Cluster, peer, require, run, stdout};
+
+const RES: &str = "r0";
+
+fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+    let mut args = vec!["-f", "raw"];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(uri);
+    let out = run("qemu-io", &args);
+    let text = stdout(&out);
+    assert!(
+        !text.contains("Pattern verification failed") && !text.contains("failed"),
+        "qemu-io {cmds:?}: {text}"
+    );
+    text
+}
+
+fn data_size(c: &Cluster, i: usize) -> u64 {
+    c.nodes[i].size(RES, 0)
+}
+
+/// The data areas of two nodes' backing files are byte-identical.
+fn assert_same_data(c: &Cluster, a: usize, b: usize) {
+    let size = data_size(c, a) as usize;
+    let read = |i: usize| {
+        let mut d = std::fs::read(c.nodes[i].path(&format!("data/{RES}.img"))).unwrap();
+        d.truncate(size);
+        d
+    };
+    let (x, y) = (read(a), read(b));
+    if let Some(pos) = x.iter().zip(&y).position(|(p, q)| p != q) {
+        panic!("node {a} and node {b} differ first at byte {pos}");
+    }
+}
+
+/// Two diskful nodes and a diskless tiebreaker, the first initial sync done. `extra`
+/// goes into every node's resource file.
+fn three_nodes(extra: &str) -> Cluster {
+    let mut c = Cluster::new(&[false, false, true]);
+    for i in 0..3 {
+        let t = c.resource_text(i, RES, "64MiB", "test-secret-1234", extra);
+        c.nodes[i].write_conf(RES, &t);
+    }
+    c.start_all();
+    // A new resource: nobody has UpToDate data, and status says what to do.
+    let v = c.wait(0, RES, "peers connected", |v| {
+        v["peers"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().all(|p| p["connection"] == "Connected"))
+    });
+    assert_eq!(v["disk_state"], "Inconsistent");
+    assert!(
+        v["hint"]
+            .as_str()
+            .unwrap_or("")
+            .contains("primary r0 --force"),
+        "{v:#}"
+    );
+    c.local_ok(0, &["primary", RES, "--force"]);
+    c.local_ok(0, &["secondary", RES]);
+    for i in 0..3 {
+        c.wait_in_sync(i, RES);
+    }
+    c
+}
+
+#[test]
+fn crash_failover_and_bitmap_resync_of_only_the_changes() {
+    require("qemu-io", "qemu-utils");
+    let mut c = three_nodes("");
+    let uri0 = c.nodes[0].uri(RES, 0);
+    let uri1 = c.nodes[1].uri(RES, 0);
+
+    // The NBD client promotes node 0 on connect; writes, one unaligned, then flush.
+    qemu_io(
+        &uri0,
+        &[
+            "write -P 0xab 0 1M",
+            "write -P 0xcd 1000 5000",
+            "write -P 0xef 3M 64k",
+            "flush",
+        ],
+    );
+    // The last client left: node 0 is secondary again.
+    c.wait(0, RES, "demotion after the last client", |v| {
+        v["role"] == "Secondary"
+    });
+    // Node 0 primary again, then it crashes.
+    c.local_ok(0, &["primary", RES]);
+    c.nodes[0].kill9();
+
+    // Node 1 takes over with everything acknowledged.
+    c.wait(1, RES, "node 0 gone", |v| {
+        peer(v, "n0")["connection"] != "Connected"
+    });
+    c.local_ok(1, &["primary", RES]);
+    qemu_io(
+        &uri1,
+        &[
+            "read -P 0xab 0 1000",
+            "read -P 0xcd 1000 5000",
+            "read -P 0xab 6000 1042576",
+            "read -P 0xef 3M 64k",
+        ],
+    );
+    // New writes on node 1 while node 0 is down: 260 KiB.
+    qemu_io(
+        &uri1,
+        &["write -P 0x11 8M 256k", "write -P 0x22 20M 4k", "flush"],
+    );
+    let v1 = c.nodes[1].volume(RES, 0);
+    assert_eq!(peer(&v1, "n0")["out_of_sync_bytes"], 260 << 10, "{v1:#}");
+    c.local_ok(1, &["secondary", RES]);
+
+    // Node 0 returns: it copies back only what changed plus its own hot extent (its
+    // writes since the last flush of the activity log may differ: 4 MiB).
+    c.nodes[0].start();
+    let v0 = c.wait_in_sync(0, RES);
+    c.wait_in_sync(1, RES);
+    assert_eq!(v0["previous_shutdown"], "unclean");
+    let received = peer(&v0, "n1")["resync_received_bytes"].as_u64().unwrap();
+    assert!(
+        ((260 << 10)..=(260 << 10) + (4 << 20)).contains(&received),
+        "node 0 received {received} bytes by resync; expected the 260 KiB changed plus at most one 4 MiB hot extent"
+    );
+    assert_same_data(&c, 0, 1);
+    qemu_io(
+        &uri0,
+        &[
+            "read -P 0x11 8M 256k",
+            "read -P 0x22 20M 4k",
+            "read -P 0xcd 1000 5000",
+        ],
+    );
+}
+
+#[test]
+fn split_brain_is_refused_until_discard_my_data_resolves_it() {
+    require("qemu-io", "qemu-utils");
+    // Without quorum, so that both sides of the partition can write.
+    let c = three_nodes("quorum = \"off\"");
+    let uri0 = c.nodes[0].uri(RES, 0);
+    let uri1 = c.nodes[1].uri(RES, 0);
+    qemu_io(&uri0, &["write -P 0x01 0 1M", "flush"]);
+    c.wait_in_sync(1, RES);
+
+    // Partition node 0 from everyone; both sides promote by force and write.
+    c.local_ok(0, &["disconnect", RES]);
+    c.wait(1, RES, "node 0 gone", |v| {
+        peer(v, "n0")["connection"] != "Connected"
+    });
+    c.local_ok(0, &["primary", RES, "--force"]);
+    qemu_io(&uri0, &["write -P 0x0a 4M 128k", "flush"]);
+    c.local_ok(1, &["primary", RES, "--force"]);
+    qemu_io(&uri1, &["write -P 0x0b 12M 64k", "flush"]);
+    c.local_ok(0, &["secondary", RES]);
+    c.local_ok(1, &["secondary", RES]);
+
+    // Reconnecting finds the split brain: both stay StandAlone and say how to resolve.
+    c.local_ok(0, &["connect", RES]);
+    let v0 = c.wait(0, RES, "split brain detected", |v| {
+        peer(v, "n1")["connection"] == "StandAlone"
+    });
+    let hint = v0["hint"].as_str().unwrap_or("");
+    assert!(hint.contains("--discard-my-data"), "{v0:#}");
+    let text = c.local_ok(0, &["status"]);
+    assert!(text.contains("split brain"), "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    let v1 = c.nodes[1].volume(RES, 0);
+    assert_ne!(peer(&v1, "n0")["connection"], "Connected", "{v1:#}");
+
+    // Node 0 gives its changes up; only the divergent blocks move.
+    c.local_ok(0, &["connect", RES, "--discard-my-data"]);
+    c.local_ok(1, &["connect", RES]);
+    let v0 = c.wait_in_sync(0, RES);
+    c.wait_in_sync(1, RES);
+    let received = peer(&v0, "n1")["resync_received_bytes"].as_u64().unwrap();
+    let divergent = (128 << 10) + (64 << 10);
+    assert!(
+        (divergent..=divergent + (8 << 20)).contains(&received),
+        "resync moved {received} bytes; the divergent blocks are {divergent}"
+    );
+    assert_same_data(&c, 0, 1);
+    qemu_io(
+        &uri0,
+        &[
+            "read -P 0x0b 12M 64k",
+            "read -P 0 4M 128k",
+            "read -P 0x01 0 1M",
+        ],
+    );
+}
+
+#[test]
+fn bad_peers_are_refused_with_a_reason_and_disturb_nothing() {
+    require("qemu-io", "qemu-utils");
+    // Two nodes without quorum, so that node 0 serves alone; node 1 has the wrong secret.
+    let mut c = Cluster::new(&[false, false]);
+    let q = "quorum = \"off\"";
+    let t = c.resource_text(0, RES, "64MiB", "test-secret-1234", q);
+    c.nodes[0].write_conf(RES, &t);
+    let t = c.resource_text(1, RES, "64MiB", "another-secret-9", q);
+    c.nodes[1].write_conf(RES, &t);
+    c.start_all();
+    c.local_ok(0, &["primary", RES, "--force"]);
+    let uri0 = c.nodes[0].uri(RES, 0);
+    qemu_io(&uri0, &["write -P 0x5a 0 64k", "flush"]);
+    // Node 1 dials node 0 (lower id): both sides name the cause.
+    c.wait(1, RES, "authentication failure shown", |v| {
+        peer(v, "n0")["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("authentication failed"))
+    });
+    assert!(c.nodes[0].log().contains("authentication failed"));
+
+    // Garbage and another protocol version on node 0's replication port.
+    let addr = format!("127.0.0.1:{}", c.specs[0].port);
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut v = b"TANDEMRP".to_vec();
+    v.extend_from_slice(&[99, 2]);
+    v.extend_from_slice(b"r0");
+    let mut s2 = std::net::TcpStream::connect(&addr).unwrap();
+    s2.write_all(&v).unwrap();
+    let start = std::time::Instant::now();
+    while !(c.nodes[0].log().contains("bad magic") && c.nodes[0].log().contains("version 99")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "refusals not logged:\n{}",
+            c.nodes[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A resource name node 0 does not have, and a volume of another size.
+    c.nodes[1].stop();
+    std::fs::remove_file(c.nodes[1].path(&format!("conf/{RES}.toml"))).unwrap();
+    let t = c.resource_text(1, "r9", "64MiB", "test-secret-1234", q);
+    c.nodes[1].write_conf("r9", &t);
+    c.nodes[1].start();
+    c.wait(1, "r9", "unknown resource refusal shown", |v| {
+        peer(v, "n0")["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not up on this node"))
+    });
+    c.nodes[1].stop();
+    std::fs::remove_file(c.nodes[1].path("conf/r9.toml")).unwrap();
+    std::fs::remove_file(c.nodes[1].path(&format!("data/{RES}.img"))).unwrap();
+    let t = c.resource_text(1, RES, "128MiB", "test-secret-1234", q);
+    c.nodes[1].write_conf(RES, &t);
+    c.nodes[1].start();
+    c.wait(1, RES, "size refusal shown", |v| {
+        peer(v, "n0")["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("size mismatch"))
+    });
+
+    // Node 0 served its client throughout, and never connected to the bad peers.
+    qemu_io(&uri0, &["read -P 0x5a 0 64k", "write -P 0x5b 64k 64k"]);
+    let v0 = c.nodes[0].volume(RES, 0);
+    assert_eq!(v0["role"], "Primary", "{v0:#}");
+    assert_eq!(peer(&v0, "n1")["connection"], "Connecting", "{v0:#}");
+}
