@@ -131,6 +131,7 @@ pub struct ReplVolume {
     /// write while they do.
     rmw: RwLock<()>,
     events: broadcast::Sender<String>,
+    rt: tokio::runtime::Handle,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -262,6 +263,7 @@ impl ReplVolume {
             auto_promoted: AtomicBool::new(false),
             rmw: RwLock::new(()),
             events,
+            rt: rt.clone(),
             task: Mutex::new(None),
         });
         let mut driver = Driver {
@@ -280,6 +282,7 @@ impl ReplVolume {
             pending: VecDeque::new(),
             counters: BTreeMap::new(),
             rt: rt.clone(),
+            failed: None,
         };
         let handle = rt.spawn(async move {
             driver.feed(Event::Tick { now: 0 });
@@ -371,20 +374,9 @@ impl ReplVolume {
         let snap = self.snapshot().ok_or("volume is shutting down")?;
         if snap.status.role != Role::Primary {
             // Called from an NBD connection thread, never from the runtime.
-            let (reply, orx) = oneshot::channel();
-            self.tx
-                .blocking_send(Input::Promote {
-                    force: false,
-                    reply,
-                })
-                .map_err(|_| "volume is shutting down".to_owned())?;
-            orx.blocking_recv()
-                .map_err(|_| "volume is shutting down".to_owned())?
+            self.rt
+                .block_on(self.promote(false))
                 .map_err(|e| format!("cannot become primary: {e}"))?;
-            let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
-            while !self.handshakes_done() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
             self.auto_promoted.store(true, Ordering::SeqCst);
         }
         self.opens.fetch_add(1, Ordering::SeqCst);
@@ -567,6 +559,8 @@ struct Driver {
     pending: VecDeque<Event>,
     counters: BTreeMap<NodeId, PeerCounters>,
     rt: tokio::runtime::Handle,
+    /// Set when metadata could not be written: no more I/O (see `act`).
+    failed: Option<String>,
 }
 
 impl Driver {
@@ -596,6 +590,10 @@ impl Driver {
     fn input(&mut self, input: Input) {
         match input {
             Input::Client { id, ev, reply } => {
+                if self.failed.is_some() {
+                    let _ = reply.send(Err(IoError::Disk));
+                    return;
+                }
                 self.clients.insert(id, reply);
                 self.feed(ev);
             }
@@ -882,6 +880,14 @@ impl Driver {
     }
 
     fn act(&mut self, a: Action) {
+        if self.failed.is_some()
+            && !matches!(
+                a,
+                Action::Complete { .. } | Action::PromoteResult(_) | Action::State(_)
+            )
+        {
+            return;
+        }
         match a {
             Action::DiskWrite {
                 tag,
@@ -901,10 +907,15 @@ impl Driver {
                 if let Some(store) = self.store.as_mut() {
                     let r = tokio::task::block_in_place(|| store.persist(&p));
                     if let Err(e) = r {
-                        // Without durable metadata nothing after this may happen.
+                        // Without durable metadata nothing after this may happen:
+                        // the volume stops doing I/O until it is taken down and up.
                         tracing::error!(resource = %self.shared.resource, "metadata write failed: {e}");
-                        if let Ok(mut s) = self.shared.snapshot.lock() {
-                            s.error = Some(format!("metadata write failed: {e}"));
+                        self.failed = Some(format!(
+                            "metadata write failed ({e}); I/O is stopped: fix the disk, then `tandem local down {0}` and `tandem local up {0}`",
+                            self.shared.resource
+                        ));
+                        for (_, reply) in self.clients.drain() {
+                            let _ = reply.send(Err(IoError::Disk));
                         }
                     }
                 }
@@ -1019,6 +1030,7 @@ impl Driver {
             s.resync_left_blocks = resync_left_blocks;
             s.peers = self.counters.clone();
             s.connected = connected;
+            s.error = self.failed.clone();
         }
     }
 }
