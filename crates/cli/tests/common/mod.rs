@@ -339,6 +339,122 @@ impl Cluster {
     }
 }
 
+/// nbdfuse + loop device + mount, torn down in reverse order even when the test fails.
+pub struct Attached {
+    pub fuse_file: PathBuf,
+    fuse: Option<Child>,
+    loop_dev: Option<String>,
+    pub mnt: PathBuf,
+    mounted: bool,
+}
+
+impl Attached {
+    pub fn new(dir: &Path, uri: &str) -> Self {
+        let fuse_file = dir.join("disk");
+        std::fs::write(&fuse_file, b"").unwrap();
+        let fuse = Command::new("nbdfuse")
+            .arg(&fuse_file)
+            .arg(uri)
+            .spawn()
+            .unwrap();
+        let mut a = Attached {
+            fuse_file,
+            fuse: Some(fuse),
+            loop_dev: None,
+            mnt: dir.join("mnt"),
+            mounted: false,
+        };
+        let start = Instant::now();
+        while std::fs::metadata(&a.fuse_file)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            == 0
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nbdfuse did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = run("losetup", &["-f", "--show", a.fuse_file.to_str().unwrap()]);
+        a.loop_dev = Some(stdout(&out).trim().to_owned());
+        std::fs::create_dir_all(&a.mnt).unwrap();
+        a
+    }
+    pub fn dev(&self) -> &str {
+        self.loop_dev.as_deref().unwrap()
+    }
+    pub fn mount(&mut self) {
+        run("mount", &[self.dev(), self.mnt.to_str().unwrap()]);
+        self.mounted = true;
+    }
+    pub fn umount(&mut self) {
+        run("umount", &[self.mnt.to_str().unwrap()]);
+        self.mounted = false;
+    }
+    /// The node under the client died: drop the mount, the FUSE daemon and the loop
+    /// device without waiting for any of them to write anything back.
+    pub fn crash(mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            self.mounted = false;
+        }
+        if let Some(mut f) = self.fuse.take() {
+            let _ = f.kill();
+            let _ = f.wait();
+        }
+        if let Some(l) = self.loop_dev.take() {
+            let _ = Command::new("losetup").args(["-d", &l]).status();
+        }
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.fuse_file)
+            .status();
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        if let Some(l) = self.loop_dev.take() {
+            let _ = Command::new("losetup").args(["-d", &l]).status();
+        }
+        let _ = Command::new("umount").arg(&self.fuse_file).status();
+        if let Some(mut f) = self.fuse.take() {
+            let start = Instant::now();
+            while f.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = f.kill();
+            let _ = f.wait();
+        }
+    }
+}
+
+/// The files the filesystem tests write: names in three directories, sizes up to 700 KB.
+pub fn test_files() -> Vec<(String, Vec<u8>)> {
+    (0..20u64)
+        .map(|i| {
+            let len = 1000 + (i as usize * 37_331) % 700_000;
+            let data: Vec<u8> = (0..len)
+                .map(|j| ((j as u64 * 31 + i * 7) % 251) as u8)
+                .collect();
+            (format!("dir{}/file{i}.bin", i % 3), data)
+        })
+        .collect()
+}
+
+/// Every file of [`test_files`] is under `mnt` with its content.
+pub fn check_test_files(mnt: &Path) {
+    for (name, data) in test_files() {
+        let got = std::fs::read(mnt.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(got == data, "{name} differs");
+    }
+}
+
 /// A peer field of a volume status.
 pub fn peer<'a>(v: &'a Value, name: &str) -> &'a Value {
     v["peers"]
