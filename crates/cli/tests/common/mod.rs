@@ -49,6 +49,9 @@ pub struct Blockd {
     child: Option<Child>,
     /// `--node` given to blockd (replicated resources).
     pub node: Option<String>,
+    /// Network namespace blockd runs in (`ip netns exec`); the admin and NBD sockets
+    /// are Unix sockets, reachable from outside it.
+    pub netns: Option<String>,
 }
 
 impl Blockd {
@@ -65,6 +68,7 @@ impl Blockd {
             dir,
             child: None,
             node: None,
+            netns: None,
         }
     }
 
@@ -99,7 +103,15 @@ impl Blockd {
             .append(true)
             .open(self.path("blockd.log"))
             .unwrap();
-        let child = Command::new(TANDEM)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, TANDEM]);
+                c
+            }
+            None => Command::new(TANDEM),
+        };
+        let child = cmd
             .args(["blockd", "--config-dir"])
             .arg(self.path("conf"))
             .arg("--run-dir")
@@ -215,11 +227,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// One node of a test cluster: name, id, port, diskless.
+/// One node of a test cluster: name, id, address, diskless.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
     pub name: String,
     pub id: u8,
+    pub host: String,
     pub port: u16,
     pub diskless: bool,
 }
@@ -229,6 +242,8 @@ pub struct NodeSpec {
 pub struct Cluster {
     pub nodes: Vec<Blockd>,
     pub specs: Vec<NodeSpec>,
+    /// Declared after `nodes`: the namespaces go after the processes in them.
+    pub net: Option<Mesh>,
 }
 
 impl Cluster {
@@ -240,6 +255,7 @@ impl Cluster {
             .map(|(i, d)| NodeSpec {
                 name: format!("n{i}"),
                 id: i as u8,
+                host: "127.0.0.1".into(),
                 port: free_port(),
                 diskless: *d,
             })
@@ -252,7 +268,31 @@ impl Cluster {
                 b
             })
             .collect();
-        Cluster { nodes, specs }
+        Cluster {
+            nodes,
+            specs,
+            net: None,
+        }
+    }
+
+    /// Like [`Cluster::new`], but every node runs in a network namespace of its own,
+    /// with a veth link to each other node (see [`Mesh`]).
+    pub fn in_netns(diskless: &[bool]) -> Self {
+        let mut c = Self::new(diskless);
+        let mesh = Mesh::new(diskless.len());
+        for (i, s) in c.specs.iter_mut().enumerate() {
+            s.host = mesh.addr(i);
+            s.port = 7788;
+            c.nodes[i].netns = Some(mesh.ns(i));
+        }
+        c.net = Some(mesh);
+        c
+    }
+
+    pub fn mesh(&self) -> &Mesh {
+        self.net
+            .as_ref()
+            .expect("the cluster runs in network namespaces")
     }
 
     /// The resource file text for node `i` (`extra` goes at the top, e.g. options).
@@ -267,8 +307,8 @@ impl Cluster {
         let mut t = format!("secret = \"{secret}\"\n{extra}\n");
         for s in &self.specs {
             t.push_str(&format!(
-                "[[node]]\nname = \"{}\"\nid = {}\naddress = \"127.0.0.1:{}\"\ndiskless = {}\n\n",
-                s.name, s.id, s.port, s.diskless
+                "[[node]]\nname = \"{}\"\nid = {}\naddress = \"{}:{}\"\ndiskless = {}\n\n",
+                s.name, s.id, s.host, s.port, s.diskless
             ));
         }
         t.push_str(&format!("[[volume]]\nnumber = 0\nsize = \"{size}\"\n"));
@@ -452,6 +492,127 @@ pub fn check_test_files(mnt: &Path) {
     for (name, data) in test_files() {
         let got = std::fs::read(mnt.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(got == data, "{name} differs");
+    }
+}
+
+/// Network namespaces, one per node, joined by a full mesh of veth pairs. Node i
+/// owns 10.77.0.(i+1) on its loopback and reaches node j through the link to j only,
+/// so a link cut with `ip link set down` partitions exactly that pair. Removed on drop.
+pub struct Mesh {
+    prefix: String,
+    n: usize,
+}
+
+impl Mesh {
+    pub fn new(n: usize) -> Self {
+        require("ip", "iproute2");
+        let m = Mesh {
+            prefix: format!(
+                "tnd{}x{}",
+                std::process::id(),
+                MESH_SEQ.fetch_add(1, SeqCst)
+            ),
+            n,
+        };
+        for i in 0..n {
+            run("ip", &["netns", "add", &m.ns(i)]);
+            m.exec(i, &["ip", "link", "set", "lo", "up"]);
+            m.exec(
+                i,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/32", m.addr(i)),
+                    "dev",
+                    "lo",
+                ],
+            );
+        }
+        for i in 0..n {
+            for j in i + 1..n {
+                run(
+                    "ip",
+                    &[
+                        "link",
+                        "add",
+                        &m.link(i, j),
+                        "netns",
+                        &m.ns(i),
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        &m.link(j, i),
+                        "netns",
+                        &m.ns(j),
+                    ],
+                );
+                m.up(i, j);
+            }
+        }
+        m
+    }
+
+    pub fn ns(&self, i: usize) -> String {
+        format!("{}n{i}", self.prefix)
+    }
+
+    pub fn addr(&self, i: usize) -> String {
+        format!("10.77.0.{}", i + 1)
+    }
+
+    fn link(&self, i: usize, j: usize) -> String {
+        format!("veth{i}to{j}")
+    }
+
+    pub fn exec(&self, i: usize, args: &[&str]) -> Output {
+        let ns = self.ns(i);
+        let mut a = vec!["netns", "exec", ns.as_str()];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+
+    /// Brings the link between i and j up (both ends) with a route each way.
+    pub fn up(&self, i: usize, j: usize) {
+        for (a, b) in [(i, j), (j, i)] {
+            self.exec(a, &["ip", "link", "set", &self.link(a, b), "up"]);
+        }
+        for (a, b) in [(i, j), (j, i)] {
+            self.exec(
+                a,
+                &[
+                    "ip",
+                    "route",
+                    "replace",
+                    &format!("{}/32", self.addr(b)),
+                    "dev",
+                    &self.link(a, b),
+                    "src",
+                    &self.addr(a),
+                ],
+            );
+        }
+    }
+
+    /// Cuts the link between i and j: packets between them go nowhere.
+    pub fn cut(&self, i: usize, j: usize) {
+        for (a, b) in [(i, j), (j, i)] {
+            self.exec(a, &["ip", "link", "set", &self.link(a, b), "down"]);
+        }
+    }
+}
+
+static MESH_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+use std::sync::atomic::Ordering::SeqCst;
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for i in 0..self.n {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(i)])
+                .status();
+        }
     }
 }
 
