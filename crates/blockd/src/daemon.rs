@@ -408,7 +408,14 @@ impl Daemon {
                 Ok(format!("{resource}: primary"))
             }),
             Request::Secondary { resource } => {
-                let conns = self.nbd_clients(&resource);
+                // A client that just disconnected may not be reaped yet: give it a
+                // moment before refusing.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                let mut conns = self.nbd_clients(&resource);
+                while conns > 0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    conns = self.nbd_clients(&resource);
+                }
                 self.with_repl(&resource, |v| {
                     if conns > 0 {
                         return Err(format!(
@@ -892,8 +899,19 @@ impl Daemon {
         numbers.dedup();
         for n in numbers {
             let (old, new) = (old_cfg.volumes.get(&n), cfg.volumes.get(&n));
-            // Changed replication settings reopen the volume with the new ones.
             if old == new && old_cfg.repl == cfg.repl {
+                continue;
+            }
+            // Changed replication settings of an unchanged volume apply live.
+            if old == new
+                && let (Some(_), Some(repl)) = (&old_cfg.repl, &cfg.repl)
+                && let Some(Dev::Repl(v)) = r.volumes.get(&n).map(|v| &v.dev)
+            {
+                let msg = self.rt.block_on(v.reconfigure(repl.clone())).map_err(|e| {
+                    r.cfg = old_cfg.clone();
+                    format!("volume {n}: {e}\nnothing was changed")
+                })?;
+                report.push(format!("{name}/{n}: {msg}"));
                 continue;
             }
             if let Some(v) = r.volumes.remove(&n) {
@@ -1061,7 +1079,8 @@ async fn accept_peer(mut stream: tokio::net::TcpStream, repls: &ReplIndex) -> Re
                 vol.me.name, vol.me.id, offer.to
             ));
         }
-        let Some(from) = vol.cfg.node_by_id(offer.from) else {
+        let cfg = vol.cfg();
+        let Some(from) = cfg.node_by_id(offer.from) else {
             return Err(format!(
                 "node id {} is not a node of resource {}",
                 offer.from, offer.resource
@@ -1086,7 +1105,8 @@ async fn accept_peer(mut stream: tokio::net::TcpStream, repls: &ReplIndex) -> Re
             return Err(format!("{}: {reason}", offer.resource));
         }
     };
-    peer::accept(&mut stream, &offer, &vol.cfg.secret)
+    let secret = vol.cfg().secret;
+    peer::accept(&mut stream, &offer, &secret)
         .await
         .map_err(|e| format!("{} from node id {}: {e}", offer.resource, offer.from))?;
     vol.accepted(offer.from, stream).await;
@@ -1097,13 +1117,13 @@ async fn accept_peer(mut stream: tokio::net::TcpStream, repls: &ReplIndex) -> Re
 fn peer_id(v: &ReplVolume, name: Option<&str>) -> Result<Option<u8>, String> {
     match name {
         None => Ok(None),
-        Some(n) => match v.cfg.node(n) {
+        Some(n) => match v.cfg().node(n) {
             Some(node) if node.id != v.me.id => Ok(Some(node.id)),
             Some(_) => Err(format!("{n} is this node itself")),
             None => Err(format!(
                 "no node {n:?} in resource {} (nodes: {})",
                 v.resource,
-                v.cfg
+                v.cfg()
                     .nodes
                     .iter()
                     .map(|n| n.name.as_str())
@@ -1128,7 +1148,8 @@ fn repl_status(st: &mut VolumeStatus, v: &ReplVolume) {
     st.resync_left_bytes = snap.resync_left_blocks * repl::BLOCK;
     let mut hints = Vec::new();
     for p in &s.peers {
-        let Some(node) = v.cfg.node_by_id(p.id) else {
+        let cfg = v.cfg();
+        let Some(node) = cfg.node_by_id(p.id) else {
             continue;
         };
         let counters = snap.peers.get(&p.id).cloned().unwrap_or_default();

@@ -86,6 +86,10 @@ enum Input {
         conn: u64,
         why: String,
     },
+    Reconfigure {
+        cfg: ReplConfig,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     Stop {
         reply: oneshot::Sender<()>,
     },
@@ -118,7 +122,8 @@ pub struct ReplVolume {
     pub resource: String,
     pub number: u32,
     pub me: NodeConfig,
-    pub cfg: ReplConfig,
+    /// Replication settings as last applied (`adjust` changes them live).
+    cfg: RwLock<ReplConfig>,
     /// Data bytes.
     pub size: u64,
     pub local: Option<Arc<LocalVolume>>,
@@ -253,7 +258,7 @@ impl ReplVolume {
             resource: resource.to_owned(),
             number: vcfg.number,
             me: me.clone(),
-            cfg: cfg.clone(),
+            cfg: RwLock::new(cfg.clone()),
             size,
             local: local.clone(),
             tx: tx.clone(),
@@ -294,6 +299,27 @@ impl ReplVolume {
         Ok(shared)
     }
 
+    /// The replication settings in force.
+    pub fn cfg(&self) -> ReplConfig {
+        match self.cfg.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Applies new replication settings without closing the volume: nodes added or
+    /// removed, protocol, quorum, split-brain policy, secret and timeout (the last
+    /// two for connections made from now on). This node's own entry cannot change
+    /// here. A refused change changes nothing.
+    pub async fn reconfigure(&self, cfg: ReplConfig) -> Result<String, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Reconfigure { cfg, reply })
+            .await
+            .map_err(|_| "volume is shutting down".to_owned())?;
+        rx.await.map_err(|_| "volume is shutting down".to_owned())?
+    }
+
     pub fn snapshot(&self) -> Option<Snapshot> {
         self.snapshot.lock().ok().map(|s| s.clone())
     }
@@ -329,7 +355,7 @@ impl ReplVolume {
             .map_err(|_| "volume is shutting down".to_owned())?;
         rx.await
             .map_err(|_| "volume is shutting down".to_owned())??;
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(self.cfg().timeout_ms);
         while !self.handshakes_done() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -658,14 +684,101 @@ impl Driver {
                     self.feed(Event::PeerDisconnected { peer });
                 }
             }
+            Input::Reconfigure { cfg, reply } => {
+                let _ = reply.send(self.reconfigure(cfg));
+            }
             Input::Stop { .. } => {}
         }
+    }
+
+    fn reconfigure(&mut self, cfg: ReplConfig) -> Result<String, String> {
+        let me = &self.shared.me;
+        match cfg.node(&me.name) {
+            Some(n) if n == me => {}
+            Some(_) => {
+                return Err(format!(
+                    "this node's own entry ({}) changed; that needs `tandem local down {1}` and `tandem local up {1}`",
+                    me.name, self.shared.resource
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "this node ({}) is no longer listed; to remove it, take the resource down here",
+                    me.name
+                ));
+            }
+        }
+        let old = self.shared.cfg();
+        let core_cfg = core_config(me, &cfg, self.shared.size);
+        let slots = match &self.store {
+            Some(s) => Some(s.plan_slots(&core_cfg)?),
+            None => None,
+        };
+        let actions = self.core.reconfigure(core_cfg)?;
+        if let (Some(store), Some(slots)) = (self.store.as_mut(), slots) {
+            store.set_slots(slots);
+        }
+        if let Ok(mut c) = self.shared.cfg.write() {
+            *c = cfg.clone();
+        }
+        let mut changes = Vec::new();
+        for n in &old.nodes {
+            if cfg
+                .node_by_id(n.id)
+                .is_none_or(|m| m.name != n.name || m.diskless != n.diskless)
+            {
+                changes.push(format!("node {} removed", n.name));
+            }
+        }
+        for n in &cfg.nodes {
+            match old.node_by_id(n.id) {
+                Some(o) if o.name == n.name && o.diskless == n.diskless => {
+                    if o.address != n.address {
+                        changes.push(format!("node {} now at {}", n.name, n.address));
+                        // Reconnect to the new address.
+                        if self.conns.contains_key(&n.id) {
+                            self.close(n.id);
+                            self.pending
+                                .push_back(Event::PeerDisconnected { peer: n.id });
+                        }
+                    }
+                }
+                _ => changes.push(format!("node {} added", n.name)),
+            }
+        }
+        self.dialing.retain(|id, _| cfg.node_by_id(*id).is_some());
+        for d in self.dialing.values_mut() {
+            d.next = Instant::now();
+            d.backoff = DIAL_BACKOFF_MIN;
+        }
+        for a in actions {
+            self.act(a);
+        }
+        while let Some(ev) = self.pending.pop_front() {
+            for a in self.core.handle(ev) {
+                self.act(a);
+            }
+        }
+        self.refresh();
+        if old.protocol != cfg.protocol
+            || old.quorum != cfg.quorum
+            || old.split_brain != cfg.split_brain
+            || old.timeout_ms != cfg.timeout_ms
+            || old.secret != cfg.secret
+        {
+            changes.push("options changed".into());
+        }
+        if changes.is_empty() {
+            changes.push("nothing to change".into());
+        }
+        Ok(changes.join(", "))
     }
 
     /// Starts connection attempts to the peers this node dials (those with a lower id).
     fn dial(&mut self) {
         let me = self.shared.me.id;
-        for n in self.shared.cfg.nodes.clone() {
+        let cfg = self.shared.cfg();
+        for n in cfg.nodes.clone() {
             if n.id >= me || self.conns.contains_key(&n.id) || !self.core.wants_connection(n.id) {
                 continue;
             }
@@ -684,7 +797,7 @@ impl Driver {
                     Err(_) => continue,
                 },
             };
-            let secret = self.shared.cfg.secret.clone();
+            let secret = cfg.secret.clone();
             let tx = self.tx.clone();
             let peer = n.id;
             let addr = n.address;
@@ -722,7 +835,7 @@ impl Driver {
         self.next_conn += 1;
         let (rd, wr) = stream.into_split();
         let (mtx, mut mrx) = mpsc::channel::<Msg>(SEND_QUEUE);
-        let timeout = Duration::from_millis(self.shared.cfg.timeout_ms);
+        let timeout = Duration::from_millis(self.shared.cfg().timeout_ms);
         let ping = timeout / 4;
         let tx = self.tx.clone();
         let pong = mtx.clone();
@@ -810,6 +923,24 @@ impl Driver {
         self.counters.entry(peer).or_default().last_error = None;
         tracing::info!(resource = %self.shared.resource, peer, "connected");
         self.feed(Event::PeerConnected { peer });
+    }
+
+    /// Closes the connection once the messages already queued are written, giving
+    /// the writer at most a second.
+    fn close_after_sending(&mut self, peer: NodeId) {
+        if let Some(c) = self.conns.remove(&peer) {
+            c.reader.abort();
+            drop(c.tx);
+            let mut w = c.writer;
+            self.rt.spawn(async move {
+                if tokio::time::timeout(Duration::from_secs(1), &mut w)
+                    .await
+                    .is_err()
+                {
+                    w.abort();
+                }
+            });
+        }
     }
 
     fn close(&mut self, peer: NodeId) {
@@ -936,7 +1067,9 @@ impl Driver {
             }
             Action::Disconnect { peer } => {
                 if self.conns.contains_key(&peer) {
-                    self.close(peer);
+                    // What the core queued before (the Hello that lets the peer reach
+                    // the same refusal, a Leaving notice) still goes out.
+                    self.close_after_sending(peer);
                     self.pending.push_back(Event::PeerDisconnected { peer });
                 }
             }
@@ -981,7 +1114,7 @@ impl Driver {
                 }
                 let peer_name = self
                     .shared
-                    .cfg
+                    .cfg()
                     .node_by_id(*peer)
                     .map(|n| n.name.clone())
                     .unwrap_or_default();
@@ -1019,7 +1152,7 @@ impl Driver {
         let resync_left_blocks = self.core.metadata().resync_left.count();
         let connected = self
             .shared
-            .cfg
+            .cfg()
             .nodes
             .iter()
             .filter(|n| n.id != self.shared.me.id)

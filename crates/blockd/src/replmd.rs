@@ -28,6 +28,8 @@ pub struct MdStore {
     written: BTreeMap<u32, Vec<u64>>,
     resync_index: u32,
     node: NodeId,
+    /// Slots of peers removed from the resource, released on the next write.
+    freed: Vec<u32>,
 }
 
 fn disk_to_md(d: Disk) -> DiskState {
@@ -117,6 +119,7 @@ impl MdStore {
             written,
             resync_index,
             node: cfg.node,
+            freed: Vec::new(),
         };
         let mut p = Persistent::new_fresh(cfg);
         if !fresh {
@@ -146,6 +149,51 @@ impl MdStore {
         Ok((p, store))
     }
 
+    /// The peer slots a new configuration needs: peers that stay keep theirs, new
+    /// diskful peers take free ones. Changes nothing; see [`MdStore::set_slots`].
+    pub fn plan_slots(&self, cfg: &Config) -> Result<BTreeMap<NodeId, u32>, String> {
+        let wanted: Vec<NodeId> = cfg
+            .nodes
+            .iter()
+            .filter(|n| n.id != cfg.node && n.diskful)
+            .map(|n| n.id)
+            .collect();
+        let mut slots: BTreeMap<NodeId, u32> = self
+            .slots
+            .iter()
+            .filter(|(p, _)| wanted.contains(p))
+            .map(|(p, s)| (*p, *s))
+            .collect();
+        for p in wanted {
+            if slots.contains_key(&p) {
+                continue;
+            }
+            let free = (0..self.resync_index)
+                .find(|i| !slots.values().any(|s| s == i))
+                .ok_or_else(|| {
+                    format!(
+                        "{}: no free peer slot for node id {p} (max-peers {}); recreate the metadata with a larger max-peers",
+                        self.vol.path().display(),
+                        self.resync_index
+                    )
+                })?;
+            slots.insert(p, free);
+        }
+        Ok(slots)
+    }
+
+    /// Takes the slots from [`MdStore::plan_slots`]; slots no longer used are marked
+    /// free on the next write.
+    pub fn set_slots(&mut self, slots: BTreeMap<NodeId, u32>) {
+        for s in self.slots.values() {
+            if !slots.values().any(|n| n == s) {
+                self.freed.push(*s);
+            }
+        }
+        self.freed.retain(|f| !slots.values().any(|s| s == f));
+        self.slots = slots;
+    }
+
     /// Writes what changed since the last call.
     pub fn persist(&mut self, p: &Persistent) -> Result<(), VolumeError> {
         let mut pages = Vec::new();
@@ -172,6 +220,7 @@ impl MdStore {
             }
         }
         let slots = self.slots.clone();
+        let freed = std::mem::take(&mut self.freed);
         let node = u32::from(self.node);
         self.vol.write_md(&pages, |sb: &mut Superblock| {
             sb.node_id = node;
@@ -190,6 +239,12 @@ impl MdStore {
                 if let Some(s) = sb.peers.get_mut(*slot as usize) {
                     s.node_id = u32::from(*peer);
                     s.bitmap_uuid = p.bitmap_uuids.get(peer).copied().unwrap_or(0);
+                }
+            }
+            for f in &freed {
+                if let Some(s) = sb.peers.get_mut(*f as usize) {
+                    s.node_id = NO_NODE;
+                    s.bitmap_uuid = 0;
                 }
             }
         })

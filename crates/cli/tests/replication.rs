@@ -326,3 +326,100 @@ fn bad_peers_are_refused_with_a_reason_and_disturb_nothing() {
     assert_eq!(v0["role"], "Primary", "{v0:#}");
     assert_eq!(peer(&v0, "n1")["connection"], "Connecting", "{v0:#}");
 }
+
+#[test]
+fn adjust_adds_and_removes_nodes_while_a_client_keeps_writing() {
+    require("qemu-io", "qemu-utils");
+    let q = "quorum = \"off\"";
+    let mut c = Cluster::new(&[false, false, false]);
+    let conf = |c: &Cluster, i: usize, members: &[usize]| {
+        let t = c.resource_text_of(i, RES, "64MiB", "test-secret-1234", q, members);
+        c.nodes[i].write_conf(RES, &t);
+    };
+    for i in 0..2 {
+        conf(&c, i, &[0, 1]);
+    }
+    c.nodes[0].start();
+    c.nodes[1].start();
+    c.wait(0, RES, "n1 connected", |v| {
+        peer(v, "n1")["connection"] == "Connected"
+    });
+    c.local_ok(0, &["primary", RES, "--force"]);
+    c.wait_in_sync(0, RES);
+    let uri0 = c.nodes[0].uri(RES, 0);
+
+    // A client writes, pauses while a third node joins, and writes again on the
+    // same connection: the volume was not reopened under it.
+    let client = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x31 0 1M", "-c", "sleep 3000"])
+        .args(["-c", "write -P 0x32 1M 1M", "-c", "flush", &uri0])
+        .output();
+    let adjust = std::thread::scope(|s| {
+        let h = s.spawn(|| client);
+        std::thread::sleep(Duration::from_millis(1000));
+        for i in 0..3 {
+            conf(&c, i, &[0, 1, 2]);
+        }
+        let a0 = c.local_ok(0, &["adjust"]);
+        let a1 = c.local_ok(1, &["adjust"]);
+        (h.join().unwrap(), a0, a1)
+    });
+    let (out, a0, a1) = adjust;
+    let out = out.unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success() && !text.contains("failed"), "{text}");
+    assert!(
+        a0.contains("node n2 added") && a1.contains("node n2 added"),
+        "{a0}\n{a1}"
+    );
+    // The new node gets everything.
+    c.nodes[2].start();
+    let v2 = c.wait_in_sync(2, RES);
+    assert_eq!(v2["disk_state"], "UpToDate", "{v2:#}");
+    c.wait_in_sync(0, RES);
+    assert_same_data(&c, 0, 2);
+
+    // n1 leaves: the others forget it and refuse it.
+    for i in [0, 2] {
+        conf(&c, i, &[0, 2]);
+    }
+    let a0 = c.local_ok(0, &["adjust"]);
+    assert!(a0.contains("node n1 removed"), "{a0}");
+    c.local_ok(2, &["adjust"]);
+    let v0 = c.nodes[0].volume(RES, 0);
+    let names: Vec<&str> = v0["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["n2"], "{v0:#}");
+    c.wait(1, RES, "n0 refusing n1", |v| {
+        peer(v, "n0")["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not a node of resource"))
+    });
+    qemu_io(
+        &uri0,
+        &[
+            "read -P 0x31 0 1M",
+            "read -P 0x32 1M 1M",
+            "write -P 0x33 2M 64k",
+            "flush",
+        ],
+    );
+    c.wait_in_sync(0, RES);
+    assert_same_data(&c, 0, 2);
+
+    // A change to this node's own entry is refused and changes nothing.
+    let t = c
+        .resource_text_of(0, RES, "64MiB", "test-secret-1234", q, &[0, 2])
+        .replace(&format!(":{}\"", c.specs[0].port), ":1\"");
+    c.nodes[0].write_conf(RES, &t);
+    let out = c.nodes[0].local(&["adjust"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("own entry"), "{err}");
+    c.wait_in_sync(0, RES);
+    assert_eq!(c.nodes[0].volume(RES, 0)["role"], "Primary");
+}

@@ -21,6 +21,8 @@ use crate::bitmap::Bitmap;
 use crate::decide::{Decision, SplitBrainPolicy, decide};
 use crate::quorum::{QuorumPolicy, View, has_quorum};
 
+mod reconfig;
+
 pub const HISTORY_LEN: usize = 8;
 /// Words of bitmap per Bitmap message.
 const BITMAP_CHUNK: usize = 4096;

@@ -304,8 +304,22 @@ impl Cluster {
         secret: &str,
         extra: &str,
     ) -> String {
+        let all: Vec<usize> = (0..self.specs.len()).collect();
+        self.resource_text_of(i, name, size, secret, extra, &all)
+    }
+
+    /// Like [`Cluster::resource_text`] with only the nodes in `members` listed.
+    pub fn resource_text_of(
+        &self,
+        i: usize,
+        name: &str,
+        size: &str,
+        secret: &str,
+        extra: &str,
+        members: &[usize],
+    ) -> String {
         let mut t = format!("secret = \"{secret}\"\n{extra}\n");
-        for s in &self.specs {
+        for s in members.iter().map(|m| &self.specs[*m]) {
             t.push_str(&format!(
                 "[[node]]\nname = \"{}\"\nid = {}\naddress = \"{}:{}\"\ndiskless = {}\n\n",
                 s.name, s.id, s.host, s.port, s.diskless
@@ -344,11 +358,20 @@ impl Cluster {
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "node {i}: timed out waiting for {what}; volume status:\n{v:#}\nlog:\n{}",
-                self.nodes[i].log()
+                "node {i}: timed out waiting for {what}; volume status:\n{v:#}\n{}",
+                self.logs()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Every node's log, for a failure message.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- log of node {i}:\n{}", n.log()))
+            .collect()
     }
 
     /// Waits until node i sees every peer connected and in sync, and is UpToDate
@@ -461,7 +484,24 @@ impl Drop for Attached {
         if let Some(l) = self.loop_dev.take() {
             let _ = Command::new("losetup").args(["-d", &l]).status();
         }
-        let _ = Command::new("umount").arg(&self.fuse_file).status();
+        // The loop device lets go of the file asynchronously: until it does, the
+        // FUSE mount is busy.
+        let start = Instant::now();
+        while !Command::new("umount")
+            .arg(&self.fuse_file)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.fuse_file)
+                    .status();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         if let Some(mut f) = self.fuse.take() {
             let start = Instant::now();
             while f.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(10)
