@@ -1769,3 +1769,7 @@ fn new_resource(
     }
     r
 }
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod tests;

@@ -626,3 +626,7 @@ pub(crate) fn place(cluster: &Cluster, input: &PlaceInput<'_>) -> Result<Placeme
     }
     Ok(p)
 }
+
+#[cfg(test)]
+#[path = "placer_tests.rs"]
+mod tests;
