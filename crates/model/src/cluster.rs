@@ -23,6 +23,9 @@ use crate::props::{self, EffectiveProp, PropSource, Props, PropsModify};
 
 /// Resource / volume prop naming the storage pool (LINSTOR `KEY_STOR_POOL_NAME`).
 pub const KEY_STOR_POOL_NAME: &str = "StorPoolName";
+/// What a diskless pool reports as free and total space: never the limit, and still an
+/// int64 in LINSTOR's JSON (LINSTOR reports Long.MAX_VALUE, `DisklessProvider.java` L35).
+pub const DISKLESS_CAPACITY: u64 = i64::MAX as u64;
 /// Volume numbers (LINSTOR `VolumeNumber` 0..=65535; tandem's resource files too).
 pub const VOLUME_NUMBER_MAX: u32 = 65_535;
 /// Sizes travel as int64 KiB in LINSTOR's API.
@@ -701,8 +704,8 @@ impl Cluster {
                 node_name,
                 provider_kind: req.provider_kind,
                 props,
-                free_capacity: diskless.then_some(u64::MAX),
-                total_capacity: diskless.then_some(u64::MAX),
+                free_capacity: diskless.then_some(DISKLESS_CAPACITY),
+                total_capacity: diskless.then_some(DISKLESS_CAPACITY),
                 shared_space: req.shared_space,
                 external_locking: req.external_locking,
             },
@@ -1716,8 +1719,8 @@ fn add_default_diskless_pool(node: &mut Node) {
             node_name: node.name.clone(),
             provider_kind: ProviderKind::Diskless,
             props: Props::new(),
-            free_capacity: Some(u64::MAX),
-            total_capacity: Some(u64::MAX),
+            free_capacity: Some(DISKLESS_CAPACITY),
+            total_capacity: Some(DISKLESS_CAPACITY),
             shared_space: None,
             external_locking: false,
         });
