@@ -8,6 +8,14 @@
 //! - `PersistMd` is durable before any later action takes effect (a barrier);
 //! - disk completions report the tag of the operation.
 //!
+//! - a node without a disk (configured diskless, or detached after a disk error) may
+//!   be primary: it reads from one UpToDate peer (`ReadRequest`/`ReadReply`) and writes
+//!   to every connected diskful peer; it issues no disk I/O;
+//! - a `DiskDone { ok: false }` detaches the disk: the core issues no further disk
+//!   I/O (completions of operations already issued are still welcome) and persists
+//!   the metadata as Inconsistent without a generation, so the disk comes back (after
+//!   a restart, or `Admin::Attach` once the driver reopened it) for a full resync.
+//!
 //! Semantics follow DRBD's contract (shared/reference/drbd.md §1): protocol A and C,
 //! per-peer bitmaps, an activity log, generation UUIDs decided at connect time, resync,
 //! quorum with a diskless tiebreaker. Promotion asks every connected peer for a grant,
@@ -164,6 +172,12 @@ pub enum Admin {
     },
     /// Take a full resync from the next UpToDate peer.
     Invalidate,
+    /// Online verify against `peer` (the first connected UpToDate peer when None):
+    /// every block's CRC32C is compared; blocks that differ are marked out of sync
+    /// (and resynced from this node). Progress and findings are in `PeerStatus`.
+    Verify {
+        peer: Option<NodeId>,
+    },
     /// Use the local disk again after it was detached for an I/O error (on a
     /// secondary; ignored otherwise). Its data is not trusted: a full resync follows.
     /// The driver must have reopened the backing device first.
@@ -308,6 +322,18 @@ struct Peer {
     source: Option<SourceState>,
     /// It would be our sync source, but another resync into us runs first.
     waiting_turn: bool,
+    verify: VerifyRun,
+}
+
+/// An online verify this node runs against one peer.
+#[derive(Debug, Default, Clone)]
+struct VerifyRun {
+    running: bool,
+    cursor: u64,
+    /// Blocks read locally or awaiting the peer's answer.
+    inflight: BTreeSet<u64>,
+    done: u64,
+    oos: u64,
 }
 
 impl Peer {
@@ -393,6 +419,17 @@ enum DiskOp {
         id: u64,
         block: u64,
         count: u32,
+    },
+    /// Verify (source side): one block to digest for `peer`.
+    VerifyRead {
+        peer: NodeId,
+        block: u64,
+    },
+    /// Verify (peer side): one block to compare with the source's digest.
+    VerifyCompare {
+        from: NodeId,
+        block: u64,
+        digest: u32,
     },
     /// A read a diskless primary asked this node for.
     PeerRead {
@@ -551,6 +588,11 @@ pub struct PeerStatus {
     pub role: Role,
     pub disk: Disk,
     pub out_of_sync_blocks: u64,
+    /// An online verify against this peer runs.
+    pub verifying: bool,
+    /// Blocks the last (or running) verify compared, and found to differ.
+    pub verify_done_blocks: u64,
+    pub verify_oos_blocks: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -611,6 +653,7 @@ impl Replica {
                         decision: None,
                         source: None,
                         waiting_turn: false,
+                        verify: VerifyRun::default(),
                     },
                 )
             })
@@ -730,6 +773,9 @@ impl Replica {
                     role: p.role,
                     disk: p.disk,
                     out_of_sync_blocks: self.md.bitmaps.get(&p.id).map(|b| b.count()).unwrap_or(0),
+                    verifying: p.verify.running,
+                    verify_done_blocks: p.verify.done,
+                    verify_oos_blocks: p.verify.oos,
                 })
                 .collect(),
             pending_writes: self.writes.len() + self.queue.len() + self.reads.len(),
@@ -1161,6 +1207,32 @@ impl Replica {
                             "disconnected by the administrator; run connect".into(),
                         );
                     }
+                }
+            }
+            Admin::Verify { peer } => {
+                if self.md.disk != Disk::UpToDate {
+                    return;
+                }
+                let target = self
+                    .peers
+                    .values()
+                    .find(|p| {
+                        peer.is_none_or(|n| n == p.id)
+                            && p.live()
+                            && p.diskful
+                            && p.disk == Disk::UpToDate
+                            && matches!(p.repl, Repl::Established | Repl::Deferred)
+                    })
+                    .map(|p| p.id);
+                if let Some(p) = target.and_then(|t| self.peers.get_mut(&t))
+                    && !p.verify.running
+                {
+                    p.verify = VerifyRun {
+                        running: true,
+                        ..VerifyRun::default()
+                    };
+                    let id = p.id;
+                    self.verify_step(id);
                 }
             }
             Admin::Attach => {
@@ -1615,6 +1687,8 @@ impl Replica {
                 p.my_hello = None;
                 p.source = None;
                 p.decision = None;
+                p.verify.running = false;
+                p.verify.inflight.clear();
                 r
             }
             None => return,
@@ -2314,11 +2388,45 @@ impl Replica {
                     p.left_cleanly = true;
                 }
             }
-            Msg::VerifyDigest { .. }
-            | Msg::VerifyResult { .. }
-            | Msg::VerifyDone
-            | Msg::Ping
-            | Msg::Pong => {}
+            Msg::VerifyDigest { block, digest } => {
+                if self.md.disk == Disk::UpToDate && block < self.cfg.size_blocks {
+                    let tag = self.tag(DiskOp::VerifyCompare {
+                        from,
+                        block,
+                        digest,
+                    });
+                    self.out.push(Action::DiskRead {
+                        tag,
+                        block,
+                        count: 1,
+                    });
+                } else {
+                    // Without data to compare the block counts as differing.
+                    self.send(
+                        from,
+                        Msg::VerifyResult {
+                            block,
+                            equal: false,
+                        },
+                    );
+                }
+            }
+            Msg::VerifyResult { block, equal } => {
+                let Some(p) = self.peers.get_mut(&from) else {
+                    return;
+                };
+                if !p.verify.running || !p.verify.inflight.remove(&block) {
+                    return;
+                }
+                p.verify.done += 1;
+                if !equal {
+                    p.verify.oos += 1;
+                    self.mark(from, block, 1);
+                    self.persist();
+                }
+                self.verify_step(from);
+            }
+            Msg::VerifyDone | Msg::Ping | Msg::Pong => {}
         }
     }
 
@@ -3040,6 +3148,43 @@ impl Replica {
                 let ok = ok && !self.diskless();
                 self.send(from, Msg::FlushAck { seq, ok });
             }
+            DiskOp::VerifyRead { peer, block } => {
+                if !ok {
+                    self.detach(format!(
+                        "local disk read of block {block} for verify failed"
+                    ));
+                }
+                let running = self.peers.get(&peer).is_some_and(|p| p.verify.running);
+                match data.filter(|_| ok && running && !self.diskless()) {
+                    Some(d) => {
+                        let digest = crc32c::crc32c(&d);
+                        self.send(peer, Msg::VerifyDigest { block, digest });
+                    }
+                    None => {
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.verify.inflight.remove(&block);
+                            p.verify.running = false;
+                        }
+                    }
+                }
+            }
+            DiskOp::VerifyCompare {
+                from,
+                block,
+                digest,
+            } => {
+                if !ok {
+                    self.detach(format!(
+                        "local disk read of block {block} for verify failed"
+                    ));
+                }
+                // The source marks what differs (and sends it in the next bitmap
+                // exchange), so a resync starts only after the verify ended.
+                let equal = data
+                    .filter(|_| ok && !self.diskless())
+                    .is_some_and(|d| crc32c::crc32c(&d) == digest);
+                self.send(from, Msg::VerifyResult { block, equal });
+            }
             DiskOp::PeerRead { from, id } => {
                 if !ok {
                     self.detach("local disk read for a peer failed".into());
@@ -3434,6 +3579,48 @@ impl Replica {
         self.persist();
     }
 
+    // ---- online verify ----
+
+    /// Reads the next blocks to verify against `id`, within the resync limits (half
+    /// of them while client writes wait); ends the run when every block was compared.
+    /// The digest is CRC32C (already used on the wire); a block written while it is
+    /// compared may count as differing, which costs one extra copy of it.
+    fn verify_step(&mut self, id: NodeId) {
+        let limit = if self.queue.is_empty() {
+            self.cfg.resync_inflight
+        } else {
+            self.cfg.resync_inflight.div_ceil(2)
+        };
+        let size = self.cfg.size_blocks;
+        loop {
+            let Some(p) = self.peers.get_mut(&id) else {
+                return;
+            };
+            if !p.verify.running {
+                return;
+            }
+            if p.verify.cursor >= size {
+                if p.verify.inflight.is_empty() {
+                    p.verify.running = false;
+                    self.send(id, Msg::VerifyDone);
+                }
+                return;
+            }
+            if p.verify.inflight.len() >= limit.max(1) {
+                return;
+            }
+            let block = p.verify.cursor;
+            p.verify.cursor += 1;
+            p.verify.inflight.insert(block);
+            let tag = self.tag(DiskOp::VerifyRead { peer: id, block });
+            self.out.push(Action::DiskRead {
+                tag,
+                block,
+                count: 1,
+            });
+        }
+    }
+
     // ---- time ----
 
     fn tick(&mut self, now: u64) {
@@ -3485,6 +3672,7 @@ impl Replica {
                 p.live()
                     && p.repl == Repl::Established
                     && p.disk != Disk::Diskless
+                    && !p.verify.running
                     && self.md.bitmaps.get(&p.id).is_some_and(|b| !b.is_empty())
                     && self.md.disk == Disk::UpToDate
             })
@@ -3492,6 +3680,15 @@ impl Replica {
             .collect();
         for id in dirty {
             self.new_round(id);
+        }
+        let verifying: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.verify.running)
+            .map(|p| p.id)
+            .collect();
+        for v in verifying {
+            self.verify_step(v);
         }
         let budget = self.cfg.resync_per_tick;
         let sources: Vec<NodeId> = self

@@ -564,6 +564,9 @@ impl Sim {
                             self.log(format!("n{to} <- n{from} new uuid {current:x} prev {previous:x} lost {lost:b}"))
                         }
                         Msg::InSync { mask } => self.log(format!("n{to} <- n{from} insync {mask:b}")),
+                        Msg::VerifyResult { block, equal: false } => {
+                            self.log(format!("n{to} <- n{from} verify: block {block} differs"))
+                        }
                         Msg::Write { seq, block, count, targets, .. }
                             if self.watch.is_some_and(|w| w >= *block && w < block + u64::from(*count)) =>
                         {
@@ -1698,6 +1701,13 @@ impl Scenario {
     /// From now on the disk of `node` fails every I/O (a restart replaces it).
     pub fn fail_disk(&mut self, node: NodeId) {
         self.sim.nodes[node as usize].failing = true;
+    }
+
+    /// Silently changes block `b` on `node`'s disk (bit rot), for verify.
+    pub fn corrupt(&mut self, node: NodeId, b: u64, value: u64) {
+        let d = &mut self.sim.nodes[node as usize].disk;
+        d.cache.remove(&b);
+        d.durable[b as usize].0 = value;
     }
 
     /// The disk of `node` works again (the driver reopened it).

@@ -337,3 +337,48 @@ fn a_secondary_whose_disk_fails_detaches_and_takes_a_full_resync_after_restart()
     assert!(sc.differing_from(0).is_empty());
     assert_clean(&sc);
 }
+
+#[test]
+fn online_verify_finds_a_silently_changed_block_and_it_is_resynced() {
+    let mut sc = Scenario::new(2, 1, Protocol::C);
+    sc.promote(0, false).unwrap();
+    for b in [33u64, 34, 90] {
+        assert!(sc.write(0, b, 1, true));
+    }
+    assert!(sc.settle(10_000));
+    sc.corrupt(1, 34, 0);
+    sc.admin(0, Admin::Verify { peer: None });
+    let peer = |sc: &Scenario| {
+        sc.status(0)
+            .unwrap()
+            .peers
+            .into_iter()
+            .find(|p| p.id == 1)
+            .unwrap()
+    };
+    assert!(peer(&sc).verifying);
+    for _ in 0..100 {
+        if !peer(&sc).verifying {
+            break;
+        }
+        sc.run_ms(100);
+    }
+    let p = peer(&sc);
+    assert!(!p.verifying, "verify did not finish");
+    assert_eq!(p.verify_done_blocks, sim::BLOCKS);
+    assert_eq!(p.verify_oos_blocks, 1, "{}", sc.trace());
+    // The differing block is resynced from the verify source.
+    assert!(sc.settle(30_000), "{}", sc.trace());
+    assert!(sc.differing_from(0).is_empty());
+    assert_eq!(peer(&sc).out_of_sync_blocks, 0);
+    // A second verify finds nothing.
+    sc.admin(0, Admin::Verify { peer: Some(1) });
+    sc.run_ms(5000);
+    let p = peer(&sc);
+    assert!(!p.verifying);
+    assert_eq!(
+        (p.verify_done_blocks, p.verify_oos_blocks),
+        (sim::BLOCKS, 0)
+    );
+    assert_clean(&sc);
+}
