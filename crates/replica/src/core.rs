@@ -8,6 +8,14 @@
 //! - `PersistMd` is durable before any later action takes effect (a barrier);
 //! - disk completions report the tag of the operation.
 //!
+//! - a node without a disk (configured diskless, or detached after a disk error) may
+//!   be primary: it reads from one UpToDate peer (`ReadRequest`/`ReadReply`) and writes
+//!   to every connected diskful peer; it issues no disk I/O;
+//! - a `DiskDone { ok: false }` detaches the disk: the core issues no further disk
+//!   I/O (completions of operations already issued are still welcome) and persists
+//!   the metadata as Inconsistent without a generation, so the disk comes back (after
+//!   a restart, or `Admin::Attach` once the driver reopened it) for a full resync.
+//!
 //! Semantics follow DRBD's contract (shared/reference/drbd.md §1): protocol A and C,
 //! per-peer bitmaps, an activity log, generation UUIDs decided at connect time, resync,
 //! quorum with a diskless tiebreaker. Promotion asks every connected peer for a grant,
@@ -166,6 +174,16 @@ pub enum Admin {
     },
     /// Take a full resync from the next UpToDate peer.
     Invalidate,
+    /// Online verify against `peer` (the first connected UpToDate peer when None):
+    /// every block's CRC32C is compared; blocks that differ are marked out of sync
+    /// (and resynced from this node). Progress and findings are in `PeerStatus`.
+    Verify {
+        peer: Option<NodeId>,
+    },
+    /// Use the local disk again after it was detached for an I/O error (on a
+    /// secondary; ignored otherwise). Its data is not trusted: a full resync follows.
+    /// The driver must have reopened the backing device first.
+    Attach,
     /// Leave cleanly: tell peers, mark self Outdated if someone stays UpToDate.
     Down,
 }
@@ -306,6 +324,18 @@ struct Peer {
     source: Option<SourceState>,
     /// It would be our sync source, but another resync into us runs first.
     waiting_turn: bool,
+    verify: VerifyRun,
+}
+
+/// An online verify this node runs against one peer.
+#[derive(Debug, Default, Clone)]
+struct VerifyRun {
+    running: bool,
+    cursor: u64,
+    /// Blocks read locally or awaiting the peer's answer.
+    inflight: BTreeSet<u64>,
+    done: u64,
+    oos: u64,
 }
 
 impl Peer {
@@ -389,6 +419,24 @@ enum DiskOp {
     },
     ClientRead {
         id: u64,
+        block: u64,
+        count: u32,
+    },
+    /// Verify (source side): one block to digest for `peer`.
+    VerifyRead {
+        peer: NodeId,
+        block: u64,
+    },
+    /// Verify (peer side): one block to compare with the source's digest.
+    VerifyCompare {
+        from: NodeId,
+        block: u64,
+        digest: u32,
+    },
+    /// A read a diskless primary asked this node for.
+    PeerRead {
+        from: NodeId,
+        id: u64,
     },
     ClientFlush {
         id: u64,
@@ -430,6 +478,19 @@ struct PendingWrite {
     waiting: BTreeSet<NodeId>,
     /// Generation announcements still unacknowledged when this write was issued.
     completed: bool,
+    /// An UpToDate peer acknowledged it: what a node without a disk needs before it
+    /// may complete the write.
+    peer_ok: bool,
+}
+
+/// A client read a diskless node forwarded to a peer.
+#[derive(Debug)]
+struct PendingRead {
+    client: u64,
+    block: u64,
+    count: u32,
+    peer: NodeId,
+    tried: BTreeSet<NodeId>,
 }
 
 #[derive(Debug)]
@@ -438,6 +499,8 @@ struct PendingFlush {
     local_done: bool,
     local_ok: bool,
     waiting: BTreeSet<NodeId>,
+    /// An UpToDate peer acknowledged it (see `PendingWrite::peer_ok`).
+    peer_ok: bool,
 }
 
 #[derive(Debug)]
@@ -446,6 +509,9 @@ struct Promotion {
     deadline: u64,
     waiting: BTreeSet<NodeId>,
     force: bool,
+    /// A diskless candidate's generation: that of the UpToDate peer it will serve
+    /// data from (current, history).
+    adopt: Option<(u64, Vec<u64>)>,
 }
 
 #[derive(Debug)]
@@ -496,6 +562,11 @@ pub struct Replica {
     /// Highest sequence number seen anywhere, so a new primary starts a new epoch.
     max_seq: u64,
     last_insync: u32,
+    /// Client reads forwarded to peers (diskless): request id -> read.
+    reads: BTreeMap<u64, PendingRead>,
+    next_read: u64,
+    /// Why the local disk was detached (after an I/O error), while it is.
+    detached: Option<String>,
     out: Vec<Action>,
     summary: Summary,
 }
@@ -519,6 +590,11 @@ pub struct PeerStatus {
     pub role: Role,
     pub disk: Disk,
     pub out_of_sync_blocks: u64,
+    /// An online verify against this peer runs.
+    pub verifying: bool,
+    /// Blocks the last (or running) verify compared, and found to differ.
+    pub verify_done_blocks: u64,
+    pub verify_oos_blocks: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -532,6 +608,8 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// Client and replicated writes not yet finished.
     pub pending_writes: usize,
+    /// Why the local disk was detached, while it is (disk is then Diskless).
+    pub detached: Option<String>,
 }
 
 fn mask(n: NodeId) -> u32 {
@@ -577,6 +655,7 @@ impl Replica {
                         decision: None,
                         source: None,
                         waiting_turn: false,
+                        verify: VerifyRun::default(),
                     },
                 )
             })
@@ -621,6 +700,9 @@ impl Replica {
             last_seq: 0,
             max_seq: 0,
             last_insync: 0,
+            reads: BTreeMap::new(),
+            next_read: 1,
+            detached: None,
             out: Vec::new(),
             summary: Summary::default(),
         };
@@ -647,6 +729,16 @@ impl Replica {
 
     pub fn metadata(&self) -> &Persistent {
         &self.md
+    }
+
+    /// The peers whose data this node serves (reads from) while it has no disk:
+    /// connected, UpToDate, in its generation. Empty for a node with a disk.
+    pub fn data_peers(&self) -> Vec<NodeId> {
+        if self.diskless() {
+            self.read_peers()
+        } else {
+            Vec::new()
+        }
     }
 
     /// Whether the driver should (re)establish a connection to `peer`.
@@ -683,9 +775,13 @@ impl Replica {
                     role: p.role,
                     disk: p.disk,
                     out_of_sync_blocks: self.md.bitmaps.get(&p.id).map(|b| b.count()).unwrap_or(0),
+                    verifying: p.verify.running,
+                    verify_done_blocks: p.verify.done,
+                    verify_oos_blocks: p.verify.oos,
                 })
                 .collect(),
-            pending_writes: self.writes.len() + self.queue.len(),
+            pending_writes: self.writes.len() + self.queue.len() + self.reads.len(),
+            detached: self.detached.clone(),
         }
     }
 
@@ -802,7 +898,65 @@ impl Replica {
 
     fn persist(&mut self) {
         self.persisted_al = self.md.al.iter().copied().collect();
-        self.out.push(Action::PersistMd(Box::new(self.md.clone())));
+        let mut md = self.md.clone();
+        if self.detached.is_some() {
+            // The failed disk's data is no longer trusted: attached again (a restart
+            // with a disk, or `Admin::Attach`) it is Inconsistent without a
+            // generation, which takes a full resync (like `Admin::Invalidate`).
+            md.disk = Disk::Inconsistent;
+            md.current = 0;
+            md.primary = false;
+            for bm in md.bitmaps.values_mut() {
+                bm.set_all();
+            }
+            md.resync_left.set_all();
+        }
+        self.out.push(Action::PersistMd(Box::new(md)));
+    }
+
+    /// The local disk failed an I/O: stop using it and go on without a disk.
+    fn detach(&mut self, reason: String) {
+        if self.diskless() {
+            return;
+        }
+        self.detached = Some(reason);
+        self.md.disk = Disk::Diskless;
+        // Local parts of requests in flight no longer count: the peers' do.
+        for w in self.writes.values_mut() {
+            if !w.local_done {
+                w.local_done = true;
+                w.local_ok = true;
+            }
+        }
+        for f in &mut self.flushes {
+            f.local_done = true;
+        }
+        self.persist();
+        // Resyncs with this node end; everyone else learns at once that writes must
+        // be marked for it from now on.
+        let ids: Vec<(NodeId, bool)> = self
+            .peers
+            .values()
+            .filter(|p| p.connected())
+            .map(|p| (p.id, matches!(p.repl, Repl::SyncSource | Repl::SyncTarget)))
+            .collect();
+        let current = self.md.current;
+        for (id, resyncing) in ids {
+            if resyncing {
+                self.new_round(id);
+            } else {
+                self.send(
+                    id,
+                    Msg::PeerState {
+                        disk: Disk::Diskless,
+                        current,
+                    },
+                );
+            }
+        }
+        self.update_quorum();
+        self.check_writes();
+        self.check_flushes();
     }
 
     fn extent(&self, block: u64) -> u64 {
@@ -811,13 +965,6 @@ impl Replica {
 
     fn extents(&self, block: u64, count: u64) -> std::ops::RangeInclusive<u64> {
         self.extent(block)..=self.extent(block + count.max(1) - 1)
-    }
-
-    fn connected_primary(&self) -> Option<NodeId> {
-        self.peers
-            .values()
-            .find(|p| p.connected() && p.role == Role::Primary)
-            .map(|p| p.id)
     }
 
     fn update_quorum(&mut self) {
@@ -883,6 +1030,29 @@ impl Replica {
             self.out
                 .push(Action::State(StateChange::Disk(self.md.disk)));
         }
+        if (now.disk != self.summary.disk || now.current != self.summary.current)
+            && !self.diskless()
+        {
+            // Diskless peers choose whom they read from by it.
+            let ids: Vec<NodeId> = self
+                .peers
+                .values()
+                .filter(|p| {
+                    p.connected()
+                        && (!p.diskful || (p.decision.is_some() && p.disk == Disk::Diskless))
+                })
+                .map(|p| p.id)
+                .collect();
+            for id in ids {
+                self.send(
+                    id,
+                    Msg::PeerState {
+                        disk: self.md.disk,
+                        current: self.md.current,
+                    },
+                );
+            }
+        }
         if now.quorum != self.summary.quorum {
             self.out
                 .push(Action::State(StateChange::Quorum(self.quorum)));
@@ -902,13 +1072,20 @@ impl Replica {
     // ---- admin ----
 
     fn promotable(&self, force: bool) -> Result<(), String> {
-        if self.md.disk == Disk::Diskless {
-            return Err("this node has no disk; diskless primaries are not supported yet".into());
+        if self.diskless() {
+            // Its data is a peer's: an UpToDate one must be connected, even when forced.
+            if self.adopt_source().is_none() {
+                return Err(
+                    "this node has no disk and no UpToDate diskful peer is connected".into(),
+                );
+            }
+        } else if force {
+            return Ok(());
         }
         if force {
             return Ok(());
         }
-        if self.md.disk != Disk::UpToDate {
+        if !self.diskless() && self.md.disk != Disk::UpToDate {
             return Err(format!("data not UpToDate (disk is {:?})", self.md.disk));
         }
         if !self.quorum {
@@ -957,11 +1134,19 @@ impl Replica {
                         .collect()
                 };
                 let id = self.rand();
+                let adopt = if self.diskless() {
+                    self.adopt_source()
+                } else {
+                    None
+                };
+                let (current, history) = adopt
+                    .clone()
+                    .unwrap_or_else(|| (self.md.current, self.md.history.clone()));
                 for p in &waiting {
                     let msg = Msg::PromoteRequest {
                         id,
-                        current: self.md.current,
-                        history: self.md.history.clone(),
+                        current,
+                        history: history.clone(),
                     };
                     self.send(*p, msg);
                 }
@@ -970,6 +1155,7 @@ impl Replica {
                     deadline: self.now + self.cfg.promote_timeout_ms,
                     waiting,
                     force,
+                    adopt,
                 });
                 self.check_promotion();
             }
@@ -1025,6 +1211,50 @@ impl Replica {
                     }
                 }
             }
+            Admin::Verify { peer } => {
+                if self.md.disk != Disk::UpToDate {
+                    return;
+                }
+                let target = self
+                    .peers
+                    .values()
+                    .find(|p| {
+                        peer.is_none_or(|n| n == p.id)
+                            && p.live()
+                            && p.diskful
+                            && p.disk == Disk::UpToDate
+                            && matches!(p.repl, Repl::Established | Repl::Deferred)
+                    })
+                    .map(|p| p.id);
+                if let Some(p) = target.and_then(|t| self.peers.get_mut(&t))
+                    && !p.verify.running
+                {
+                    p.verify = VerifyRun {
+                        running: true,
+                        ..VerifyRun::default()
+                    };
+                    let id = p.id;
+                    self.verify_step(id);
+                }
+            }
+            Admin::Attach => {
+                // Only a disk detached after an error, on a secondary (a primary
+                // cannot be a resync target): it comes back Inconsistent for a full
+                // resync, as a restart would bring it back.
+                if self.detached.is_none() || self.role == Role::Primary {
+                    return;
+                }
+                self.detached = None;
+                for bm in self.md.bitmaps.values_mut() {
+                    bm.set_all();
+                }
+                self.md.resync_left.set_all();
+                self.md.current = 0;
+                self.md.disk = Disk::Inconsistent;
+                self.persist();
+                self.rehandshake_all();
+                self.update_quorum();
+            }
             Admin::Invalidate => {
                 if self.role == Role::Primary || self.md.disk == Disk::Diskless {
                     return;
@@ -1073,17 +1303,34 @@ impl Replica {
             return;
         }
         let force = p.force;
+        let adopt = p.adopt.clone();
         self.promotion = None;
         if let Err(e) = self.promotable(force) {
             self.out.push(Action::PromoteResult(Err(e)));
             return;
+        }
+        if self.diskless() {
+            // The generation granted must still be the one a connected UpToDate
+            // peer holds.
+            let now = self.adopt_source();
+            if now.as_ref().map(|a| a.0) != adopt.as_ref().map(|a| a.0) {
+                self.out.push(Action::PromoteResult(Err(
+                    "the UpToDate peers changed during the promotion; retry".into(),
+                )));
+                return;
+            }
+            if let Some((current, history)) = adopt {
+                self.md.current = current;
+                self.md.history = history;
+                self.known_current = current;
+            }
         }
         self.role = Role::Primary;
         self.md.primary = true;
         // A new epoch: sequence numbers above anything any node has seen.
         let epoch = (self.max_seq.max(self.last_seq) >> 32) + 1;
         self.next_seq = (epoch << 32) | 1;
-        if force && self.md.disk != Disk::UpToDate {
+        if force && !self.diskless() && self.md.disk != Disk::UpToDate {
             self.md.disk = Disk::UpToDate;
             if self.md.current == 0 {
                 // Data that never had a generation (a new volume) becomes the first
@@ -1103,8 +1350,146 @@ impl Replica {
                 .any(|p| p.diskful && !(p.live() && p.repl == Repl::Established));
         self.persist();
         self.broadcast_role();
-        self.rehandshake_secondaries();
+        if self.diskless() {
+            // Decisions with a diskless node never depend on roles, so its peers
+            // stay connected as they are.
+            // A diskless primary starts a new generation on its diskful peers right
+            // away (DRBD's "UUID bumps missed by diskless primaries"): whatever they
+            // write from now on is told apart from what a peer that is absent, or
+            // leaves later, holds.
+            self.rotate();
+        } else {
+            self.rehandshake_secondaries();
+        }
         self.out.push(Action::PromoteResult(Ok(())));
+    }
+
+    fn diskless(&self) -> bool {
+        self.md.disk == Disk::Diskless
+    }
+
+    /// The generation a diskless node would serve as primary: that of the newest
+    /// connected UpToDate diskful peer (one whose generation no other such peer has
+    /// in its history).
+    fn adopt_source(&self) -> Option<(u64, Vec<u64>)> {
+        let ups: Vec<(u64, Vec<u64>)> = self
+            .peers
+            .values()
+            .filter(|p| p.live() && p.diskful && p.disk == Disk::UpToDate && p.current != 0)
+            .map(|p| {
+                let hist = p
+                    .their_hello
+                    .as_ref()
+                    .map(|h| h.history.clone())
+                    .unwrap_or_default();
+                (p.current, hist)
+            })
+            .collect();
+        ups.iter()
+            .find(|(c, _)| !ups.iter().any(|(_, h)| h.contains(c)))
+            .cloned()
+    }
+
+    /// Peers a diskless primary may read from: connected, UpToDate, in its generation.
+    fn read_peers(&self) -> Vec<NodeId> {
+        self.peers
+            .values()
+            .filter(|p| {
+                p.live()
+                    && p.diskful
+                    && p.disk == Disk::UpToDate
+                    && p.current == self.md.current
+                    && !matches!(p.repl, Repl::SyncTarget)
+            })
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// Sends client read `rid` to an UpToDate peer it has not tried yet, or fails it.
+    fn forward_read(&mut self, rid: u64) {
+        let Some(r) = self.reads.get(&rid) else {
+            return;
+        };
+        let next = self.read_peers().into_iter().find(|p| !r.tried.contains(p));
+        if next.is_none() && self.waits_for_handshake() {
+            if let Some(r) = self.reads.get_mut(&rid) {
+                r.peer = self.cfg.node;
+            }
+            return;
+        }
+        match (next, self.client_ok()) {
+            (Some(peer), Ok(())) => {
+                let (block, count) = (r.block, r.count);
+                if let Some(r) = self.reads.get_mut(&rid) {
+                    r.peer = peer;
+                    r.tried.insert(peer);
+                }
+                self.send(
+                    peer,
+                    Msg::ReadRequest {
+                        id: rid,
+                        block,
+                        count,
+                    },
+                );
+            }
+            (_, Err(e)) => {
+                if let Some(r) = self.reads.remove(&rid) {
+                    self.fail(r.client, e);
+                }
+            }
+            (None, Ok(())) => {
+                if let Some(r) = self.reads.remove(&rid) {
+                    self.fail(r.client, IoError::NoData);
+                }
+            }
+        }
+    }
+
+    /// A diskless primary without a peer to serve it, while a diskful peer is still
+    /// in its handshake: requests wait for it rather than fail.
+    fn waits_for_handshake(&self) -> bool {
+        self.diskless()
+            && self.role == Role::Primary
+            && self.quorum
+            && self.read_peers().is_empty()
+            && self
+                .peers
+                .values()
+                .any(|p| p.diskful && p.conn == ConnState::Handshake)
+    }
+
+    /// Sends reads that waited for a peer's handshake once it is done.
+    fn retry_parked_reads(&mut self) {
+        if self.waits_for_handshake() {
+            return;
+        }
+        let parked: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.peer == self.cfg.node)
+            .map(|(rid, _)| *rid)
+            .collect();
+        for rid in parked {
+            self.forward_read(rid);
+        }
+    }
+
+    /// A client read served by a peer (this node has no usable disk).
+    fn read_via_peer(&mut self, client: u64, block: u64, count: u32) {
+        let rid = self.next_read;
+        self.next_read += 1;
+        self.reads.insert(
+            rid,
+            PendingRead {
+                client,
+                block,
+                count,
+                peer: self.cfg.node,
+                tried: BTreeSet::new(),
+            },
+        );
+        self.forward_read(rid);
     }
 
     fn demote_stale_primary(&mut self) {
@@ -1171,8 +1556,17 @@ impl Replica {
             dirty_blocks: self.md.bitmaps.get(&peer).map(|b| b.count()).unwrap_or(0),
             discard_my_data: discard,
             crashed_primary: self.crashed_primary,
+            // Only a primary with a disk keeps secondaries in sync and resyncs them;
+            // under a diskless primary they resync among themselves.
             primary_present: self.role != Role::Primary
-                && self.connected_primary().is_some_and(|p| p != peer),
+                && self.peers.values().any(|p| {
+                    p.id != peer
+                        && p.connected()
+                        && p.role == Role::Primary
+                        && p.their_hello
+                            .as_ref()
+                            .map_or(p.diskful, |h| h.disk != Disk::Diskless)
+                }),
             known_current: self.known_current,
             round,
             last_seq: self.last_seq,
@@ -1295,6 +1689,8 @@ impl Replica {
                 p.my_hello = None;
                 p.source = None;
                 p.decision = None;
+                p.verify.running = false;
+                p.verify.inflight.clear();
                 r
             }
             None => return,
@@ -1313,6 +1709,16 @@ impl Replica {
             ))));
         }
         self.uuid_waiting.remove(&id);
+        // Reads it was serving go to another UpToDate peer.
+        let retry: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.peer == id)
+            .map(|(rid, _)| *rid)
+            .collect();
+        for rid in retry {
+            self.forward_read(rid);
+        }
         // Writes it did not acknowledge are out of sync for it, whatever our role now
         // (a primary demoted with writes outstanding still tracks them).
         let mut marks = Vec::new();
@@ -1396,6 +1802,11 @@ impl Replica {
     }
 
     fn mark(&mut self, peer: NodeId, block: u64, count: u64) {
+        // Without a disk there is no data of ours for a peer to differ from: the
+        // diskful nodes mark what their peers miss.
+        if self.diskless() {
+            return;
+        }
         if let Some(bm) = self.md.bitmaps.get_mut(&peer) {
             bm.set_range(block, count);
         }
@@ -1716,23 +2127,87 @@ impl Replica {
             }
             Msg::Flush { seq } => self.queue.push_back(Work::PeerFlush { from, seq }),
             Msg::WriteAck { seq, ok } => {
+                let up = self
+                    .peers
+                    .get(&from)
+                    .is_some_and(|p| p.disk == Disk::UpToDate);
                 if let Some(w) = self.writes.get_mut(&seq)
                     && w.waiting.remove(&from)
-                    && !ok
                 {
-                    let (b, c) = (w.block, w.count);
-                    self.mark(from, b, c);
-                    self.persist();
+                    if ok && up {
+                        w.peer_ok = true;
+                    } else if !ok {
+                        let (b, c) = (w.block, w.count);
+                        self.mark(from, b, c);
+                        self.persist();
+                    }
                 }
                 self.check_writes();
             }
-            Msg::FlushAck { seq: _, ok: _ } => {
+            Msg::FlushAck { seq: _, ok } => {
+                let up = self
+                    .peers
+                    .get(&from)
+                    .is_some_and(|p| p.disk == Disk::UpToDate);
                 // Flush acks arrive in order; the oldest pending flush waiting on this
                 // peer is the one acknowledged.
                 if let Some(f) = self.flushes.iter_mut().find(|f| f.waiting.contains(&from)) {
                     f.waiting.remove(&from);
+                    f.peer_ok |= ok && up;
                 }
                 self.check_flushes();
+            }
+            Msg::ReadRequest { id, block, count } => {
+                let end = block.checked_add(u64::from(count));
+                let servable = self.md.disk == Disk::UpToDate
+                    && count > 0
+                    && end.is_some_and(|e| e <= self.cfg.size_blocks);
+                if servable {
+                    let tag = self.tag(DiskOp::PeerRead { from, id });
+                    self.out.push(Action::DiskRead { tag, block, count });
+                } else {
+                    self.send(
+                        from,
+                        Msg::ReadReply {
+                            id,
+                            ok: false,
+                            data: Vec::new(),
+                        },
+                    );
+                }
+            }
+            Msg::ReadReply { id, ok, data } => {
+                let expected = self
+                    .reads
+                    .get(&id)
+                    .filter(|r| r.peer == from)
+                    .map(|r| r.client);
+                let Some(client) = expected else {
+                    return;
+                };
+                if ok {
+                    self.reads.remove(&id);
+                    let result = match self.client_ok() {
+                        Err(e) => Err(e),
+                        Ok(()) => Ok(Some(data)),
+                    };
+                    self.out.push(Action::Complete { id: client, result });
+                } else {
+                    self.forward_read(id);
+                }
+            }
+            Msg::PeerState { disk, current } => {
+                // Nodes with a disk only take note of a peer's detach; they learn
+                // everything else in handshakes.
+                let applies = self.diskless() || disk == Disk::Diskless;
+                if applies && let Some(p) = self.peers.get_mut(&from) {
+                    p.disk = disk;
+                    p.current = current;
+                    if let Some(h) = p.their_hello.as_mut() {
+                        h.disk = disk;
+                        h.current = current;
+                    }
+                }
             }
             Msg::PeerAck { seq } => {
                 let done: Vec<u64> = self.window.range(..=seq).map(|(s, _)| *s).collect();
@@ -1915,11 +2390,45 @@ impl Replica {
                     p.left_cleanly = true;
                 }
             }
-            Msg::VerifyDigest { .. }
-            | Msg::VerifyResult { .. }
-            | Msg::VerifyDone
-            | Msg::Ping
-            | Msg::Pong => {}
+            Msg::VerifyDigest { block, digest } => {
+                if self.md.disk == Disk::UpToDate && block < self.cfg.size_blocks {
+                    let tag = self.tag(DiskOp::VerifyCompare {
+                        from,
+                        block,
+                        digest,
+                    });
+                    self.out.push(Action::DiskRead {
+                        tag,
+                        block,
+                        count: 1,
+                    });
+                } else {
+                    // Without data to compare the block counts as differing.
+                    self.send(
+                        from,
+                        Msg::VerifyResult {
+                            block,
+                            equal: false,
+                        },
+                    );
+                }
+            }
+            Msg::VerifyResult { block, equal } => {
+                let Some(p) = self.peers.get_mut(&from) else {
+                    return;
+                };
+                if !p.verify.running || !p.verify.inflight.remove(&block) {
+                    return;
+                }
+                p.verify.done += 1;
+                if !equal {
+                    p.verify.oos += 1;
+                    self.mark(from, block, 1);
+                    self.persist();
+                }
+                self.verify_step(from);
+            }
+            Msg::VerifyDone | Msg::Ping | Msg::Pong => {}
         }
     }
 
@@ -1992,7 +2501,11 @@ impl Replica {
         if !self.quorum {
             return Err(IoError::NoQuorum);
         }
-        if self.md.disk != Disk::UpToDate {
+        if self.diskless() {
+            if self.read_peers().is_empty() {
+                return Err(IoError::NoData);
+            }
+        } else if self.md.disk != Disk::UpToDate {
             return Err(IoError::NoData);
         }
         Ok(())
@@ -2004,7 +2517,9 @@ impl Replica {
 
     /// Whether a client request for `count` blocks at `block` can be served here.
     fn admit(&self, block: u64, count: u32) -> Result<(), IoError> {
-        self.client_ok()?;
+        if !self.waits_for_handshake() {
+            self.client_ok()?;
+        }
         let end = block.checked_add(u64::from(count));
         if count == 0 || end.is_none_or(|end| end > self.cfg.size_blocks) {
             return Err(IoError::OutOfRange);
@@ -2032,7 +2547,10 @@ impl Replica {
         if let Err(e) = self.admit(block, count) {
             return self.fail(id, e);
         }
-        let tag = self.tag(DiskOp::ClientRead { id });
+        if self.diskless() {
+            return self.read_via_peer(id, block, count);
+        }
+        let tag = self.tag(DiskOp::ClientRead { id, block, count });
         self.out.push(Action::DiskRead { tag, block, count });
     }
 
@@ -2050,15 +2568,20 @@ impl Replica {
         for p in &waiting {
             self.send(*p, Msg::Flush { seq });
         }
-        let mark = self.dirty_stamp;
-        let tag = self.tag(DiskOp::ClientFlush { id, mark });
-        self.out.push(Action::DiskFlush { tag });
+        let diskless = self.diskless();
+        if !diskless {
+            let mark = self.dirty_stamp;
+            let tag = self.tag(DiskOp::ClientFlush { id, mark });
+            self.out.push(Action::DiskFlush { tag });
+        }
         self.flushes.push(PendingFlush {
             id,
-            local_done: false,
+            local_done: diskless,
             local_ok: true,
             waiting,
+            peer_ok: false,
         });
+        self.check_flushes();
     }
 
     fn fail_queued_client(&mut self, e: IoError) {
@@ -2079,6 +2602,7 @@ impl Replica {
             .filter(|p| {
                 p.diskful
                     && p.live()
+                    && p.disk != Disk::Diskless
                     && matches!(
                         p.repl,
                         Repl::Established | Repl::SyncTarget | Repl::SyncSource | Repl::Deferred
@@ -2301,6 +2825,9 @@ impl Replica {
                     break;
                 }
                 if matches!(head, Work::Client { .. }) {
+                    if self.waits_for_handshake() {
+                        break;
+                    }
                     if let Err(e) = self.client_ok() {
                         if let Some(Work::Client { id, .. }) = self.queue.pop_front() {
                             self.fail(id, e);
@@ -2335,6 +2862,7 @@ impl Replica {
             };
             self.run(w);
         }
+        self.retry_parked_reads();
         // Resync and periodic work may be able to move on.
         let sources: Vec<NodeId> = self
             .peers
@@ -2348,6 +2876,16 @@ impl Replica {
     }
 
     fn run(&mut self, w: Work) {
+        if self.diskless() && !matches!(w, Work::Client { .. }) {
+            // Detached: replicated work finds no disk here. The sender marks what
+            // it does not get acknowledged.
+            match w {
+                Work::Peer { from, seq, .. } => self.send(from, Msg::WriteAck { seq, ok: false }),
+                Work::PeerFlush { from, seq } => self.send(from, Msg::FlushAck { seq, ok: false }),
+                _ => {}
+            }
+            return;
+        }
         match w {
             Work::Client {
                 id,
@@ -2361,7 +2899,9 @@ impl Replica {
                 self.last_seq = seq;
                 self.max_seq = self.max_seq.max(seq);
                 let targets = self.write_targets();
-                let mut tmask = mask(self.cfg.node);
+                let diskless = self.diskless();
+                // A node without a disk is not a target: its peers mark the write for it.
+                let mut tmask = if diskless { 0 } else { mask(self.cfg.node) };
                 for t in &targets {
                     tmask |= mask(*t);
                 }
@@ -2386,6 +2926,26 @@ impl Replica {
                         data: data.clone(),
                     };
                     self.send(*t, msg);
+                }
+                if diskless {
+                    // No local copy and no activity log: the write is done when the
+                    // diskful peers are (see check_writes).
+                    self.writes.insert(
+                        seq,
+                        PendingWrite {
+                            client: Some(id),
+                            block,
+                            count: u64::from(count),
+                            fua,
+                            local_done: true,
+                            local_ok: true,
+                            waiting: targets.into_iter().collect(),
+                            completed: false,
+                            peer_ok: false,
+                        },
+                    );
+                    self.check_writes();
+                    return;
                 }
                 self.start_local(block, u64::from(count));
                 let tag = self.tag(DiskOp::ClientWrite {
@@ -2414,6 +2974,7 @@ impl Replica {
                         local_ok: true,
                         waiting: targets.into_iter().collect(),
                         completed: false,
+                        peer_ok: false,
                     },
                 );
             }
@@ -2432,7 +2993,9 @@ impl Replica {
                     .bitmaps
                     .keys()
                     .copied()
-                    .filter(|n| *n != from && targets & mask(*n) == 0)
+                    // A primary without a disk (detached) is not among the targets:
+                    // its blocks are marked too.
+                    .filter(|n| targets & mask(*n) == 0)
                     .collect();
                 for n in others {
                     self.mark(n, block, c);
@@ -2520,8 +3083,11 @@ impl Replica {
                     history,
                     last_seq,
                 } = *done;
+                if !ok {
+                    self.detach("local disk flush at the end of a resync failed".into());
+                }
                 let empty = self.md.bitmaps.get(&from).is_none_or(|b| b.is_empty());
-                if ok && empty && self.current_target_round(from, round) {
+                if ok && empty && !self.diskless() && self.current_target_round(from, round) {
                     self.last_seq = self.last_seq.max(last_seq);
                     self.md.current = current;
                     self.md.history = history;
@@ -2541,6 +3107,17 @@ impl Replica {
             }
             DiskOp::ClientWrite { seq, block, count } => {
                 self.end_local(block, count);
+                if !ok {
+                    self.detach(format!(
+                        "local disk write of blocks {block}..{} failed",
+                        block + count
+                    ));
+                }
+                if self.diskless() {
+                    // Detached (now or before): the peers' copies decide (check_writes).
+                    self.check_writes();
+                    return;
+                }
                 if let Some(w) = self.writes.get_mut(&seq) {
                     w.local_done = true;
                     w.local_ok = ok;
@@ -2555,17 +3132,87 @@ impl Replica {
             } => {
                 self.end_local(block, count);
                 if !ok {
-                    self.mark(from, block, count);
+                    self.detach(format!(
+                        "local disk write of replicated blocks {block}..{} failed",
+                        block + count
+                    ));
                 }
+                // A detached disk's copy is not trusted, whatever this write did.
+                let ok = ok && !self.diskless();
                 self.send(from, Msg::WriteAck { seq, ok });
             }
             DiskOp::PeerFlush { from, seq, mark } => {
                 if ok {
                     self.flush_done(mark);
+                } else {
+                    self.detach("local disk flush failed".into());
                 }
+                let ok = ok && !self.diskless();
                 self.send(from, Msg::FlushAck { seq, ok });
             }
-            DiskOp::ClientRead { id } => {
+            DiskOp::VerifyRead { peer, block } => {
+                if !ok {
+                    self.detach(format!(
+                        "local disk read of block {block} for verify failed"
+                    ));
+                }
+                let running = self.peers.get(&peer).is_some_and(|p| p.verify.running);
+                match data.filter(|_| ok && running && !self.diskless()) {
+                    Some(d) => {
+                        let digest = crc32c::crc32c(&d);
+                        self.send(peer, Msg::VerifyDigest { block, digest });
+                    }
+                    None => {
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.verify.inflight.remove(&block);
+                            p.verify.running = false;
+                        }
+                    }
+                }
+            }
+            DiskOp::VerifyCompare {
+                from,
+                block,
+                digest,
+            } => {
+                if !ok {
+                    self.detach(format!(
+                        "local disk read of block {block} for verify failed"
+                    ));
+                }
+                // The source marks what differs (and sends it in the next bitmap
+                // exchange), so a resync starts only after the verify ended.
+                let equal = data
+                    .filter(|_| ok && !self.diskless())
+                    .is_some_and(|d| crc32c::crc32c(&d) == digest);
+                self.send(from, Msg::VerifyResult { block, equal });
+            }
+            DiskOp::PeerRead { from, id } => {
+                if !ok {
+                    self.detach("local disk read for a peer failed".into());
+                }
+                let data = data.filter(|_| ok && !self.diskless());
+                let ok = data.is_some();
+                let msg = Msg::ReadReply {
+                    id,
+                    ok,
+                    data: data.unwrap_or_default(),
+                };
+                self.send(from, msg);
+            }
+            DiskOp::ClientRead { id, block, count } => {
+                if !ok || self.diskless() {
+                    if !ok {
+                        self.detach(format!(
+                            "local disk read of blocks {block}..{} failed",
+                            block + u64::from(count)
+                        ));
+                    }
+                    // Served by an UpToDate peer instead, if there is one.
+                    if self.role == Role::Primary && self.diskless() {
+                        return self.read_via_peer(id, block, count);
+                    }
+                }
                 let result = if ok { Ok(data) } else { Err(IoError::Disk) };
                 // A read served after quorum was lost is refused like a write.
                 let result = match self.client_ok() {
@@ -2577,15 +3224,24 @@ impl Replica {
             DiskOp::ClientFlush { id, mark } => {
                 if ok {
                     self.flush_done(mark);
+                } else {
+                    self.detach("local disk flush failed".into());
                 }
                 if let Some(f) = self.flushes.iter_mut().find(|f| f.id == id) {
                     f.local_done = true;
-                    f.local_ok = ok;
+                    // Detached: the peers' flushes decide (check_flushes).
+                    f.local_ok = ok || self.md.disk == Disk::Diskless;
                 }
                 self.check_flushes();
             }
             DiskOp::ResyncWrite { from, round, block } => {
                 self.end_local(block, 1);
+                if !ok {
+                    self.detach(format!("local disk write of resync block {block} failed"));
+                }
+                if self.diskless() {
+                    return;
+                }
                 if !self.current_target_round(from, round) {
                     // Written, but for a round that ended: its bit stays set so that
                     // the next resync copies the block again.
@@ -2607,9 +3263,16 @@ impl Replica {
                 let Some((block, stale)) = src.reading.remove(&tag) else {
                     return;
                 };
+                if !ok {
+                    self.detach(format!("local disk read of resync block {block} failed"));
+                    return;
+                }
                 if !live {
                     return;
                 }
+                let Some(src) = self.peers.get_mut(&peer).and_then(|p| p.source.as_mut()) else {
+                    return;
+                };
                 if stale || !ok {
                     src.cursor = src.cursor.min(block);
                 } else if let Some(data) = data {
@@ -2621,6 +3284,8 @@ impl Replica {
             DiskOp::AlFlush { mark } => {
                 if ok {
                     self.flush_done(mark);
+                } else {
+                    self.detach("local disk flush failed".into());
                 }
                 self.al_flush = false;
             }
@@ -2666,7 +3331,10 @@ impl Replica {
 
     fn check_writes(&mut self) {
         self.settle_rotation();
-        let proto_a = self.cfg.protocol == Protocol::A;
+        // Protocol A acknowledges once the local copy is written; a node without a
+        // disk has no local copy, so it waits for its peers as with protocol C.
+        let diskless = self.diskless();
+        let proto_a = self.cfg.protocol == Protocol::A && !diskless;
         let uuid_ok = self.uuid_waiting.is_empty();
         let mut done = Vec::new();
         for (seq, w) in self.writes.iter_mut() {
@@ -2681,12 +3349,15 @@ impl Replica {
             };
             if peers_ok && uuid_ok {
                 w.completed = true;
-                done.push((*seq, w.client, w.local_ok));
+                done.push((*seq, w.client, w.local_ok, w.peer_ok));
             }
         }
-        for (_, client, local_ok) in done {
+        for (_, client, local_ok, peer_ok) in done {
             if let Some(id) = client {
-                let result = if !local_ok {
+                let result = if diskless && !peer_ok {
+                    // Nobody with a disk confirmed it.
+                    Err(IoError::NoData)
+                } else if !local_ok {
                     Err(IoError::Disk)
                 } else if self.role != Role::Primary {
                     Err(IoError::NotPrimary)
@@ -2735,7 +3406,9 @@ impl Replica {
             let f = &self.flushes[i];
             if f.local_done && f.waiting.is_empty() && self.uuid_waiting.is_empty() {
                 let f = self.flushes.remove(i);
-                let result = if !f.local_ok {
+                let result = if self.diskless() && !f.peer_ok {
+                    Err(IoError::NoData)
+                } else if !f.local_ok {
                     Err(IoError::Disk)
                 } else if !self.quorum || self.role != Role::Primary {
                     Err(IoError::NoQuorum)
@@ -2908,6 +3581,48 @@ impl Replica {
         self.persist();
     }
 
+    // ---- online verify ----
+
+    /// Reads the next blocks to verify against `id`, within the resync limits (half
+    /// of them while client writes wait); ends the run when every block was compared.
+    /// The digest is CRC32C (already used on the wire); a block written while it is
+    /// compared may count as differing, which costs one extra copy of it.
+    fn verify_step(&mut self, id: NodeId) {
+        let limit = if self.queue.is_empty() {
+            self.cfg.resync_inflight
+        } else {
+            self.cfg.resync_inflight.div_ceil(2)
+        };
+        let size = self.cfg.size_blocks;
+        loop {
+            let Some(p) = self.peers.get_mut(&id) else {
+                return;
+            };
+            if !p.verify.running {
+                return;
+            }
+            if p.verify.cursor >= size {
+                if p.verify.inflight.is_empty() {
+                    p.verify.running = false;
+                    self.send(id, Msg::VerifyDone);
+                }
+                return;
+            }
+            if p.verify.inflight.len() >= limit.max(1) {
+                return;
+            }
+            let block = p.verify.cursor;
+            p.verify.cursor += 1;
+            p.verify.inflight.insert(block);
+            let tag = self.tag(DiskOp::VerifyRead { peer: id, block });
+            self.out.push(Action::DiskRead {
+                tag,
+                block,
+                count: 1,
+            });
+        }
+    }
+
     // ---- time ----
 
     fn tick(&mut self, now: u64) {
@@ -2920,7 +3635,12 @@ impl Replica {
         self.check_promotion();
         if self.role == Role::Primary {
             self.send_peer_ack();
-            let mut m = mask(self.cfg.node);
+            // A primary without a disk vouches only for its peers, not for itself.
+            let mut m = if self.diskless() {
+                0
+            } else {
+                mask(self.cfg.node)
+            };
             for p in self.peers.values() {
                 let clean = self.md.bitmaps.get(&p.id).is_none_or(|b| b.is_empty());
                 if p.diskful
@@ -2953,6 +3673,8 @@ impl Replica {
             .filter(|p| {
                 p.live()
                     && p.repl == Repl::Established
+                    && p.disk != Disk::Diskless
+                    && !p.verify.running
                     && self.md.bitmaps.get(&p.id).is_some_and(|b| !b.is_empty())
                     && self.md.disk == Disk::UpToDate
             })
@@ -2960,6 +3682,15 @@ impl Replica {
             .collect();
         for id in dirty {
             self.new_round(id);
+        }
+        let verifying: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.verify.running)
+            .map(|p| p.id)
+            .collect();
+        for v in verifying {
+            self.verify_step(v);
         }
         let budget = self.cfg.resync_per_tick;
         let sources: Vec<NodeId> = self

@@ -37,6 +37,10 @@ pub struct Options {
     pub chaos_us: u64,
     /// Bound on reaching a healed, in-sync cluster after healing (µs).
     pub heal_bound_us: u64,
+    /// Chaos may promote diskless nodes.
+    pub diskless_primaries: bool,
+    /// Chaos may fail the disk of a diskful node (it detaches).
+    pub disk_failures: bool,
 }
 
 impl Default for Options {
@@ -45,6 +49,8 @@ impl Default for Options {
             trace: false,
             chaos_us: 15_000 * MS,
             heal_bound_us: 120_000 * MS,
+            diskless_primaries: false,
+            disk_failures: false,
         }
     }
 }
@@ -60,6 +66,7 @@ pub struct Outcome {
     pub crashes: u64,
     pub cuts: u64,
     pub resync_blocks: u64,
+    pub disk_failures: u64,
     pub healed_after_us: u64,
     pub trace: Vec<String>,
 }
@@ -250,6 +257,8 @@ struct Node {
     inc: u64,
     primary_since: Option<u64>,
     last_ok: Option<u64>,
+    /// The disk fails every I/O (until the node restarts or heal replaces it).
+    failing: bool,
 }
 
 struct Conn {
@@ -319,6 +328,10 @@ struct Sim {
     results: BTreeMap<u64, bool>,
     /// Outcome of the last promotion per node, for scripted scenarios.
     promotions: BTreeMap<NodeId, Result<(), String>>,
+    diskless_primaries: bool,
+    disk_failures: bool,
+    /// Values each successful client read returned, for scripted scenarios.
+    read_values: BTreeMap<u64, Vec<u64>>,
 }
 
 fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
@@ -428,6 +441,7 @@ impl Sim {
                 inc: 0,
                 primary_since: None,
                 last_ok: None,
+                failing: false,
             });
         }
         let mut sim = Sim {
@@ -465,6 +479,9 @@ impl Sim {
             violation: None,
             results: BTreeMap::new(),
             promotions: BTreeMap::new(),
+            diskless_primaries: opts.diskless_primaries,
+            disk_failures: opts.disk_failures,
+            read_values: BTreeMap::new(),
         };
         sim.log(format!(
             "cluster: {diskful} diskful + {diskless} diskless, protocol {protocol:?}, fresh node {fresh_node:?}"
@@ -547,6 +564,9 @@ impl Sim {
                             self.log(format!("n{to} <- n{from} new uuid {current:x} prev {previous:x} lost {lost:b}"))
                         }
                         Msg::InSync { mask } => self.log(format!("n{to} <- n{from} insync {mask:b}")),
+                        Msg::VerifyResult { block, equal: false } => {
+                            self.log(format!("n{to} <- n{from} verify: block {block} differs"))
+                        }
                         Msg::Write { seq, block, count, targets, .. }
                             if self.watch.is_some_and(|w| w >= *block && w < block + u64::from(*count)) =>
                         {
@@ -730,6 +750,19 @@ impl Sim {
         let Some(op) = n.disk.ops.remove(&tag) else {
             return;
         };
+        if n.failing {
+            // A failed disk: nothing is written, read or flushed.
+            self.log(format!("n{node} disk: I/O error"));
+            self.feed(
+                node,
+                Event::DiskDone {
+                    tag,
+                    ok: false,
+                    data: None,
+                },
+            );
+            return;
+        }
         let data = match op {
             DiskOp::Write { block, values, fua } => {
                 if let Some(w) = self.watch
@@ -948,9 +981,21 @@ impl Sim {
                     self.close_conn(a, b, 1, 50);
                 }
             }
+            62..=64 if self.disk_failures => {
+                if self.nodes[a as usize].diskful
+                    && self.nodes[a as usize].core.is_some()
+                    && !self.nodes[a as usize].failing
+                {
+                    self.log(format!("chaos: disk of n{a} fails"));
+                    self.out.disk_failures += 1;
+                    self.nodes[a as usize].failing = true;
+                }
+            }
             62..=76 => {
                 let target = self.rng.below(self.nodes.len() as u64) as NodeId;
-                if self.nodes[target as usize].diskful && self.failover.is_none() {
+                let eligible = self.nodes[target as usize].diskful
+                    || (self.diskless_primaries && self.rng.chance(30));
+                if eligible && self.failover.is_none() {
                     self.log(format!("chaos: failover to n{target}"));
                     self.failover = Some((target, self.now));
                 }
@@ -962,7 +1007,10 @@ impl Sim {
                         .as_ref()
                         .is_some_and(|r| r.role() == Role::Primary)
                 });
-                if !has_primary && self.nodes[a as usize].diskful {
+                if !has_primary
+                    && (self.nodes[a as usize].diskful
+                        || (self.diskless_primaries && self.rng.chance(30)))
+                {
                     self.promote_later(a, 0);
                 }
             }
@@ -1028,6 +1076,8 @@ impl Sim {
         }
         let seed = self.rng.next();
         let n = &mut self.nodes[node as usize];
+        // A restart comes back with a working disk (replaced or repaired).
+        n.failing = false;
         n.core = Some(Replica::new(n.cfg.clone(), n.md.clone(), seed));
         let inc = n.inc;
         let (dirty, al) = (
@@ -1045,6 +1095,20 @@ impl Sim {
         self.cut.clear();
         for n in 0..self.nodes.len() as NodeId {
             self.restart(n);
+        }
+        // Failed disks are replaced and attached again (a detached primary steps
+        // down first: a primary cannot take the full resync that follows).
+        for n in 0..self.nodes.len() as NodeId {
+            let detached = self.nodes[n as usize]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.status().detached.is_some());
+            self.nodes[n as usize].failing = false;
+            if detached {
+                self.log(format!("admin: secondary and attach on n{n}"));
+                self.feed(n, Event::Admin(Admin::Secondary));
+                self.feed(n, Event::Admin(Admin::Attach));
+            }
         }
         self.failover = None;
         self.healing = Some(self.now);
@@ -1071,9 +1135,22 @@ impl Sim {
         let Some(core) = &self.nodes[node as usize].core else {
             return;
         };
-        if core.disk() != Disk::UpToDate {
+        // A diskless primary's data is that of the peers it reads from.
+        let sources = if core.disk() == Disk::Diskless {
+            core.data_peers()
+        } else {
+            vec![node]
+        };
+        if core.disk() != Disk::Diskless && core.disk() != Disk::UpToDate {
             let d = core.disk();
             self.violate(3, format!("n{node} promoted with disk {d:?}"));
+            return;
+        }
+        if sources.is_empty() {
+            self.violate(
+                3,
+                format!("n{node} promoted without a disk and without an UpToDate peer"),
+            );
             return;
         }
         self.nodes[node as usize].primary_since = Some(self.now);
@@ -1084,7 +1161,9 @@ impl Sim {
         }
         self.last_primary = Some(node);
         self.client_node = Some(node);
-        self.check_durable(node, "at its promotion");
+        for s in sources {
+            self.check_durable(s, &format!("serving n{node} at its promotion"));
+        }
     }
 
     // ---- client and oracle ----
@@ -1111,7 +1190,9 @@ impl Sim {
             // No primary: the administrator tries one now and then.
             if self.promoting.is_empty() && self.rng.chance(2) {
                 let c = self.rng.below(self.nodes.len() as u64) as NodeId;
-                if self.nodes[c as usize].diskful {
+                if self.nodes[c as usize].diskful
+                    || (self.diskless_primaries && self.rng.chance(30))
+                {
                     self.promote_later(c, 0);
                 }
             }
@@ -1248,6 +1329,7 @@ impl Sim {
                 if let Ok(Some(data)) = result {
                     self.out.reads_checked += 1;
                     let vals = values_of(&data);
+                    self.read_values.insert(id, vals.clone());
                     for (i, v) in vals.iter().enumerate().take(count as usize) {
                         let b = block + i as u64;
                         if let Err(e) = self.allowed(b, *v, Some(submitted)) {
@@ -1579,6 +1661,63 @@ impl Scenario {
         self.sim.next_id += 1;
         self.sim.submit_write(id, node, block, count, fua);
         self.wait(id)
+    }
+
+    /// Submits a read of `count` blocks from `block` on `node` without waiting.
+    pub fn submit_read(&mut self, node: NodeId, block: u64, count: u32) -> u64 {
+        let id = self.sim.next_id;
+        self.sim.next_id += 1;
+        self.sim.inflight.insert(
+            id,
+            (
+                node,
+                ClientOp::Read {
+                    block,
+                    count,
+                    submitted: self.sim.now,
+                },
+            ),
+        );
+        self.sim.feed(node, Event::ClientRead { id, block, count });
+        id
+    }
+
+    /// Waits for read `id`: the values it returned (the oracle checked them), or
+    /// None if it failed.
+    pub fn wait_read(&mut self, id: u64) -> Option<Vec<u64>> {
+        if self.wait(id) {
+            self.sim.read_values.get(&id).cloned()
+        } else {
+            None
+        }
+    }
+
+    /// Reads and waits for the answer.
+    pub fn read(&mut self, node: NodeId, block: u64, count: u32) -> Option<Vec<u64>> {
+        let id = self.submit_read(node, block, count);
+        self.wait_read(id)
+    }
+
+    /// From now on the disk of `node` fails every I/O (a restart replaces it).
+    pub fn fail_disk(&mut self, node: NodeId) {
+        self.sim.nodes[node as usize].failing = true;
+    }
+
+    /// Silently changes block `b` on `node`'s disk (bit rot), for verify.
+    pub fn corrupt(&mut self, node: NodeId, b: u64, value: u64) {
+        let d = &mut self.sim.nodes[node as usize].disk;
+        d.cache.remove(&b);
+        d.durable[b as usize].0 = value;
+    }
+
+    /// The disk of `node` works again (the driver reopened it).
+    pub fn repair_disk(&mut self, node: NodeId) {
+        self.sim.nodes[node as usize].failing = false;
+    }
+
+    /// The generation `node` holds, if it is up.
+    pub fn generation(&self, node: NodeId) -> Option<u64> {
+        self.status(node).map(|s| s.current)
     }
 
     pub fn flush(&mut self, node: NodeId) -> bool {

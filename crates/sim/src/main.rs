@@ -28,6 +28,10 @@ fn main() -> ExitCode {
             "       sim --seeds N [--start S] [--keep-going]   run N seeds from S (default 0);"
         );
         println!("           stops at the first violation unless --keep-going");
+        println!("       --diskless-primaries  chaos also promotes diskless nodes (not in CI yet)");
+        println!(
+            "       --disk-failures       chaos also fails disks, which detach (not in CI yet)"
+        );
         return ExitCode::SUCCESS;
     }
     let parsed = (|| {
@@ -47,6 +51,8 @@ fn main() -> ExitCode {
     let trace = args.iter().any(|a| a == "--trace");
     let opts = sim::Options {
         trace,
+        diskless_primaries: args.iter().any(|a| a == "--diskless-primaries"),
+        disk_failures: args.iter().any(|a| a == "--disk-failures"),
         ..sim::Options::default()
     };
     if let Some(seed) = seed {

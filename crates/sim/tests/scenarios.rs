@@ -190,3 +190,195 @@ fn three_data_nodes_primary_dies_and_the_secondaries_reconcile() {
     assert!(sc.differing_from(1).is_empty());
     assert_clean(&sc);
 }
+
+#[test]
+fn a_diskless_primary_writes_to_every_diskful_peer_and_reads_from_one() {
+    // Three data nodes and a diskless client (node 3).
+    let mut sc = Scenario::new(3, 1, Protocol::C);
+    let before = sc.generation(0).unwrap();
+    sc.promote(3, false).unwrap();
+    sc.run_ms(500);
+    assert_eq!(sc.status(3).map(|s| s.role), Some(Role::Primary));
+    // Its promotion started a new generation on every diskful peer.
+    let g = sc.generation(0).unwrap();
+    assert_ne!(
+        g, before,
+        "the diskless primary's promotion must bump the UUID"
+    );
+    assert_eq!(sc.generation(1), Some(g));
+    assert_eq!(sc.generation(2), Some(g));
+    for b in [4u64, 50, 51, 200] {
+        assert!(sc.write(3, b, 2, b == 50));
+    }
+    assert!(sc.flush(3));
+    for n in 0..3 {
+        assert_eq!(sc.block(n, 51), sc.block(0, 51));
+        assert_ne!(sc.block(n, 51), 0, "node {n} did not get the write");
+    }
+    let got = sc.read(3, 50, 2).expect("read through a peer");
+    assert_eq!(got, vec![sc.block(0, 50), sc.block(0, 51)]);
+    assert_clean(&sc);
+}
+
+#[test]
+fn a_diskless_primary_retries_a_read_when_its_peer_goes_away() {
+    let mut sc = Scenario::new(3, 1, Protocol::C);
+    sc.promote(3, false).unwrap();
+    assert!(sc.write(3, 9, 1, true));
+    let expect = sc.block(1, 9);
+    // The read goes to one peer (the lowest id); that link breaks before the
+    // answer is back.
+    let id = sc.submit_read(3, 9, 1);
+    sc.cut(3, 0);
+    let got = sc
+        .wait_read(id)
+        .expect("served by the remaining UpToDate peer");
+    assert_eq!(got, vec![expect]);
+    assert_clean(&sc);
+}
+
+#[test]
+fn a_diskless_primary_keeps_writing_without_one_peer_which_resyncs_later() {
+    let mut sc = Scenario::new(3, 1, Protocol::A);
+    sc.promote(3, false).unwrap();
+    sc.cut(3, 0);
+    sc.cut(1, 0);
+    sc.cut(2, 0);
+    sc.run_ms(2000);
+    // Quorum holds with two of three data nodes; protocol A acts like C here.
+    for b in [10u64, 20, 30] {
+        assert!(sc.write(3, b, 1, false));
+        assert_eq!(sc.block(1, b), sc.block(2, b), "acked on both peers");
+    }
+    assert!(sc.flush(3));
+    assert_ne!(sc.block(1, 10), sc.block(0, 10));
+    // Node 0 missed a generation: it resyncs from its peers while the diskless
+    // primary goes on writing.
+    let before = sc.resync_blocks();
+    sc.heal_all();
+    assert!(sc.write(3, 40, 1, true));
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert!(sc.resync_blocks() - before >= 3);
+    assert!(sc.differing_from(1).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn a_diskless_node_without_an_uptodate_peer_does_not_promote() {
+    let mut sc = Scenario::new(2, 1, Protocol::C);
+    sc.isolate(2);
+    sc.run_ms(2000);
+    let r = sc.promote(2, false);
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.contains("no UpToDate diskful peer")),
+        "{r:?}"
+    );
+    let r = sc.promote(2, true);
+    assert!(r.is_err(), "not even forced: {r:?}");
+    assert_clean(&sc);
+}
+
+#[test]
+fn a_primary_whose_disk_fails_detaches_and_serves_io_through_its_peer() {
+    let mut sc = Scenario::new(2, 1, Protocol::C);
+    sc.promote(0, false).unwrap();
+    assert!(sc.write(0, 5, 1, true));
+    sc.fail_disk(0);
+    // The write that hits the error still completes: the peer has it.
+    assert!(sc.write(0, 6, 2, false));
+    let st = sc.status(0).unwrap();
+    assert_eq!(st.disk, Disk::Diskless);
+    assert!(
+        st.detached.as_deref().is_some_and(|r| r.contains("failed")),
+        "{st:?}"
+    );
+    assert_eq!(st.role, Role::Primary);
+    assert!(sc.write(0, 7, 1, true));
+    assert!(sc.flush(0));
+    let got = sc.read(0, 5, 3).expect("read through the peer");
+    assert_eq!(got, vec![sc.block(1, 5), sc.block(1, 6), sc.block(1, 7)]);
+    // The peer marks the blocks written since the detach (block 7) for it.
+    let p = sc.status(1).unwrap();
+    let marked = p
+        .peers
+        .iter()
+        .find(|p| p.id == 0)
+        .unwrap()
+        .out_of_sync_blocks;
+    assert!(marked >= 1, "marked {marked}");
+    // Replaced disk: step down, attach, full resync.
+    sc.demote(0);
+    sc.repair_disk(0);
+    sc.admin(0, Admin::Attach);
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert_eq!(sc.status(0).unwrap().detached, None);
+    assert!(sc.differing_from(1).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn a_secondary_whose_disk_fails_detaches_and_takes_a_full_resync_after_restart() {
+    let mut sc = Scenario::new(3, 0, Protocol::C);
+    sc.promote(0, false).unwrap();
+    sc.fail_disk(2);
+    assert!(sc.write(0, 11, 1, false));
+    sc.run_ms(500);
+    assert_eq!(sc.status(2).map(|s| s.disk), Some(Disk::Diskless));
+    assert!(sc.write(0, 12, 1, true));
+    // Restart with a working disk: it comes back Inconsistent, without a generation.
+    sc.crash(2);
+    sc.restart(2);
+    sc.run_ms(100);
+    assert_eq!(sc.status(2).map(|s| s.disk), Some(Disk::Inconsistent));
+    let before = sc.resync_blocks();
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert_eq!(sc.resync_blocks() - before, sim::BLOCKS, "a full resync");
+    assert!(sc.differing_from(0).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn online_verify_finds_a_silently_changed_block_and_it_is_resynced() {
+    let mut sc = Scenario::new(2, 1, Protocol::C);
+    sc.promote(0, false).unwrap();
+    for b in [33u64, 34, 90] {
+        assert!(sc.write(0, b, 1, true));
+    }
+    assert!(sc.settle(10_000));
+    sc.corrupt(1, 34, 0);
+    sc.admin(0, Admin::Verify { peer: None });
+    let peer = |sc: &Scenario| {
+        sc.status(0)
+            .unwrap()
+            .peers
+            .into_iter()
+            .find(|p| p.id == 1)
+            .unwrap()
+    };
+    assert!(peer(&sc).verifying);
+    for _ in 0..100 {
+        if !peer(&sc).verifying {
+            break;
+        }
+        sc.run_ms(100);
+    }
+    let p = peer(&sc);
+    assert!(!p.verifying, "verify did not finish");
+    assert_eq!(p.verify_done_blocks, sim::BLOCKS);
+    assert_eq!(p.verify_oos_blocks, 1, "{}", sc.trace());
+    // The differing block is resynced from the verify source.
+    assert!(sc.settle(30_000), "{}", sc.trace());
+    assert!(sc.differing_from(0).is_empty());
+    assert_eq!(peer(&sc).out_of_sync_blocks, 0);
+    // A second verify finds nothing.
+    sc.admin(0, Admin::Verify { peer: Some(1) });
+    sc.run_ms(5000);
+    let p = peer(&sc);
+    assert!(!p.verifying);
+    assert_eq!(
+        (p.verify_done_blocks, p.verify_oos_blocks),
+        (sim::BLOCKS, 0)
+    );
+    assert_clean(&sc);
+}

@@ -14,16 +14,17 @@ use sim::{Options, run};
 
 const SEEDS: u64 = 2000;
 /// Every seed below 2,000 that violates an invariant today, with the invariant.
+/// (8 of 2,000; 9 before diskless primaries, whose `PeerState` messages to diskless
+/// nodes shift the simulated network's timing and so which seeds hit the known bugs.)
 const KNOWN_FAILURES: &[(u64, u8)] = &[
+    (4, 1),
     (22, 4),
-    (103, 5),
-    (606, 4),
-    (766, 5),
-    (820, 5),
-    (840, 5),
+    (82, 5),
+    (121, 1),
+    (294, 4),
     (1085, 5),
+    (1197, 5),
     (1412, 1),
-    (1617, 5),
 ];
 
 fn check_range(from: u64, to: u64) {

@@ -168,6 +168,25 @@ pub enum Msg {
     /// the replication core.
     Ping,
     Pong,
+    /// A diskless primary asks an UpToDate peer for `count` blocks from `block`.
+    ReadRequest {
+        id: u64,
+        block: u64,
+        count: u32,
+    },
+    /// The answer to `ReadRequest` `id`: the data when `ok` (CRC32C-checked), empty
+    /// when the peer could not serve it (not UpToDate, or its disk failed).
+    ReadReply {
+        id: u64,
+        ok: bool,
+        data: Vec<u8>,
+    },
+    /// The sender's disk state or generation changed (sent to diskless peers, which
+    /// choose the peers they read from by it).
+    PeerState {
+        disk: Disk,
+        current: u64,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -337,6 +356,9 @@ impl Msg {
             Msg::OtherBitmap { .. } => 22,
             Msg::Ping => 23,
             Msg::Pong => 24,
+            Msg::ReadRequest { .. } => 25,
+            Msg::ReadReply { .. } => 26,
+            Msg::PeerState { .. } => 27,
         }
     }
 
@@ -461,6 +483,20 @@ impl Msg {
                 w.u64(*block);
                 w.bool(*equal);
             }
+            Msg::ReadRequest { id, block, count } => {
+                w.u64(*id);
+                w.u64(*block);
+                w.u32(*count);
+            }
+            Msg::ReadReply { id, ok, data } => {
+                w.u64(*id);
+                w.bool(*ok);
+                w.data(data);
+            }
+            Msg::PeerState { disk, current } => {
+                w.u8(*disk as u8);
+                w.u64(*current);
+            }
         }
         let payload = w.0;
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -499,7 +535,8 @@ impl Msg {
             1 => "hello",
             2 => "bitmap",
             3 => "write",
-            4..=24 => "control",
+            4..=24 | 25 | 27 => "control",
+            26 => "read reply",
             k => return Err(DecodeError::Kind(k)),
         };
         let mut r = R { b, what: name };
@@ -599,6 +636,20 @@ impl Msg {
                 equal: r.bool()?,
             },
             21 => Msg::VerifyDone,
+            25 => Msg::ReadRequest {
+                id: r.u64()?,
+                block: r.u64()?,
+                count: r.u32()?,
+            },
+            26 => Msg::ReadReply {
+                id: r.u64()?,
+                ok: r.bool()?,
+                data: r.data()?,
+            },
+            27 => Msg::PeerState {
+                disk: r.disk()?,
+                current: r.u64()?,
+            },
             23 => Msg::Ping,
             24 => Msg::Pong,
             22 => Msg::OtherBitmap {
@@ -670,7 +721,7 @@ mod tests {
                     last
                 }),
             (any::<u64>(), any::<bool>()).prop_map(|(seq, ok)| Msg::WriteAck { seq, ok }),
-            (any::<u64>(), data).prop_map(|(block, data)| Msg::ResyncData { block, data }),
+            (any::<u64>(), data.clone()).prop_map(|(block, data)| Msg::ResyncData { block, data }),
             (any::<u64>(), any::<bool>(), "[a-z ]{0,40}").prop_map(|(id, granted, reason)| {
                 Msg::PromoteReply {
                     id,
@@ -698,6 +749,23 @@ mod tests {
                     word_offset,
                     words
                 }),
+            (any::<u64>(), any::<u64>(), any::<u32>())
+                .prop_map(|(id, block, count)| Msg::ReadRequest { id, block, count }),
+            (any::<u64>(), any::<bool>(), data).prop_map(|(id, ok, data)| Msg::ReadReply {
+                id,
+                ok,
+                data
+            }),
+            (0u8..5, any::<u64>()).prop_map(|(d, current)| Msg::PeerState {
+                disk: [
+                    Disk::Diskless,
+                    Disk::Inconsistent,
+                    Disk::Outdated,
+                    Disk::Consistent,
+                    Disk::UpToDate
+                ][d as usize],
+                current
+            }),
             Just(Msg::Leaving),
             Just(Msg::Ping),
             Just(Msg::Pong),
@@ -738,6 +806,27 @@ mod tests {
         let last = b.len() - 1;
         b[last] ^= 0x10;
         assert_eq!(Msg::decode(&b), Err(DecodeError::Checksum("write")));
+    }
+
+    #[test]
+    fn a_corrupted_read_reply_is_caught_by_the_checksum() {
+        let m = Msg::ReadReply {
+            id: 9,
+            ok: true,
+            data: vec![3; 32],
+        };
+        let mut b = m.encode();
+        let last = b.len() - 1;
+        b[last] ^= 0x01;
+        assert_eq!(Msg::decode(&b), Err(DecodeError::Checksum("read reply")));
+        // An unknown disk state in PeerState is malformed, not a panic.
+        let mut b = Msg::PeerState {
+            disk: Disk::UpToDate,
+            current: 1,
+        }
+        .encode();
+        b[HEADER_LEN] = 9;
+        assert_eq!(Msg::decode(&b), Err(DecodeError::Malformed("control")));
     }
 
     #[test]
