@@ -634,31 +634,7 @@ impl Replica {
         md.primary = false;
         let peers = cfg
             .peers()
-            .map(|p| {
-                (
-                    p.id,
-                    Peer {
-                        id: p.id,
-                        diskful: p.diskful,
-                        conn: ConnState::Connecting,
-                        repl: Repl::Off,
-                        role: Role::Secondary,
-                        disk: Disk::Diskless,
-                        current: 0,
-                        discard_my_data: false,
-                        left_cleanly: false,
-                        round: 0,
-                        my_hello: None,
-                        their_hello: None,
-                        bitmap_in: None,
-                        bitmap_sent: false,
-                        decision: None,
-                        source: None,
-                        waiting_turn: false,
-                        verify: VerifyRun::default(),
-                    },
-                )
-            })
+            .map(|p| (p.id, Peer::fresh(p.id, p.diskful)))
             .collect();
         let known_current = if md.newest_seen != 0 {
             md.newest_seen

@@ -99,6 +99,7 @@ impl Peer {
             decision: None,
             source: None,
             waiting_turn: false,
+            verify: VerifyRun::default(),
         }
     }
 }
