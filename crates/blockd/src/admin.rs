@@ -59,6 +59,17 @@ pub enum Request {
     Invalidate {
         resource: String,
     },
+    /// Compare this node's data with a peer's (all UpToDate peers when absent), block
+    /// by block; blocks that differ are marked out of sync and resynced.
+    Verify {
+        resource: String,
+        #[serde(default)]
+        peer: Option<String>,
+    },
+    /// Use the local disk again after it was detached for an I/O error.
+    Attach {
+        resource: String,
+    },
     /// Stream state changes: after the first answer, one JSON event per line until the
     /// client disconnects.
     Events {},
@@ -149,6 +160,10 @@ pub struct VolumeStatus {
     pub resync_left_bytes: u64,
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
+    /// Why the local disk was detached (it failed an I/O); the node then works
+    /// through its peers with disk_state Diskless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detached: Option<String>,
     /// What to run when the state needs a human.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
@@ -175,6 +190,15 @@ pub struct PeerStatus {
     pub resync_received_bytes: u64,
     /// Why the connection is refused or failed last.
     pub reason: Option<String>,
+    /// An online verify against this peer is running.
+    #[serde(default)]
+    pub verifying: bool,
+    /// Of the running or last verify, how much is done (0-100).
+    #[serde(default)]
+    pub verify_done_percent: Option<f64>,
+    /// Bytes the running or last verify found different.
+    #[serde(default)]
+    pub verify_out_of_sync_bytes: u64,
 }
 
 #[derive(Debug, Error)]

@@ -466,6 +466,58 @@ impl Daemon {
                     "{resource}: data invalidated; a full resync from an UpToDate peer follows"
                 ))
             }),
+            Request::Verify { resource, peer } => self.with_repl(&resource, |v| {
+                let id = peer_id(v, peer.as_deref())?;
+                // Peers may be re-handshaking (after a role change): wait for that,
+                // bounded by the peer timeout.
+                let deadline = std::time::Instant::now()
+                    + std::time::Duration::from_millis(v.cfg().timeout_ms);
+                let ready = loop {
+                    let snap = v.snapshot().ok_or("volume is shutting down")?;
+                    if snap.status.disk != wire::Disk::UpToDate {
+                        return Err(format!(
+                            "{resource}: only a node with UpToDate data can verify (this one is {})",
+                            repl::disk_name(snap.status.disk)
+                        ));
+                    }
+                    let ready = snap.status.peers.iter().any(|p| {
+                        id.is_none_or(|i| i == p.id)
+                            && p.diskful
+                            && p.conn == replica::core::ConnState::Connected
+                            && p.disk == wire::Disk::UpToDate
+                    });
+                    if ready || std::time::Instant::now() >= deadline {
+                        break ready;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                };
+                if !ready {
+                    return Err(format!(
+                        "{resource}: no connected UpToDate peer{} to verify against",
+                        peer.as_deref().map(|p| format!(" {p}")).unwrap_or_default()
+                    ));
+                }
+                self.rt
+                    .block_on(v.admin(replica::core::Admin::Verify { peer: id }))?;
+                Ok(format!(
+                    "{resource}: verify started; `tandem local status {resource}` shows progress and the blocks found different"
+                ))
+            }),
+            Request::Attach { resource } => self.with_repl(&resource, |v| {
+                let snap = v.snapshot().ok_or("volume is shutting down")?;
+                if snap.status.detached.is_none() {
+                    return Err(format!("{resource}: the local disk is not detached"));
+                }
+                if snap.status.role == wire::Role::Primary {
+                    return Err(format!(
+                        "{resource} is primary here; a detached disk is attached on a secondary (stop the clients or move them, then retry)"
+                    ));
+                }
+                self.rt.block_on(v.attach())?;
+                Ok(format!(
+                    "{resource}: disk attached; a full resync from an UpToDate peer follows"
+                ))
+            }),
             Request::Events {} => Err("events streams; use `tandem local events`".into()),
         };
         match res {
@@ -1032,6 +1084,7 @@ impl Daemon {
             current_uuid: None,
             resync_left_bytes: 0,
             peers: Vec::new(),
+            detached: None,
             hint: None,
         };
         match rt.map(|r| &r.dev) {
@@ -1196,7 +1249,19 @@ fn repl_status(st: &mut VolumeStatus, v: &ReplVolume) {
             resync_sent_bytes: counters.resync_sent_bytes,
             resync_received_bytes: counters.resync_received_bytes,
             reason,
+            verifying: p.verifying,
+            verify_done_percent: (p.verifying || p.verify_done_blocks > 0).then(|| {
+                let total = (v.size / repl::BLOCK).max(1);
+                (p.verify_done_blocks.min(total) as f64 * 1000.0 / total as f64).round() / 10.0
+            }),
+            verify_out_of_sync_bytes: p.verify_oos_blocks * repl::BLOCK,
         });
+    }
+    if let Some(why) = &s.detached {
+        st.detached = Some(why.clone());
+        hints.push(format!(
+            "the local disk failed ({why}) and was detached; I/O goes through the peers. Repair or replace the backing, then run `tandem local attach {res}` on this node as a secondary (a full resync follows), or restart blockd"
+        ));
     }
     if s.disk == wire::Disk::Inconsistent
         && s.current == 0

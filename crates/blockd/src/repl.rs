@@ -86,6 +86,9 @@ enum Input {
         conn: u64,
         why: String,
     },
+    Attach {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     Reconfigure {
         cfg: ReplConfig,
         reply: oneshot::Sender<Result<String, String>>,
@@ -381,6 +384,17 @@ impl ReplVolume {
             .await
             .map_err(|_| "volume is shutting down".to_owned())?;
         rx.await.map_err(|_| "volume is shutting down".to_owned())
+    }
+
+    /// Uses the local disk again after a detach: the metadata is rewritten whole
+    /// (writes may have failed on the way down) and a full resync follows.
+    pub async fn attach(&self) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Attach { reply })
+            .await
+            .map_err(|_| "volume is shutting down".to_owned())?;
+        rx.await.map_err(|_| "volume is shutting down".to_owned())?
     }
 
     /// Leaves cleanly: tells the peers, writes the metadata, closes the disk.
@@ -683,6 +697,20 @@ impl Driver {
                     self.close(peer);
                     self.feed(Event::PeerDisconnected { peer });
                 }
+            }
+            Input::Attach { reply } => {
+                let r = match (&self.vol, self.store.as_mut()) {
+                    (Some(_), Some(store)) => {
+                        store.forget_written();
+                        self.feed(Event::Admin(Admin::Attach));
+                        match self.core.status().detached {
+                            None => Ok(()),
+                            Some(why) => Err(format!("the disk stays detached: {why}")),
+                        }
+                    }
+                    _ => Err("this node has no disk in this resource".into()),
+                };
+                let _ = reply.send(r);
             }
             Input::Reconfigure { cfg, reply } => {
                 let _ = reply.send(self.reconfigure(cfg));
@@ -1037,7 +1065,13 @@ impl Driver {
             Action::PersistMd(p) => {
                 if let Some(store) = self.store.as_mut() {
                     let r = tokio::task::block_in_place(|| store.persist(&p));
-                    if let Err(e) = r {
+                    if let Err(e) = &r
+                        && let Some(why) = self.core.status().detached
+                    {
+                        // The disk is out of use already: its metadata is rewritten
+                        // whole at attach.
+                        tracing::warn!(resource = %self.shared.resource, "metadata write on the detached disk failed: {e} (detached: {why})");
+                    } else if let Err(e) = r {
                         // Without durable metadata nothing after this may happen:
                         // the volume stops doing I/O until it is taken down and up.
                         tracing::error!(resource = %self.shared.resource, "metadata write failed: {e}");

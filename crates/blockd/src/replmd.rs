@@ -194,6 +194,12 @@ impl MdStore {
         self.slots = slots;
     }
 
+    /// Forgets what was written, so the next write rewrites every bitmap page (after
+    /// writes failed, the disk may hold less than the cache says).
+    pub fn forget_written(&mut self) {
+        self.written.clear();
+    }
+
     /// Writes what changed since the last call.
     pub fn persist(&mut self, p: &Persistent) -> Result<(), VolumeError> {
         let mut pages = Vec::new();

@@ -114,6 +114,17 @@ enum LocalCmd {
     },
     /// Discard this node's data and take a full resync from an UpToDate peer.
     Invalidate { resource: String },
+    /// Compare this node's data with its UpToDate peers' block by block (online
+    /// verify); blocks found different are resynced. Progress shows in status.
+    Verify {
+        resource: String,
+        /// Only against this peer (node name).
+        #[arg(long)]
+        peer: Option<String>,
+    },
+    /// Use the local disk again after it was detached for an I/O error (on a
+    /// secondary; a full resync follows).
+    Attach { resource: String },
     /// Print state changes as they happen, one JSON object per line (docs/events.md).
     Events,
 }
@@ -244,6 +255,8 @@ fn local(socket: &Path, cmd: LocalCmd) -> Result<()> {
         },
         LocalCmd::Disconnect { resource, peer } => Request::Disconnect { resource, peer },
         LocalCmd::Invalidate { resource } => Request::Invalidate { resource },
+        LocalCmd::Verify { resource, peer } => Request::Verify { resource, peer },
+        LocalCmd::Attach { resource } => Request::Attach { resource },
         LocalCmd::Events => {
             let mut out = std::io::stdout().lock();
             return admin::stream_events(socket, &mut out).map_err(Into::into);
@@ -317,6 +330,9 @@ fn print_status(s: &Status) {
                     },
                 );
             }
+            if let Some(d) = &v.detached {
+                println!("    disk detached: {d}");
+            }
             if v.resync_left_bytes > 0 {
                 println!("    to receive: {}", human_size(v.resync_left_bytes));
             }
@@ -333,6 +349,13 @@ fn print_status(s: &Status) {
                 }
                 if let Some(pc) = p.resync_done_percent {
                     line.push_str(&format!(" resync {pc:.1}%"));
+                }
+                if let Some(pc) = p.verify_done_percent {
+                    line.push_str(&format!(
+                        " verify {}{pc:.1}% found {} different",
+                        if p.verifying { "" } else { "done " },
+                        human_size(p.verify_out_of_sync_bytes)
+                    ));
                 }
                 if let Some(r) = &p.reason {
                     line.push_str(&format!(" ({r})"));

@@ -8,7 +8,9 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{Attached, Cluster, check_test_files, peer, require, run, stdout, test_files};
+use common::{
+    Attached, Cluster, FailingDisk, check_test_files, peer, require, run, stdout, test_files,
+};
 
 const RES: &str = "r0";
 
@@ -42,7 +44,14 @@ fn assert_same_data(c: &Cluster, a: usize, b: usize) {
     };
     let (x, y) = (read(a), read(b));
     if let Some(pos) = x.iter().zip(&y).position(|(p, q)| p != q) {
-        panic!("node {a} and node {b} differ first at byte {pos}");
+        let last = x.iter().zip(&y).rposition(|(p, q)| p != q).unwrap_or(pos);
+        let n = x.iter().zip(&y).filter(|(p, q)| p != q).count();
+        panic!(
+            "node {a} and node {b} differ in {n} bytes from byte {pos} ({:#x} vs {:#x}) to byte {last}\n{}",
+            x[pos],
+            y[pos],
+            c.logs()
+        );
     }
 }
 
@@ -144,6 +153,89 @@ fn crash_failover_and_bitmap_resync_of_only_the_changes() {
             "read -P 0x22 20M 4k",
             "read -P 0xcd 1000 5000",
         ],
+    );
+    // An online verify compares every block and finds nothing different.
+    let v = verify(&c, 1, "n0");
+    assert_eq!(peer(&v, "n0")["verify_out_of_sync_bytes"], 0, "{v:#}");
+}
+
+/// Runs an online verify on node i against `peer` and waits for it to finish.
+fn verify(c: &Cluster, i: usize, peer_name: &str) -> serde_json::Value {
+    // A client that just left demotes its node, and the peers re-handshake: verify
+    // needs them connected.
+    c.wait_in_sync(i, RES);
+    c.local_ok(i, &["verify", RES, "--peer", peer_name]);
+    let v = c.wait(i, RES, "verify ended", |v| {
+        peer(v, peer_name)["verifying"] == false
+    });
+    assert_eq!(peer(&v, peer_name)["verify_done_percent"], 100.0, "{v:#}");
+    v
+}
+
+#[test]
+fn verify_finds_a_block_changed_behind_blockd_and_resyncs_it() {
+    require("qemu-io", "qemu-utils");
+    let c = three_nodes("");
+    let uri0 = c.nodes[0].uri(RES, 0);
+    qemu_io(&uri0, &["write -P 0x44 0 2M", "flush"]);
+    c.wait_in_sync(1, RES);
+    // Bit rot on node 1: one block changes under blockd's feet.
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(c.nodes[1].path(&format!("data/{RES}.img")))
+            .unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&[0x99; 100]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let v = verify(&c, 0, "n1");
+    assert_eq!(peer(&v, "n1")["verify_out_of_sync_bytes"], 4096, "{v:#}");
+    // The block found different goes back to node 1.
+    c.wait_in_sync(0, RES);
+    c.wait_in_sync(1, RES);
+    assert_same_data(&c, 0, 1);
+    let v = verify(&c, 0, "n1");
+    assert_eq!(peer(&v, "n1")["verify_out_of_sync_bytes"], 0, "{v:#}");
+    // Verify needs UpToDate data here and a peer to compare with.
+    let out = c.nodes[2].local(&["verify", RES]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("UpToDate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_diskless_node_writes_and_reads_through_two_diskful_peers() {
+    require("qemu-io", "qemu-utils");
+    let c = three_nodes("");
+    let uri2 = c.nodes[2].uri(RES, 0);
+    // The NBD client promotes the diskless node; its writes land on both disks.
+    qemu_io(
+        &uri2,
+        &[
+            "write -P 0x61 0 1M",
+            "write -P 0x62 5000 3000",
+            "write -P 0x63 40M 256k",
+            "flush",
+            "read -P 0x61 0 5000",
+            "read -P 0x62 5000 3000",
+            "read -P 0x63 40M 256k",
+        ],
+    );
+    c.wait(2, RES, "demotion after the last client", |v| {
+        v["role"] == "Secondary"
+    });
+    for i in 0..3 {
+        c.wait_in_sync(i, RES);
+    }
+    assert_same_data(&c, 0, 1);
+    qemu_io(
+        &c.nodes[1].uri(RES, 0),
+        &["read -P 0x62 5000 3000", "read -P 0x63 40M 256k"],
     );
 }
 
@@ -422,4 +514,69 @@ fn adjust_adds_and_removes_nodes_while_a_client_keeps_writing() {
     assert!(err.contains("own entry"), "{err}");
     c.wait_in_sync(0, RES);
     assert_eq!(c.nodes[0].volume(RES, 0)["role"], "Primary");
+}
+
+#[test]
+fn a_failing_disk_on_the_primary_is_detached_and_io_goes_on_through_the_peer() {
+    require("qemu-io", "qemu-utils");
+    let mut c = three_nodes("");
+    let uri0 = c.nodes[0].uri(RES, 0);
+    qemu_io(&uri0, &["write -P 0x71 0 1M", "flush"]);
+    c.wait_in_sync(0, RES);
+    // Node 0's backing becomes a disk that fails on demand.
+    c.nodes[0].stop();
+    let disk = FailingDisk::replace(&c.nodes[0].path(&format!("data/{RES}.img")));
+    c.nodes[0].start();
+    c.wait_in_sync(0, RES);
+    c.local_ok(0, &["primary", RES]);
+    qemu_io(&uri0, &["write -P 0x72 1M 64k", "flush"]);
+
+    // The disk dies: the next I/O detaches it, and the writes and reads of the
+    // client still succeed through node 1.
+    disk.fail();
+    qemu_io(
+        &uri0,
+        &[
+            "write -P 0x73 2M 128k",
+            "flush",
+            "read -P 0x71 0 1M",
+            "read -P 0x72 1M 64k",
+            "read -P 0x73 2M 128k",
+        ],
+    );
+    let v0 = c.wait(0, RES, "detached", |v| v["disk_state"] == "Diskless");
+    assert_eq!(v0["role"], "Primary", "{v0:#}");
+    assert!(
+        v0["detached"]
+            .as_str()
+            .is_some_and(|d| d.contains("failed")),
+        "{v0:#}"
+    );
+    assert!(
+        v0["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("tandem local attach r0")),
+        "{v0:#}"
+    );
+    let text = c.local_ok(0, &["status"]);
+    assert!(text.contains("disk detached"), "{text}");
+    qemu_io(&c.nodes[0].uri(RES, 0), &["write -P 0x74 3M 4k", "flush"]);
+
+    // Repaired: as a secondary, node 0 attaches its disk again and takes a full
+    // resync; the two copies end identical.
+    disk.heal();
+    let out = c.nodes[0].local(&["attach", RES]);
+    assert!(
+        !out.status.success(),
+        "attach on the primary must be refused"
+    );
+    c.local_ok(0, &["secondary", RES]);
+    c.local_ok(0, &["attach", RES]);
+    let v0 = c.wait_in_sync(0, RES);
+    assert_eq!(v0["disk_state"], "UpToDate", "{v0:#}");
+    assert!(v0["detached"].is_null(), "{v0:#}");
+    c.wait_in_sync(1, RES);
+    // Node 0's file is the FUSE view of the repaired disk: compare through it.
+    assert_same_data(&c, 0, 1);
+    drop(disk);
 }

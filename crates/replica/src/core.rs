@@ -32,6 +32,8 @@ use crate::quorum::{QuorumPolicy, View, has_quorum};
 mod reconfig;
 
 pub const HISTORY_LEN: usize = 8;
+/// Blocks a resync target remembers as written during one resync round.
+const FRESH_MAX: usize = 1 << 20;
 /// Words of bitmap per Bitmap message.
 const BITMAP_CHUNK: usize = 4096;
 
@@ -376,6 +378,8 @@ enum Work {
         from: NodeId,
         round: u32,
         block: u64,
+        /// See `Msg::ResyncData`.
+        seq: u64,
         data: Vec<u8>,
     },
     ResyncDone {
@@ -554,6 +558,12 @@ pub struct Replica {
     /// Window writes already submitted here (they pin their activity-log extents).
     pinned: BTreeSet<u64>,
     peer_acked: u64,
+    /// Blocks still to be resynced that a replicated write reached during the
+    /// running resync round (source, round, block -> newest write's seq). The writer
+    /// may be a third node (a diskless primary), so its writes and the source's resync
+    /// data race on separate connections: resync data read before the source had a
+    /// write this node already applied is older and is not written.
+    fresh: Option<(NodeId, u32, BTreeMap<u64, u64>)>,
     promotion: Option<Promotion>,
     reservation: Option<(NodeId, u64)>,
     known_current: u64,
@@ -670,6 +680,7 @@ impl Replica {
             persisted_al: BTreeSet::new(),
             pinned: BTreeSet::new(),
             peer_acked: 0,
+            fresh: None,
             promotion: None,
             reservation: None,
             known_current,
@@ -1906,6 +1917,23 @@ impl Replica {
         {
             self.known_current = p.current;
         }
+        // Outdated (e.g. after a clean stop while others stayed up) but equal to an
+        // UpToDate peer: same generation, no block different, no resync unfinished.
+        if self.md.disk == Disk::Outdated
+            && self.md.resync_left.is_empty()
+            && self.peers.get(&id).is_some_and(|p| {
+                p.repl == Repl::Established
+                    && p.diskful
+                    && p.disk == Disk::UpToDate
+                    && p.current == self.md.current
+            })
+            && self.md.bitmaps.get(&id).is_none_or(|b| b.is_empty())
+        {
+            self.md.disk = Disk::UpToDate;
+            self.persist();
+            // Every peer learns the new disk state in a handshake.
+            self.rehandshake_all();
+        }
     }
 
     fn send_bitmap(&mut self, id: NodeId, round: u32) {
@@ -2091,6 +2119,7 @@ impl Replica {
                 // In the window from arrival on: if the primary goes while this write
                 // still waits in the queue, it is marked for the other nodes too.
                 self.window.insert(seq, (block, u64::from(count)));
+                self.note_fresh(block, u64::from(count), seq);
                 self.queue.push_back(Work::Peer {
                     from,
                     seq,
@@ -2294,12 +2323,13 @@ impl Replica {
                 p.waiting.remove(&from);
                 self.check_promotion();
             }
-            Msg::ResyncData { block, data } => {
+            Msg::ResyncData { block, seq, data } => {
                 if let Some(round) = self.target_round(from) {
                     self.queue.push_back(Work::Resync {
                         from,
                         round,
                         block,
+                        seq,
                         data,
                     });
                 }
@@ -3006,10 +3036,22 @@ impl Replica {
                 from,
                 round,
                 block,
+                seq,
                 data,
             } => {
                 if !self.current_target_round(from, round) {
                     return; // from a round that ended: the new one resends what is needed
+                }
+                if self.fresh.as_ref().is_some_and(|(f, r, m)| {
+                    *f == from && *r == round && m.get(&block).is_some_and(|s| *s > seq)
+                }) {
+                    // A replicated write to this block arrived during this round and
+                    // is applied in arrival order: it is what the block must hold.
+                    if let Some(bm) = self.md.bitmaps.get_mut(&from) {
+                        bm.clear(block);
+                    }
+                    self.send(from, Msg::ResyncAck { block, ok: true });
+                    return;
                 }
                 self.start_local(block, 1);
                 let tag = self.tag(DiskOp::ResyncWrite { from, round, block });
@@ -3246,14 +3288,22 @@ impl Replica {
                 if !live {
                     return;
                 }
+                // A write to the block still queued here would be missing from the
+                // data while `last_seq` counts it: read again after it.
+                let queued = self.queue.iter().any(|w| {
+                    w.range().is_some_and(|(b, c)| {
+                        !matches!(w, Work::Resync { .. }) && block >= b && block < b + c
+                    })
+                });
                 let Some(src) = self.peers.get_mut(&peer).and_then(|p| p.source.as_mut()) else {
                     return;
                 };
-                if stale || !ok {
+                if stale || !ok || queued {
                     src.cursor = src.cursor.min(block);
                 } else if let Some(data) = data {
                     src.inflight.insert(block);
-                    self.send(peer, Msg::ResyncData { block, data });
+                    let seq = self.last_seq;
+                    self.send(peer, Msg::ResyncData { block, seq, data });
                 }
                 self.resync_step(peer);
             }
@@ -3538,6 +3588,43 @@ impl Replica {
             .get(&from)
             .filter(|p| p.repl == Repl::SyncTarget)
             .map(|p| p.round)
+    }
+
+    /// Records a replicated write (sequence `seq`) to `block..block+count` for the
+    /// running resync round, if this node is a resync target and the blocks are still
+    /// to be copied. Bounded: past [`FRESH_MAX`] blocks the round starts over (it
+    /// resumes from the bits left), so that the record never grows without limit.
+    fn note_fresh(&mut self, block: u64, count: u64, seq: u64) {
+        let Some((src, round)) = self
+            .peers
+            .values()
+            .find(|p| p.repl == Repl::SyncTarget)
+            .map(|p| (p.id, p.round))
+        else {
+            return;
+        };
+        if self
+            .fresh
+            .as_ref()
+            .is_none_or(|(f, r, _)| (*f, *r) != (src, round))
+        {
+            self.fresh = Some((src, round, BTreeMap::new()));
+        }
+        let Some(bm) = self.md.bitmaps.get(&src) else {
+            return;
+        };
+        let Some((_, _, m)) = self.fresh.as_mut() else {
+            return;
+        };
+        let mut b = bm.next_set(block);
+        while let Some(x) = b.filter(|x| *x < block + count) {
+            m.insert(x, seq);
+            b = bm.next_set(x + 1);
+        }
+        if m.len() > FRESH_MAX {
+            self.fresh = None;
+            self.new_round(src);
+        }
     }
 
     fn current_target_round(&self, from: NodeId, round: u32) -> bool {

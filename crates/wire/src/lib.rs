@@ -8,7 +8,7 @@
 
 use thiserror::Error;
 
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Frame header: version, kind, payload length (u32).
 pub const HEADER_LEN: usize = 6;
 /// Largest payload accepted: a 32 MiB write plus its header fields.
@@ -129,6 +129,9 @@ pub enum Msg {
     },
     ResyncData {
         block: u64,
+        /// The source's newest replicated write when it read the block: the data
+        /// holds every write to the block with a sequence number up to this one.
+        seq: u64,
         data: Vec<u8>,
     },
     ResyncAck {
@@ -447,8 +450,9 @@ impl Msg {
                 w.bool(*granted);
                 w.bytes(&reason.as_bytes()[..reason.len().min(MAX_REASON)]);
             }
-            Msg::ResyncData { block, data } => {
+            Msg::ResyncData { block, seq, data } => {
                 w.u64(*block);
+                w.u64(*seq);
                 w.data(data);
             }
             Msg::ResyncAck { block, ok } => {
@@ -614,6 +618,7 @@ impl Msg {
             },
             14 => Msg::ResyncData {
                 block: r.u64()?,
+                seq: r.u64()?,
                 data: r.data()?,
             },
             15 => Msg::ResyncAck {
@@ -721,7 +726,8 @@ mod tests {
                     last
                 }),
             (any::<u64>(), any::<bool>()).prop_map(|(seq, ok)| Msg::WriteAck { seq, ok }),
-            (any::<u64>(), data.clone()).prop_map(|(block, data)| Msg::ResyncData { block, data }),
+            (any::<u64>(), any::<u64>(), data.clone())
+                .prop_map(|(block, seq, data)| Msg::ResyncData { block, seq, data }),
             (any::<u64>(), any::<bool>(), "[a-z ]{0,40}").prop_map(|(id, granted, reason)| {
                 Msg::PromoteReply {
                     id,
@@ -832,8 +838,8 @@ mod tests {
     #[test]
     fn other_versions_and_oversized_frames_are_refused() {
         let mut b = Msg::Leaving.encode();
-        b[0] = 2;
-        assert_eq!(Msg::decode(&b), Err(DecodeError::Version(2)));
+        b[0] = VERSION + 1;
+        assert_eq!(Msg::decode(&b), Err(DecodeError::Version(VERSION + 1)));
         let mut b = vec![VERSION, 3];
         b.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(Msg::decode(&b), Err(DecodeError::TooLarge(_))));

@@ -683,3 +683,95 @@ pub fn random_file(path: &Path, len: usize, seed: u64) {
     buf.truncate(len);
     std::fs::write(path, buf).unwrap();
 }
+
+/// A backing file that fails on demand: nbdkit's file plugin with its error filter
+/// serves `raw`, and nbdfuse shows that export as the file `path`. While the trigger
+/// file exists, every read and write of `path` fails with EIO.
+pub struct FailingDisk {
+    pub path: PathBuf,
+    pub trigger: PathBuf,
+    nbdkit: Option<Child>,
+    fuse: Option<Child>,
+}
+
+impl FailingDisk {
+    /// Moves the file at `path` aside (to `path.raw`) and puts the failing disk in
+    /// its place, with the same content.
+    pub fn replace(path: &Path) -> Self {
+        require("nbdkit", "nbdkit");
+        require("nbdfuse", "libnbd-bin");
+        let raw = path.with_extension("raw");
+        let sock = path.with_extension("sock");
+        let trigger = path.with_extension("fail");
+        std::fs::rename(path, &raw).unwrap();
+        let nbdkit = Command::new("nbdkit")
+            .args(["-f", "-U"])
+            .arg(&sock)
+            .args(["--filter=error", "file"])
+            .arg(format!("file={}", raw.display()))
+            .args(["error-rate=100%", "error=EIO"])
+            .arg(format!("error-file={}", trigger.display()))
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !sock.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nbdkit did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::write(path, b"").unwrap();
+        let fuse = Command::new("nbdfuse")
+            .arg(path)
+            .arg(format!("nbd+unix:///?socket={}", sock.display()))
+            .spawn()
+            .unwrap();
+        let want = std::fs::metadata(&raw).unwrap().len();
+        while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nbdfuse did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        FailingDisk {
+            path: path.to_owned(),
+            trigger,
+            nbdkit: Some(nbdkit),
+            fuse: Some(fuse),
+        }
+    }
+
+    pub fn fail(&self) {
+        std::fs::write(&self.trigger, b"").unwrap();
+    }
+
+    pub fn heal(&self) {
+        let _ = std::fs::remove_file(&self.trigger);
+    }
+}
+
+impl Drop for FailingDisk {
+    fn drop(&mut self) {
+        self.heal();
+        let start = Instant::now();
+        while !Command::new("umount")
+            .arg(&self.path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for c in [self.fuse.take(), self.nbdkit.take()].into_iter().flatten() {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
