@@ -56,6 +56,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LocalCmd,
     },
+    /// Run the controller: LINSTOR's v1 REST API on the cluster model, kept in SQLite.
+    Controller {
+        /// Address for the REST API (port 0: any free port, printed on stdout).
+        #[arg(long, default_value = controller::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// The controller's SQLite database (created if missing).
+        #[arg(long, default_value = controller::DEFAULT_DB, env = "TANDEM_CONTROLLER_DB")]
+        db: PathBuf,
+    },
     /// Start blockd on an example volume in a scratch directory and print how to attach.
     Playground {
         /// Directory to use (default: a new temporary directory).
@@ -170,6 +179,10 @@ fn run(cli: Cli) -> Result<()> {
             run_blockd(opts, None)
         }
         Cmd::Local { admin_socket, cmd } => local(&admin_socket, cmd),
+        Cmd::Controller { listen, db } => {
+            init_logs(&cli.log)?;
+            Ok(controller::run(controller::Options { listen, db })?)
+        }
         Cmd::Playground { dir, size } => {
             init_logs(&cli.log)?;
             playground(dir, &size)

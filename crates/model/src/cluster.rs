@@ -285,6 +285,21 @@ impl Cluster {
         }
     }
 
+    /// Puts checked maps together (see `load.rs`, which checks them).
+    pub(crate) fn assemble(
+        controller_props: Props,
+        nodes: BTreeMap<String, Node>,
+        resource_groups: BTreeMap<String, ResourceGroup>,
+        resource_definitions: BTreeMap<String, ResourceDefinition>,
+    ) -> Self {
+        Self {
+            controller_props,
+            nodes,
+            resource_groups,
+            resource_definitions,
+        }
+    }
+
     // ---- reading ----
 
     pub fn controller_props(&self) -> &Props {

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod error;
+mod load;
 pub mod name;
 pub mod objects;
 pub mod options;
