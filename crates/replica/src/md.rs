@@ -21,7 +21,9 @@
 use thiserror::Error;
 
 pub const MAGIC: [u8; 8] = *b"TANDEMMD";
-pub const VERSION: u32 = 1;
+/// Version 2 keeps the activity log as 32-bit extent numbers (up to 16 PiB of data),
+/// 800 of them; version 1 (64-bit, 128 of them) is still read.
+pub const VERSION: u32 = 2;
 pub const MD_BLOCK: u64 = 4096;
 /// Data bytes per bitmap bit.
 pub const BM_BLOCK: u64 = 4096;
@@ -36,8 +38,10 @@ pub const MIN_DATA_SIZE: u64 = 1 << 20;
 /// No node id recorded (peer slot unused, or own id not assigned yet).
 pub const NO_NODE: u32 = u32::MAX;
 pub const HISTORY_LEN: usize = 8;
-/// Most activity-log extents recorded in the superblock.
-pub const MAX_AL: usize = 128;
+/// Most activity-log extents recorded in the superblock (3.2 GiB of hot data).
+pub const MAX_AL: usize = 800;
+/// The same in format version 1.
+const MAX_AL_V1: usize = 128;
 
 /// Superblock flag: the volume was in use and not closed cleanly.
 pub const FLAG_DIRTY: u32 = 1 << 0;
@@ -225,7 +229,8 @@ const OFF_NEWEST: usize = OFF_PEERS + PEER_LEN * MAX_PEERS as usize;
 const OFF_RESYNC_FROM: usize = OFF_NEWEST + 8;
 const OFF_AL_COUNT: usize = OFF_RESYNC_FROM + 4;
 const OFF_AL: usize = OFF_AL_COUNT + 4;
-const OFF_CRC: usize = OFF_AL + 8 * MAX_AL;
+const OFF_CRC: usize = OFF_AL + 4 * MAX_AL;
+const OFF_CRC_V1: usize = OFF_AL + 8 * MAX_AL_V1;
 const _: () = assert!(OFF_CRC + 4 <= MD_BLOCK as usize);
 
 impl Superblock {
@@ -290,10 +295,16 @@ impl Superblock {
         }
         put64(&mut b, OFF_NEWEST, self.newest_seen);
         put32(&mut b, OFF_RESYNC_FROM, self.resync_from);
-        let al = &self.al[..self.al.len().min(MAX_AL)];
+        // Extent numbers above 32 bits would need more than 16 PiB of data.
+        let al: Vec<u32> = self
+            .al
+            .iter()
+            .filter_map(|e| u32::try_from(*e).ok())
+            .take(MAX_AL)
+            .collect();
         put32(&mut b, OFF_AL_COUNT, al.len() as u32);
         for (i, e) in al.iter().enumerate() {
-            put64(&mut b, OFF_AL + 8 * i, *e);
+            put32(&mut b, OFF_AL + 4 * i, *e);
         }
         let crc = crc32c::crc32c(&b[..OFF_CRC]);
         put32(&mut b, OFF_CRC, crc);
@@ -317,11 +328,15 @@ impl Superblock {
                 .map(u32::from_le_bytes)
                 .unwrap_or(0)
         };
-        if crc32c::crc32c(&b[..OFF_CRC]) != get32(OFF_CRC) {
+        let version = get32(OFF_VERSION);
+        let (crc_at, al_max) = match version {
+            1 => (OFF_CRC_V1, MAX_AL_V1),
+            _ => (OFF_CRC, MAX_AL),
+        };
+        if crc32c::crc32c(&b[..crc_at]) != get32(crc_at) {
             return Err(MdError::NotFound);
         }
-        let version = get32(OFF_VERSION);
-        if version != VERSION {
+        if version != VERSION && version != 1 {
             return Err(MdError::Version(version));
         }
         let f = |i: usize| get64(OFF_LAYOUT + 8 * i);
@@ -363,10 +378,18 @@ impl Superblock {
             })
             .collect();
         let al_count = get32(OFF_AL_COUNT) as usize;
-        if al_count > MAX_AL {
+        if al_count > al_max {
             return Err(MdError::Corrupt("activity log longer than its area"));
         }
-        let al = (0..al_count).map(|i| get64(OFF_AL + 8 * i)).collect();
+        let al = (0..al_count)
+            .map(|i| {
+                if version == 1 {
+                    get64(OFF_AL + 8 * i)
+                } else {
+                    u64::from(get32(OFF_AL + 4 * i))
+                }
+            })
+            .collect();
         let mut volume_uuid = [0u8; 16];
         volume_uuid.copy_from_slice(&b[OFF_UUID..OFF_UUID + 16]);
         Ok(Superblock {
@@ -499,10 +522,35 @@ mod tests {
     #[test]
     fn newer_version_is_reported_not_ignored() {
         let mut b = sample().encode();
-        b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&2u32.to_le_bytes());
+        b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&(VERSION + 1).to_le_bytes());
         let crc = crc32c::crc32c(&b[..OFF_CRC]);
         b[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(Superblock::pick(&b, &[0; 4096]), Err(MdError::Version(2)));
+        assert_eq!(
+            Superblock::pick(&b, &[0; 4096]),
+            Err(MdError::Version(VERSION + 1))
+        );
+    }
+
+    #[test]
+    fn version_1_with_its_64_bit_activity_log_is_still_read() {
+        let sb = sample();
+        let mut b = sb.encode();
+        b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
+        b[OFF_AL..].fill(0);
+        for (i, e) in sb.al.iter().enumerate() {
+            b[OFF_AL + 8 * i..OFF_AL + 8 * i + 8].copy_from_slice(&e.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&b[..OFF_CRC_V1]);
+        b[OFF_CRC_V1..OFF_CRC_V1 + 4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+    }
+
+    #[test]
+    fn the_activity_log_holds_800_extents() {
+        let mut sb = sample();
+        sb.al = (0..1000u64).map(|e| e * 7).collect();
+        let back = Superblock::decode(&sb.encode()).unwrap();
+        assert_eq!(back.al, sb.al[..MAX_AL].to_vec());
     }
 
     proptest! {
