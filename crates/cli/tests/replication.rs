@@ -580,3 +580,28 @@ fn a_failing_disk_on_the_primary_is_detached_and_io_goes_on_through_the_peer() {
     assert_same_data(&c, 0, 1);
     drop(disk);
 }
+
+#[test]
+fn a_cluster_shut_down_cleanly_at_once_comes_back_up_to_date() {
+    require("qemu-io", "qemu-utils");
+    let mut c = three_nodes("");
+    let uri0 = c.nodes[0].uri(RES, 0);
+    qemu_io(&uri0, &["write -P 0x81 0 256k", "flush"]);
+    c.wait_in_sync(1, RES);
+    // Both disks stop at the same moment: each sees the other still up and marks
+    // itself Outdated.
+    let (a, b) = c.nodes.split_at_mut(1);
+    std::thread::scope(|s| {
+        s.spawn(|| a[0].stop());
+        s.spawn(|| b[0].stop());
+    });
+    c.nodes[0].start();
+    c.nodes[1].start();
+    for i in 0..3 {
+        let v = c.wait_in_sync(i, RES);
+        assert_ne!(v["disk_state"], "Outdated", "{v:#}");
+    }
+    assert_eq!(c.nodes[0].volume(RES, 0)["may_promote"], true);
+    qemu_io(&uri0, &["read -P 0x81 0 256k"]);
+    assert_same_data(&c, 0, 1);
+}

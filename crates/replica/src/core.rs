@@ -1919,15 +1919,29 @@ impl Replica {
         }
         // Outdated (e.g. after a clean stop while others stayed up) but equal to an
         // UpToDate peer: same generation, no block different, no resync unfinished.
+        let equal_to_up = self.peers.get(&id).is_some_and(|p| {
+            p.repl == Repl::Established
+                && p.diskful
+                && p.disk == Disk::UpToDate
+                && p.current == self.md.current
+        }) && self.md.bitmaps.get(&id).is_none_or(|b| b.is_empty());
+        // Every diskful node stopped cleanly at once (a cluster shut down): each marked
+        // itself Outdated on seeing the others up. With all of them back, connected,
+        // Outdated in the same generation, no block different and none having seen a
+        // newer generation, no node can hold newer data: all are UpToDate again.
+        let all_outdated_alike = self.known_current == self.md.current
+            && self.peers.values().filter(|p| p.diskful).all(|p| {
+                p.repl == Repl::Established
+                    && p.disk == Disk::Outdated
+                    && p.current == self.md.current
+                    && p.their_hello
+                        .as_ref()
+                        .is_some_and(|h| h.known_current == self.md.current && h.dirty_blocks == 0)
+                    && self.md.bitmaps.get(&p.id).is_none_or(|b| b.is_empty())
+            });
         if self.md.disk == Disk::Outdated
             && self.md.resync_left.is_empty()
-            && self.peers.get(&id).is_some_and(|p| {
-                p.repl == Repl::Established
-                    && p.diskful
-                    && p.disk == Disk::UpToDate
-                    && p.current == self.md.current
-            })
-            && self.md.bitmaps.get(&id).is_none_or(|b| b.is_empty())
+            && (equal_to_up || all_outdated_alike)
         {
             self.md.disk = Disk::UpToDate;
             self.persist();
