@@ -15,13 +15,21 @@
 //!   superblock write makes a whole metadata change durable.
 //! * An activity-log ring of 4 KiB transaction slots.
 //!
+//! * Online grow moves the metadata to the new end of the backing, crash-safely (the
+//!   steps are in blockd's `volume.rs`): the first superblock at the new end carries
+//!   `FLAG_GROWING` and the old backing size (`grow_from`), while the bitmaps are
+//!   still at the old place; `FLAG_GROW_MOVED` says they are at the new place and
+//!   only the old metadata area (now data) is left to clear. An open that finds
+//!   either flag finishes the move.
+//!
 //! Every offset is recorded in the superblock so a later format can move things without
 //! guessing. All integers are little-endian.
 
 use thiserror::Error;
 
 pub const MAGIC: [u8; 8] = *b"TANDEMMD";
-pub const VERSION: u32 = 1;
+/// 2: `grow_from` (online grow). Version 1 superblocks are still read.
+pub const VERSION: u32 = 2;
 pub const MD_BLOCK: u64 = 4096;
 /// Data bytes per bitmap bit.
 pub const BM_BLOCK: u64 = 4096;
@@ -43,6 +51,12 @@ pub const MAX_AL: usize = 128;
 pub const FLAG_DIRTY: u32 = 1 << 0;
 /// Superblock flag: the node was primary when this version was written.
 pub const FLAG_PRIMARY: u32 = 1 << 1;
+/// Superblock flag: an online grow from `grow_from` bytes is under way; the bitmaps
+/// are still where the layout for `grow_from` puts them.
+pub const FLAG_GROWING: u32 = 1 << 2;
+/// Superblock flag (with `FLAG_GROWING`): the bitmaps are in the new layout; the old
+/// metadata area, now part of the data, still has to be cleared.
+pub const FLAG_GROW_MOVED: u32 = 1 << 3;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum MdError {
@@ -207,6 +221,8 @@ pub struct Superblock {
     pub resync_from: u32,
     /// Hot activity-log extents, least recently used first (at most MAX_AL).
     pub al: Vec<u64>,
+    /// Backing size before the online grow under way (`FLAG_GROWING`), else 0.
+    pub grow_from: u64,
 }
 
 // Field offsets inside a superblock slot.
@@ -225,7 +241,10 @@ const OFF_NEWEST: usize = OFF_PEERS + PEER_LEN * MAX_PEERS as usize;
 const OFF_RESYNC_FROM: usize = OFF_NEWEST + 8;
 const OFF_AL_COUNT: usize = OFF_RESYNC_FROM + 4;
 const OFF_AL: usize = OFF_AL_COUNT + 4;
-const OFF_CRC: usize = OFF_AL + 8 * MAX_AL;
+const OFF_GROW_FROM: usize = OFF_AL + 8 * MAX_AL;
+/// Where version 1 kept its checksum (it had no `grow_from`).
+const OFF_CRC_V1: usize = OFF_GROW_FROM;
+const OFF_CRC: usize = OFF_GROW_FROM + 8;
 const _: () = assert!(OFF_CRC + 4 <= MD_BLOCK as usize);
 
 impl Superblock {
@@ -243,6 +262,7 @@ impl Superblock {
             newest_seen: 0,
             resync_from: NO_NODE,
             al: Vec::new(),
+            grow_from: 0,
         }
     }
 
@@ -295,6 +315,7 @@ impl Superblock {
         for (i, e) in al.iter().enumerate() {
             put64(&mut b, OFF_AL + 8 * i, *e);
         }
+        put64(&mut b, OFF_GROW_FROM, self.grow_from);
         let crc = crc32c::crc32c(&b[..OFF_CRC]);
         put32(&mut b, OFF_CRC, crc);
         b
@@ -317,13 +338,22 @@ impl Superblock {
                 .map(u32::from_le_bytes)
                 .unwrap_or(0)
         };
-        if crc32c::crc32c(&b[..OFF_CRC]) != get32(OFF_CRC) {
+        let version = get32(OFF_VERSION);
+        let crc_at = match version {
+            1 => OFF_CRC_V1,
+            _ => OFF_CRC,
+        };
+        if crc32c::crc32c(&b[..crc_at]) != get32(crc_at) {
             return Err(MdError::NotFound);
         }
-        let version = get32(OFF_VERSION);
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(MdError::Version(version));
         }
+        let grow_from = if version == 1 {
+            0
+        } else {
+            get64(OFF_GROW_FROM)
+        };
         let f = |i: usize| get64(OFF_LAYOUT + 8 * i);
         let narrow = |v: u64| u32::try_from(v).map_err(|_| MdError::Corrupt("count out of range"));
         let layout = Layout {
@@ -382,6 +412,7 @@ impl Superblock {
             newest_seen: get64(OFF_NEWEST),
             resync_from: get32(OFF_RESYNC_FROM),
             al,
+            grow_from,
         })
     }
 
@@ -499,10 +530,26 @@ mod tests {
     #[test]
     fn newer_version_is_reported_not_ignored() {
         let mut b = sample().encode();
-        b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&2u32.to_le_bytes());
+        b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&3u32.to_le_bytes());
         let crc = crc32c::crc32c(&b[..OFF_CRC]);
         b[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(Superblock::pick(&b, &[0; 4096]), Err(MdError::Version(2)));
+        assert_eq!(Superblock::pick(&b, &[0; 4096]), Err(MdError::Version(3)));
+    }
+
+    #[test]
+    fn version_1_superblocks_are_still_read() {
+        let sb = sample();
+        let mut b = sb.encode();
+        // Version 1: no grow_from, the checksum where grow_from is now.
+        b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
+        b[OFF_CRC_V1..OFF_CRC + 4].fill(0);
+        let crc = crc32c::crc32c(&b[..OFF_CRC_V1]);
+        b[OFF_CRC_V1..OFF_CRC_V1 + 4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Superblock::decode(&b), Ok(sb));
+        let mut growing = sample();
+        growing.flags |= FLAG_GROWING;
+        growing.grow_from = 32 << 20;
+        assert_eq!(Superblock::decode(&growing.encode()), Ok(growing));
     }
 
     proptest! {
