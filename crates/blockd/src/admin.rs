@@ -70,6 +70,15 @@ pub enum Request {
     Attach {
         resource: String,
     },
+    /// Online grow: every volume's backing (one volume when `volume` is given) grows
+    /// to `size` bytes, metadata included, like the resource file's `size`. Shrinking
+    /// is refused. On a resource that is down here, only this node's backing grows.
+    Resize {
+        resource: String,
+        size: u64,
+        #[serde(default)]
+        volume: Option<u32>,
+    },
     /// Stream state changes: after the first answer, one JSON event per line until the
     /// client disconnects.
     Events {},

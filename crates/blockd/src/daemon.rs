@@ -124,7 +124,7 @@ impl Dev {
     fn size(&self) -> u64 {
         match self {
             Dev::Local(d) => d.size(),
-            Dev::Repl(r) => r.size,
+            Dev::Repl(r) => r.size(),
         }
     }
     fn local(&self) -> Option<&Arc<LocalVolume>> {
@@ -518,6 +518,11 @@ impl Daemon {
                     "{resource}: disk attached; a full resync from an UpToDate peer follows"
                 ))
             }),
+            Request::Resize {
+                resource,
+                size,
+                volume,
+            } => self.resize(&resource, size, volume),
             Request::Events {} => Err("events streams; use `tandem local events`".into()),
         };
         match res {
@@ -986,6 +991,63 @@ impl Daemon {
         Ok(())
     }
 
+    /// Online grow of a resource's volumes to `size` backing bytes: coordinated with
+    /// the peers for a replicated resource that is up, local for one without peers,
+    /// and only this node's backing files for a resource that is down here.
+    pub fn resize(&self, resource: &str, size: u64, volume: Option<u32>) -> Result<String, String> {
+        let (cfg, up) = {
+            let state = self.lock();
+            let r = state.resources.get(resource).ok_or_else(|| {
+                format!("no resource {resource:?} in the configuration; add its file and run `tandem local adjust` first")
+            })?;
+            let up: BTreeMap<u32, Dev> =
+                r.volumes.iter().map(|(n, v)| (*n, v.dev.clone())).collect();
+            (r.cfg.clone(), up)
+        };
+        let vols: Vec<&VolumeConfig> = cfg
+            .volumes
+            .values()
+            .filter(|v| volume.is_none_or(|n| n == v.number))
+            .collect();
+        if vols.is_empty() {
+            return Err(format!("resource {resource} has no volume {volume:?}"));
+        }
+        let mut out = Vec::new();
+        for v in vols {
+            let line = match up.get(&v.number) {
+                Some(Dev::Repl(r)) => self.rt.block_on(r.resize(size))?,
+                Some(Dev::Local(d)) => {
+                    let l = d
+                        .grow(size)
+                        .map_err(|e| format!("{resource}/{}: {e}", v.number))?;
+                    format!(
+                        "{resource}/{}: {} bytes of data on a backing of {} bytes; new NBD clients see the new size",
+                        v.number, l.data_size, l.backing_size
+                    )
+                }
+                None => {
+                    let me_diskless = cfg
+                        .repl
+                        .as_ref()
+                        .is_some_and(|rc| rc.node(&self.opts.node).is_some_and(|n| n.diskless));
+                    if me_diskless {
+                        return Err(format!(
+                            "{resource} is down and this node has no disk in it: set size = {size} in its resource file"
+                        ));
+                    }
+                    let l = volume::grow_offline(v, resource, size)
+                        .map_err(|e| format!("{resource}/{}: {e}", v.number))?;
+                    format!(
+                        "{resource}/{}: the resource is down here, so only this node's backing grew: {} bytes of data on {} bytes; the peers must hold the same size before they connect",
+                        v.number, l.data_size, l.backing_size
+                    )
+                }
+            };
+            out.push(line);
+        }
+        Ok(out.join("\n"))
+    }
+
     pub fn create_md(&self, resource: &str, force: bool) -> Result<String, String> {
         let state = self.lock();
         let r = state.resources.get(resource).ok_or_else(|| {
@@ -1052,10 +1114,11 @@ impl Daemon {
         let mut st = VolumeStatus {
             number: cfg.number,
             backing: cfg.backing.display().to_string(),
-            size: sb
-                .as_ref()
-                .map(|s| s.layout.data_size)
-                .or(rt.map(|r| r.dev.size())),
+            // What clients may use (during an online grow the backing may already
+            // hold more).
+            size: rt
+                .map(|r| r.dev.size())
+                .or(sb.as_ref().map(|s| s.layout.data_size)),
             backing_size: sb.as_ref().map(|s| s.layout.backing_size),
             open: rt.is_some(),
             nbd_uri: nbd_unix_uri(&export, &sock),
@@ -1142,10 +1205,12 @@ async fn accept_peer(mut stream: tokio::net::TcpStream, repls: &ReplIndex) -> Re
         if offer.from == vol.me.id {
             return Err(format!("node id {} is this node's own id", offer.from));
         }
-        if offer.size != vol.size {
+        if offer.size != vol.peer_size() {
             return Err(format!(
-                "size mismatch: node {} has {} bytes of data, this node {}; give every node the same volume size",
-                from.name, offer.size, vol.size
+                "size mismatch: node {} has {} bytes of data, this node {}; give every node the same volume size (after an interrupted `tandem local resize`, run it again where every diskful node is connected; on a node that is down it grows the backing)",
+                from.name,
+                offer.size,
+                vol.peer_size()
             ));
         }
         vol.accepts(offer.from)?;
@@ -1251,7 +1316,7 @@ fn repl_status(st: &mut VolumeStatus, v: &ReplVolume) {
             reason,
             verifying: p.verifying,
             verify_done_percent: (p.verifying || p.verify_done_blocks > 0).then(|| {
-                let total = (v.size / repl::BLOCK).max(1);
+                let total = (v.size() / repl::BLOCK).max(1);
                 (p.verify_done_blocks.min(total) as f64 * 1000.0 / total as f64).round() / 10.0
             }),
             verify_out_of_sync_bytes: p.verify_oos_blocks * repl::BLOCK,

@@ -95,6 +95,10 @@ enum Input {
         cfg: ReplConfig,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    Resize {
+        backing_size: u64,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     Stop {
         reply: oneshot::Sender<()>,
     },
@@ -129,8 +133,12 @@ pub struct ReplVolume {
     pub me: NodeConfig,
     /// Replication settings as last applied (`adjust` changes them live).
     cfg: RwLock<ReplConfig>,
-    /// Data bytes.
-    pub size: u64,
+    /// Peer slots the volume's metadata has (from the resource file on a diskless
+    /// node), for laying out a grown backing.
+    vcfg_max_peers: u32,
+    /// Data bytes clients may use (grows with an online resize, once every diskful
+    /// node grew).
+    size: AtomicU64,
     pub local: Option<Arc<LocalVolume>>,
     tx: mpsc::Sender<Input>,
     next_id: AtomicU64,
@@ -267,7 +275,8 @@ impl ReplVolume {
             number: vcfg.number,
             me: me.clone(),
             cfg: RwLock::new(cfg.clone()),
-            size,
+            vcfg_max_peers: vcfg.max_peers,
+            size: AtomicU64::new(size),
             local: local.clone(),
             tx: tx.clone(),
             next_id: AtomicU64::new(1),
@@ -292,6 +301,7 @@ impl ReplVolume {
             dialing: BTreeMap::new(),
             clients: HashMap::new(),
             promotes: VecDeque::new(),
+            resizes: VecDeque::new(),
             next_conn: 1,
             pending: VecDeque::new(),
             counters: BTreeMap::new(),
@@ -308,6 +318,36 @@ impl ReplVolume {
             *t = Some(handle);
         }
         Ok(shared)
+    }
+
+    /// Data bytes clients may use now.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::SeqCst)
+    }
+
+    /// Data bytes this node offers its peers at connect: what its disk holds (which
+    /// may be more than clients may use during a grow), or for a diskless node the
+    /// size in use.
+    pub fn peer_size(&self) -> u64 {
+        match &self.local {
+            Some(v) => v.size(),
+            None => self.size(),
+        }
+    }
+
+    /// Online grow, coordinated by this node: the backing files of every diskful
+    /// node grow to `backing_size` bytes (see `replica::core` for the rules). Returns
+    /// a report naming the new sizes.
+    pub async fn resize(&self, backing_size: u64) -> Result<String, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Resize {
+                backing_size,
+                reply,
+            })
+            .await
+            .map_err(|_| "volume is shutting down".to_owned())?;
+        rx.await.map_err(|_| "volume is shutting down".to_owned())?
     }
 
     /// The replication settings in force.
@@ -489,7 +529,7 @@ impl ReplVolume {
     fn write_any(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
         let end = offset
             .checked_add(buf.len() as u64)
-            .filter(|e| *e <= self.size)
+            .filter(|e| *e <= self.size())
             .ok_or(DeviceError::NoSpace)?;
         if buf.is_empty() {
             return Ok(());
@@ -526,13 +566,13 @@ impl Drop for ReplDevice {
 
 impl BlockDevice for ReplDevice {
     fn size(&self) -> u64 {
-        self.vol.size
+        self.vol.size()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
         let end = offset
             .checked_add(buf.len() as u64)
-            .filter(|e| *e <= self.vol.size)
+            .filter(|e| *e <= self.vol.size())
             .ok_or(DeviceError::NoSpace)?;
         if buf.is_empty() {
             return Ok(());
@@ -558,7 +598,7 @@ impl BlockDevice for ReplDevice {
         // keeps the replicas identical.
         offset
             .checked_add(len)
-            .filter(|e| *e <= self.vol.size)
+            .filter(|e| *e <= self.vol.size())
             .ok_or(DeviceError::NoSpace)?;
         if fua { self.flush() } else { Ok(()) }
     }
@@ -572,7 +612,7 @@ impl BlockDevice for ReplDevice {
     ) -> Result<(), DeviceError> {
         offset
             .checked_add(len)
-            .filter(|e| *e <= self.vol.size)
+            .filter(|e| *e <= self.vol.size())
             .ok_or(DeviceError::NoSpace)?;
         let mut at = offset;
         let end = offset + len;
@@ -613,6 +653,8 @@ struct Driver {
     dialing: BTreeMap<NodeId, Dial>,
     clients: HashMap<u64, ClientReply>,
     promotes: VecDeque<oneshot::Sender<Result<(), String>>>,
+    /// Resizes this node coordinates: backing size asked for, and the answer.
+    resizes: VecDeque<(u64, oneshot::Sender<Result<String, String>>)>,
     next_conn: u64,
     pending: VecDeque<Event>,
     counters: BTreeMap<NodeId, PeerCounters>,
@@ -744,6 +786,10 @@ impl Driver {
             Input::Reconfigure { cfg, reply } => {
                 let _ = reply.send(self.reconfigure(cfg));
             }
+            Input::Resize {
+                backing_size,
+                reply,
+            } => self.resize(backing_size, reply),
             Input::Stop { .. } => {}
         }
     }
@@ -766,7 +812,7 @@ impl Driver {
             }
         }
         let old = self.shared.cfg();
-        let core_cfg = core_config(me, &cfg, self.shared.size);
+        let core_cfg = core_config(me, &cfg, self.core.size_blocks() * BLOCK);
         let slots = match &self.store {
             Some(s) => Some(s.plan_slots(&core_cfg)?),
             None => None,
@@ -831,6 +877,99 @@ impl Driver {
         Ok(changes.join(", "))
     }
 
+    fn resize(&mut self, backing_size: u64, reply: oneshot::Sender<Result<String, String>>) {
+        if let Some(why) = &self.failed {
+            let _ = reply.send(Err(why.clone()));
+            return;
+        }
+        let max_peers = self.max_peers();
+        let data = match replica::md::Layout::compute(
+            backing_size,
+            max_peers,
+            replica::md::DEFAULT_AL_SLOTS,
+        ) {
+            Ok(l) => l.data_size,
+            Err(e) => {
+                let _ = reply.send(Err(format!("{e}; nothing was changed")));
+                return;
+            }
+        };
+        // Every node lays out the same data size with the same (smallest) backing.
+        let backing = backing_for(data, max_peers).unwrap_or(backing_size);
+        let size_blocks = data / BLOCK;
+        self.resizes.push_back((backing, reply));
+        self.feed(Event::Admin(Admin::Resize { size_blocks }));
+    }
+
+    fn max_peers(&self) -> u32 {
+        match self.vol.as_ref().and_then(|v| v.superblock()) {
+            Some(sb) => sb.layout.max_peers,
+            None => self.shared.vcfg_max_peers,
+        }
+    }
+
+    /// Carries out `Action::Grow`: the backing file grows and its metadata moves to
+    /// the new end (`LocalVolume::grow`), then the core hears how it went.
+    fn grow(&mut self, size_blocks: u64) {
+        let result = match &self.vol {
+            None => Err("this node has no disk".to_owned()),
+            Some(v) => match backing_for(size_blocks * BLOCK, self.max_peers()) {
+                None => Err(format!(
+                    "no backing size gives exactly {size_blocks} blocks of data with max-peers {}",
+                    self.max_peers()
+                )),
+                Some(backing) => {
+                    let v = v.clone();
+                    let r = tokio::task::block_in_place(|| v.grow(backing));
+                    match r {
+                        Ok(l) if l.data_size == size_blocks * BLOCK => {
+                            tracing::info!(resource = %self.shared.resource, backing = %v.path().display(), bytes = backing, "backing grown");
+                            Ok(())
+                        }
+                        Ok(l) => Err(format!(
+                            "the backing holds {} bytes of data, not {}",
+                            l.data_size,
+                            size_blocks * BLOCK
+                        )),
+                        Err(e) => {
+                            let moving = v
+                                .superblock()
+                                .is_some_and(|sb| sb.flags & replica::md::FLAG_GROWING != 0);
+                            if moving {
+                                // Half moved: no metadata may be written before the
+                                // open that finishes the move.
+                                self.failed = Some(format!(
+                                    "growing the backing failed half way ({e}); I/O is stopped: fix the disk, then `tandem local down {0}` and `tandem local up {0}` (the open finishes the grow)",
+                                    self.shared.resource
+                                ));
+                                for (_, reply) in self.clients.drain() {
+                                    let _ = reply.send(Err(IoError::Disk));
+                                }
+                            }
+                            Err(e.to_string())
+                        }
+                    }
+                }
+            },
+        };
+        self.pending.push_back(Event::GrowDone {
+            size_blocks,
+            result,
+        });
+    }
+
+    /// Names peers in a core message (`node #ID`) by their node names.
+    fn name_nodes(&self, msg: &str) -> String {
+        let mut out = msg.to_owned();
+        let cfg = self.shared.cfg();
+        let mut nodes: Vec<_> = cfg.nodes.iter().collect();
+        nodes.sort_by_key(|n| std::cmp::Reverse(n.id));
+        for n in nodes {
+            out = out.replace(&format!("node #{}", n.id), &format!("node {}", n.name));
+        }
+        out
+    }
+
     /// Starts connection attempts to the peers this node dials (those with a lower id).
     fn dial(&mut self) {
         let me = self.shared.me.id;
@@ -848,7 +987,7 @@ impl Driver {
                 resource: self.shared.resource.clone(),
                 from: me,
                 to: n.id,
-                size: self.shared.size,
+                size: self.shared.peer_size(),
                 nonce: match peer::nonce() {
                     Ok(n) => n,
                     Err(_) => continue,
@@ -1181,6 +1320,20 @@ impl Driver {
                     let _ = reply.send(r);
                 }
             }
+            Action::Grow { size_blocks } => self.grow(size_blocks),
+            Action::ResizeResult(r) => {
+                if let Some((backing, reply)) = self.resizes.pop_front() {
+                    let size = self.shared.size();
+                    let r = match r {
+                        Ok(()) => Ok(format!(
+                            "{}/{}: {size} bytes of data; backing files of {backing} bytes on every diskful node (set size = {backing} in the resource file on every node, which a diskless node needs at its next start)",
+                            self.shared.resource, self.shared.number
+                        )),
+                        Err(e) => Err(self.name_nodes(&e)),
+                    };
+                    let _ = reply.send(r);
+                }
+            }
             Action::State(change) => self.event(change),
         }
     }
@@ -1194,6 +1347,10 @@ impl Driver {
                 "generation",
                 serde_json::json!({ "current": format!("{g:016X}") }),
             ),
+            StateChange::Size(blocks) => {
+                self.shared.size.store(blocks * BLOCK, Ordering::SeqCst);
+                ("size", serde_json::json!({ "size": blocks * BLOCK }))
+            }
             StateChange::Peer { peer, conn, repl } => {
                 if matches!(repl, Repl::SyncSource) {
                     let total = self
@@ -1268,6 +1425,22 @@ impl Driver {
     }
 }
 
+/// The smallest backing size whose layout holds exactly `data` bytes of data.
+pub fn backing_for(data: u64, max_peers: u32) -> Option<u64> {
+    use replica::md::{DEFAULT_AL_SLOTS, Layout, MD_BLOCK, bitmap_bytes};
+    let fixed = 2 * MD_BLOCK + u64::from(DEFAULT_AL_SLOTS) * MD_BLOCK;
+    let slots = u64::from(max_peers) + 1;
+    (0..4u64)
+        .filter_map(|j| {
+            let b = data
+                .checked_add(fixed)?
+                .checked_add((bitmap_bytes(data) + j * MD_BLOCK).checked_mul(slots)?)?;
+            let l = Layout::compute(b, max_peers, DEFAULT_AL_SLOTS).ok()?;
+            (l.data_size == data).then_some(b)
+        })
+        .min()
+}
+
 fn new_dial() -> Dial {
     Dial {
         in_progress: false,
@@ -1310,5 +1483,26 @@ pub fn repl_name(r: Repl) -> &'static str {
         Repl::Deferred => "Established",
         Repl::SyncSource => "SyncSource",
         Repl::SyncTarget => "SyncTarget",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_data_size_a_backing_gives_maps_back_to_a_backing_with_that_size() {
+        use replica::md::{DEFAULT_AL_SLOTS, Layout};
+        for peers in [1u32, 3, 7, 31] {
+            let mut b = 2 << 20;
+            while b < 3 << 30 {
+                let l = Layout::compute(b, peers, DEFAULT_AL_SLOTS).unwrap();
+                let back = backing_for(l.data_size, peers).expect("a backing size");
+                assert!(back <= b.next_multiple_of(4096), "{b} {back}");
+                let again = Layout::compute(back, peers, DEFAULT_AL_SLOTS).unwrap();
+                assert_eq!(again.data_size, l.data_size, "backing {b}, peers {peers}");
+                b = b * 5 / 4 + 4096 * 3;
+            }
+        }
     }
 }

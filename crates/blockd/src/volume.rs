@@ -1,6 +1,23 @@
 //! A volume on a local backing file: data at offset 0, metadata at the end
 //! (`replica::md`). Opening marks the metadata dirty; a clean close clears the mark, so
 //! the next open knows whether the previous run ended in a crash.
+//!
+//! Online grow ([`LocalVolume::grow`]) extends a backing *file* and moves the metadata
+//! to its new end in steps, each made durable before the next:
+//!
+//! 1. one write of the two superblock slots at the new end, extending the file: the
+//!    new layout, `FLAG_GROWING` and the old size (`grow_from`); the bitmaps are still
+//!    at their old place, and the old superblock is still valid where it was;
+//! 2. the bitmaps copied to their new place (the bits for new blocks clear);
+//! 3. a superblock with `FLAG_GROW_MOVED`: the bitmaps are at the new place;
+//! 4. the old metadata area, now part of the data, cleared to zeros;
+//! 5. a superblock without the grow flags.
+//!
+//! A crash before step 1 is durable leaves the old file (this relies on the file
+//! system not exposing an extended size before the data of the extending write, as
+//! ext4 in its default data=ordered mode and XFS guarantee); after it, the open finds
+//! the flags and finishes the steps left. The new area reads as zeros: the extended
+//! part of the file is a hole, and the old metadata area is cleared in step 4.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
@@ -48,13 +65,34 @@ pub enum VolumeError {
     #[error("backing {path}: {source}")]
     Md { path: PathBuf, source: MdError },
     #[error(
-        "backing {path} is {actual} bytes but its metadata was made for {recorded} bytes; restore the original size (online resize is not supported yet)"
+        "backing {path} is {actual} bytes but its metadata was made for {recorded} bytes; restore the original size (grow a volume with `tandem local resize`, which moves the metadata)"
     )]
     SizeChanged {
         path: PathBuf,
         recorded: u64,
         actual: u64,
     },
+    #[error(
+        "backing {path} holds {current} bytes; shrinking to {asked} is not supported (nothing was changed)"
+    )]
+    Shrink {
+        path: PathBuf,
+        current: u64,
+        asked: u64,
+    },
+    #[error(
+        "backing {path}: growing from {current} to {asked} bytes is too little: the metadata moves past the old end, so grow by at least {md} bytes"
+    )]
+    GrowTooSmall {
+        path: PathBuf,
+        current: u64,
+        asked: u64,
+        md: u64,
+    },
+    #[error(
+        "backing {path} is not a regular file; online grow supports backing files only (nothing was changed)"
+    )]
+    NotAFile { path: PathBuf },
 }
 
 /// Counters shown by status and read by benchmarks.
@@ -69,7 +107,8 @@ pub struct IoStats {
 pub struct LocalVolume {
     file: File,
     path: PathBuf,
-    data_size: u64,
+    /// Exported bytes (grows with [`LocalVolume::grow`]).
+    data_size: AtomicU64,
     thick: bool,
     sb: Mutex<Superblock>,
     /// The previous run closed the volume cleanly.
@@ -233,6 +272,106 @@ pub fn create_md(cfg: &VolumeConfig, force: bool) -> Result<Superblock, VolumeEr
     Ok(sb)
 }
 
+/// The layout after growing `old` to `new_size` bytes: the new metadata area must lie
+/// past the old end, so the move never overwrites the metadata it copies.
+fn grow_layout(path: &Path, old: &Layout, new_size: u64) -> Result<Layout, VolumeError> {
+    let new = Layout::compute(new_size, old.max_peers, old.al_slots).map_err(|source| {
+        VolumeError::Md {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    if new.data_size < old.backing_size {
+        return Err(VolumeError::GrowTooSmall {
+            path: path.to_owned(),
+            current: old.backing_size,
+            asked: new_size,
+            md: new.md_size(),
+        });
+    }
+    Ok(new)
+}
+
+/// Steps 2 to 5 of a grow, from the state `sb` (which carries `FLAG_GROWING`) records;
+/// stops after step `stop_after`. Returns the last superblock written.
+fn finish_grow(
+    file: &File,
+    path: &Path,
+    sb: Superblock,
+    stop_after: u32,
+) -> Result<Superblock, VolumeError> {
+    let new = sb.layout;
+    let corrupt = |what| VolumeError::Md {
+        path: path.to_owned(),
+        source: MdError::Corrupt(what),
+    };
+    let old = Layout::compute(sb.grow_from, new.max_peers, new.al_slots)
+        .map_err(|_| corrupt("the size before an interrupted grow does not fit"))?;
+    if sb.grow_from >= new.backing_size || new.data_size < old.backing_size {
+        return Err(corrupt(
+            "the size before an interrupted grow does not fit the new one",
+        ));
+    }
+    let mut sb = sb;
+    if sb.flags & md::FLAG_GROW_MOVED == 0 {
+        // Step 2: the bitmaps to their new place; the new blocks' bits are clear.
+        let mut buf = vec![0u8; old.bitmap_bytes as usize];
+        for i in 0..=new.max_peers {
+            file.read_exact_at(&mut buf, old.bitmap_at(i))
+                .map_err(io_err(path, "read bitmap"))?;
+            file.write_all_at(&buf, new.bitmap_at(i))
+                .map_err(io_err(path, "write bitmap"))?;
+            zero_range(
+                file,
+                new.bitmap_at(i) + old.bitmap_bytes,
+                new.bitmap_bytes - old.bitmap_bytes,
+            )
+            .map_err(io_err(path, "clear bitmap"))?;
+        }
+        zero_range(file, new.al_offset, new.sb_offset - new.al_offset)
+            .map_err(io_err(path, "clear activity log"))?;
+        file.sync_data().map_err(io_err(path, "sync bitmaps"))?;
+        if stop_after <= 2 {
+            return Ok(sb);
+        }
+        // Step 3.
+        sb = sb.next();
+        sb.flags |= md::FLAG_GROW_MOVED;
+        write_sb(file, path, &sb)?;
+        if stop_after <= 3 {
+            return Ok(sb);
+        }
+    }
+    // Step 4: the old metadata area is data now, and new data reads as zeros.
+    zero_range(file, old.data_size, old.backing_size - old.data_size)
+        .map_err(io_err(path, "clear the old metadata area"))?;
+    file.sync_data()
+        .map_err(io_err(path, "sync the old metadata area"))?;
+    if stop_after <= 4 {
+        return Ok(sb);
+    }
+    // Step 5.
+    sb = sb.next();
+    sb.flags &= !(md::FLAG_GROWING | md::FLAG_GROW_MOVED);
+    sb.grow_from = 0;
+    write_sb(file, path, &sb)?;
+    Ok(sb)
+}
+
+/// Grows the backing of a volume that is not open (its resource is down here).
+pub fn grow_offline(
+    cfg: &VolumeConfig,
+    resource: &str,
+    new_size: u64,
+) -> Result<Layout, VolumeError> {
+    let v = LocalVolume::open(cfg, resource)?;
+    let r = v.grow(new_size);
+    let closed = v.close();
+    let layout = r?;
+    closed?;
+    Ok(layout)
+}
+
 /// Makes `len` bytes at `offset` read as zeroes, keeping the file size.
 fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let keep = FallocateFlags::KEEP_SIZE;
@@ -304,6 +443,17 @@ impl LocalVolume {
                 actual: size,
             });
         }
+        let sb = if sb.flags & md::FLAG_GROWING != 0 {
+            tracing::warn!(backing = %path.display(), from = sb.grow_from, to = size, "finishing an interrupted grow");
+            finish_grow(&file, path, sb, u32::MAX)?
+        } else {
+            sb
+        };
+        if let Some(want) = cfg.size
+            && want != size
+        {
+            tracing::warn!(backing = %path.display(), "the resource file says size {want} but the backing holds {size} bytes (its metadata decides; after a resize, update the file)");
+        }
         let was_clean = !sb.dirty();
         if !was_clean {
             tracing::warn!(backing = %path.display(), "previous run did not close this volume cleanly");
@@ -314,7 +464,7 @@ impl LocalVolume {
         Ok(LocalVolume {
             file,
             path: path.clone(),
-            data_size: sb.layout.data_size,
+            data_size: AtomicU64::new(sb.layout.data_size),
             thick: cfg.preallocate,
             sb: Mutex::new(next),
             was_clean,
@@ -415,6 +565,90 @@ impl LocalVolume {
         Ok(())
     }
 
+    /// Grows the backing file to `new_size` bytes and moves the metadata to its new
+    /// end (the steps are in the module's documentation); data I/O within the old
+    /// size may go on meanwhile, metadata writes must not. Returns the new layout.
+    /// On an error the superblock in memory is the last one made durable: if it still
+    /// carries `FLAG_GROWING`, the volume must not write metadata until reopened,
+    /// which finishes the grow.
+    pub fn grow(&self, new_size: u64) -> Result<Layout, VolumeError> {
+        self.grow_until(new_size, u32::MAX)
+    }
+
+    /// [`LocalVolume::grow`], stopping after step `stop_after` (a simulated crash).
+    fn grow_until(&self, new_size: u64, stop_after: u32) -> Result<Layout, VolumeError> {
+        let path = &self.path;
+        let mut sb = self.sb.lock().map_err(|_| VolumeError::Io {
+            path: path.clone(),
+            what: "grow",
+            source: io::Error::other("metadata lock poisoned"),
+        })?;
+        let old = sb.layout;
+        if new_size == old.backing_size {
+            return Ok(old);
+        }
+        if new_size < old.backing_size {
+            return Err(VolumeError::Shrink {
+                path: path.clone(),
+                current: old.backing_size,
+                asked: new_size,
+            });
+        }
+        let meta = self.file.metadata().map_err(io_err(path, "stat"))?;
+        if !meta.file_type().is_file() {
+            return Err(VolumeError::NotAFile { path: path.clone() });
+        }
+        let new = grow_layout(path, &old, new_size)?;
+        if self.thick {
+            rustix::fs::fallocate(
+                &self.file,
+                FallocateFlags::empty(),
+                old.backing_size,
+                new_size - old.backing_size,
+            )
+            .map_err(|e| VolumeError::Io {
+                path: path.clone(),
+                what: "allocate",
+                source: e.into(),
+            })?;
+        }
+        // Step 1: both slots at the new end in one write, which extends the file.
+        let mut s1 = sb.next();
+        s1.layout = new;
+        s1.flags = (s1.flags | md::FLAG_GROWING) & !md::FLAG_GROW_MOVED;
+        s1.grow_from = old.backing_size;
+        let mut tail = vec![0u8; 2 * md::MD_BLOCK as usize];
+        let at = (s1.slot() * md::MD_BLOCK) as usize;
+        tail[at..at + md::MD_BLOCK as usize].copy_from_slice(&s1.encode());
+        let extended = self
+            .file
+            .write_all_at(&tail, new.sb_offset)
+            .and_then(|_| self.file.sync_all());
+        if let Err(e) = extended {
+            // Nothing of the new size may stay: the open checks the size against
+            // the metadata.
+            let _ = self.file.set_len(old.backing_size);
+            let _ = self.file.sync_all();
+            return Err(VolumeError::Io {
+                path: path.clone(),
+                what: "write superblock at the new end",
+                source: e,
+            });
+        }
+        *sb = s1.clone();
+        if stop_after <= 1 {
+            return Ok(new);
+        }
+        let done = finish_grow(&self.file, path, s1, stop_after);
+        if let Ok(d) = &done {
+            *sb = d.clone();
+            if d.flags & md::FLAG_GROWING == 0 {
+                self.data_size.store(new.data_size, Ordering::SeqCst);
+            }
+        }
+        done.map(|_| new)
+    }
+
     fn layout(&self) -> Result<Layout, VolumeError> {
         self.sb
             .lock()
@@ -432,7 +666,7 @@ impl LocalVolume {
         }
         // The NBD layer checks ranges too; this guards the metadata behind the data.
         match offset.checked_add(len) {
-            Some(end) if end <= self.data_size => Ok(()),
+            Some(end) if end <= self.data_size.load(Ordering::SeqCst) => Ok(()),
             _ => Err(DeviceError::NoSpace),
         }
     }
@@ -445,7 +679,7 @@ impl LocalVolume {
 
 impl BlockDevice for LocalVolume {
     fn size(&self) -> u64 {
-        self.data_size
+        self.data_size.load(Ordering::SeqCst)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
@@ -614,6 +848,115 @@ mod tests {
             LocalVolume::open(&c, "r0"),
             Err(VolumeError::SizeChanged { .. })
         ));
+    }
+
+    /// A volume of 8 MiB with a pattern in its data and bits in its bitmaps.
+    fn grown_fixture(d: &Path) -> (VolumeConfig, LocalVolume, u64) {
+        let c = cfg(d, Some(8 << 20));
+        let v = LocalVolume::open(&c, "r0").unwrap();
+        let old = v.size();
+        v.write_at(&[0xab; 4096], 0, false).unwrap();
+        v.write_at(&[0xcd; 4096], old - 4096, false).unwrap();
+        // Bitmap 1 gets its first and last data blocks marked, the resync bitmap one.
+        let last = (old / md::BM_BLOCK - 1) as usize;
+        let mut page = vec![0u8; 4096];
+        page[0] = 1;
+        page[last / 8] |= 1 << (last % 8);
+        v.write_md(&[(1, 0, page), (3, 0, vec![0x80])], |sb| {
+            sb.current_uuid = 77
+        })
+        .unwrap();
+        (c, v, old)
+    }
+
+    /// Opens the volume after a (possibly interrupted) grow: old data, bitmaps and
+    /// generation intact, the new area zero; returns the backing size it opened at.
+    fn check_grown(c: &VolumeConfig, old: u64) -> u64 {
+        let v = LocalVolume::open(c, "r0").unwrap();
+        let sb = v.superblock().unwrap();
+        assert_eq!(sb.flags & (md::FLAG_GROWING | md::FLAG_GROW_MOVED), 0);
+        assert_eq!(sb.current_uuid, 77);
+        let size = v.size();
+        if sb.layout.backing_size == 8 << 20 {
+            assert_eq!(size, old);
+        } else {
+            assert!(size > old);
+        }
+        let mut b = vec![0u8; 4096];
+        v.read_at(&mut b, 0).unwrap();
+        assert_eq!(b, vec![0xab; 4096]);
+        v.read_at(&mut b, old - 4096).unwrap();
+        assert_eq!(b, vec![0xcd; 4096]);
+        if size > old {
+            // Everything past the old data reads as zeros, old metadata included.
+            let mut rest = vec![0u8; (size - old) as usize];
+            v.read_at(&mut rest, old).unwrap();
+            assert!(rest.iter().all(|x| *x == 0), "new area not zero");
+        }
+        let bms = v.read_bitmaps().unwrap();
+        let last = old / md::BM_BLOCK - 1;
+        let bit = |w: &Vec<u64>, b: u64| w[(b / 64) as usize] >> (b % 64) & 1 == 1;
+        let set: Vec<u64> = (0..size / md::BM_BLOCK)
+            .filter(|b| bit(&bms[1], *b))
+            .collect();
+        assert_eq!(set, vec![0, last]);
+        assert!(bit(&bms[3], 7));
+        assert_eq!(bms[3].iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+        assert!(bms[0].iter().all(|w| *w == 0));
+        v.close().unwrap();
+        sb.layout.backing_size
+    }
+
+    #[test]
+    fn grow_moves_the_metadata_to_the_new_end_and_keeps_everything() {
+        let d = tempfile::tempdir().unwrap();
+        let (c, v, old) = grown_fixture(d.path());
+        let new = v.grow(24 << 20).unwrap();
+        assert_eq!(v.size(), new.data_size);
+        assert_eq!(std::fs::metadata(&c.backing).unwrap().len(), 24 << 20);
+        v.close().unwrap();
+        drop(v);
+        assert_eq!(check_grown(&c, old), 24 << 20);
+        // Written at the far end, then read back after a reopen.
+        let v = LocalVolume::open(&c, "r0").unwrap();
+        v.write_at(&[0xef; 4096], new.data_size - 4096, true)
+            .unwrap();
+        drop(v);
+        let v = LocalVolume::open(&c, "r0").unwrap();
+        let mut b = vec![0u8; 4096];
+        v.read_at(&mut b, new.data_size - 4096).unwrap();
+        assert_eq!(b, vec![0xef; 4096]);
+    }
+
+    #[test]
+    fn a_crash_after_any_step_of_a_grow_opens_at_the_old_or_the_new_size() {
+        for step in 0..=5 {
+            let d = tempfile::tempdir().unwrap();
+            let (c, v, old) = grown_fixture(d.path());
+            if step > 0 {
+                v.grow_until(24 << 20, step).unwrap();
+            }
+            // The crash: no close, nothing more written.
+            drop(v);
+            let expect = if step == 0 { 8 << 20 } else { 24 << 20 };
+            assert_eq!(check_grown(&c, old), expect, "crash after step {step}");
+            assert_eq!(std::fs::metadata(&c.backing).unwrap().len(), expect);
+        }
+    }
+
+    #[test]
+    fn a_shrink_or_a_too_small_grow_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let (c, v, old) = grown_fixture(d.path());
+        assert!(matches!(v.grow(4 << 20), Err(VolumeError::Shrink { .. })));
+        let e = v.grow((8 << 20) + 4096).unwrap_err();
+        assert!(matches!(e, VolumeError::GrowTooSmall { .. }), "{e}");
+        assert_eq!(v.grow(8 << 20).unwrap().backing_size, 8 << 20);
+        assert_eq!(v.size(), old);
+        v.close().unwrap();
+        drop(v);
+        assert_eq!(std::fs::metadata(&c.backing).unwrap().len(), 8 << 20);
+        assert_eq!(check_grown(&c, old), 8 << 20);
     }
 
     #[test]

@@ -134,6 +134,19 @@ enum LocalCmd {
     /// Use the local disk again after it was detached for an I/O error (on a
     /// secondary; a full resync follows).
     Attach { resource: String },
+    /// Grow the volume online to SIZE backing bytes (metadata included, like `size`
+    /// in the resource file) on every diskful node; every one must be connected and
+    /// UpToDate. Shrinking is refused. On a resource that is down here, grows only
+    /// this node's backing file.
+    Resize {
+        resource: String,
+        /// New backing size: bytes, or e.g. "96MiB", "20G" (binary units).
+        #[arg(long)]
+        size: String,
+        /// Only this volume (default: every volume of the resource).
+        #[arg(long)]
+        volume: Option<u32>,
+    },
     /// Print state changes as they happen, one JSON object per line (docs/events.md).
     Events,
 }
@@ -270,6 +283,15 @@ fn local(socket: &Path, cmd: LocalCmd) -> Result<()> {
         LocalCmd::Invalidate { resource } => Request::Invalidate { resource },
         LocalCmd::Verify { resource, peer } => Request::Verify { resource, peer },
         LocalCmd::Attach { resource } => Request::Attach { resource },
+        LocalCmd::Resize {
+            resource,
+            size,
+            volume,
+        } => Request::Resize {
+            resource,
+            size: blockd::config::parse_size(&size).map_err(|e| anyhow::anyhow!("--size: {e}"))?,
+            volume,
+        },
         LocalCmd::Events => {
             let mut out = std::io::stdout().lock();
             return admin::stream_events(socket, &mut out).map_err(Into::into);

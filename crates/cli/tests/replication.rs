@@ -605,3 +605,102 @@ fn a_cluster_shut_down_cleanly_at_once_comes_back_up_to_date() {
     qemu_io(&uri0, &["read -P 0x81 0 256k"]);
     assert_same_data(&c, 0, 1);
 }
+
+#[test]
+fn online_grow_reaches_every_node_and_the_new_area_is_replicated() {
+    require("qemu-io", "qemu-utils");
+    let mut c = three_nodes("");
+    let uri0 = c.nodes[0].uri(RES, 0);
+    qemu_io(&uri0, &["write -P 0x41 0 1M", "write -P 0x42 60M 1M"]);
+    c.wait(0, RES, "demotion after the last client", |v| {
+        v["role"] == "Secondary"
+    });
+    for i in 0..3 {
+        c.wait_in_sync(i, RES);
+    }
+    let old = data_size(&c, 0);
+    let backing = |c: &Cluster, i: usize| {
+        std::fs::metadata(c.nodes[i].path(&format!("data/{RES}.img")))
+            .unwrap()
+            .len()
+    };
+
+    // A shrink is refused and changes nothing.
+    let out = c.nodes[0].local(&["resize", RES, "--size", "32MiB"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("shrinking is not supported"),
+        "{err}"
+    );
+
+    // So is a grow while a diskful peer is down; the error names it.
+    c.nodes[1].stop();
+    c.wait(0, RES, "n1 gone", |v| {
+        peer(v, "n1")["connection"] != "Connected"
+    });
+    let out = c.nodes[0].local(&["resize", RES, "--size", "96MiB"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("node n1 is not connected"),
+        "{err}"
+    );
+    assert_eq!(data_size(&c, 0), old);
+    assert_eq!(backing(&c, 0), 64 << 20);
+    assert_eq!(backing(&c, 1), 64 << 20);
+    c.nodes[1].start();
+    for i in 0..3 {
+        c.wait_in_sync(i, RES);
+    }
+
+    // The grow itself, run on a secondary.
+    let report = c.local_ok(1, &["resize", RES, "--size", "96MiB"]);
+    assert!(report.contains("96"), "{report}");
+    let new = data_size(&c, 1);
+    assert!(new > old + (31 << 20), "{new}");
+    for i in 0..3 {
+        let v = c.wait(i, RES, "the new size", |v| v["size"] == new);
+        if i < 2 {
+            assert_eq!(v["backing_size"], 96u64 << 20);
+            assert_eq!(backing(&c, i), 96 << 20);
+        }
+    }
+
+    // A new NBD client sees the new size and writes past the old end.
+    let end = new - (64 << 10);
+    let w1 = format!("write -P 0x43 {old} 1M");
+    let w2 = format!("write -P 0x44 {end} 64k");
+    let r1 = format!("read -P 0x43 {old} 1M");
+    let r2 = format!("read -P 0x44 {end} 64k");
+    qemu_io(&uri0, &[&w1, &w2, "flush", "read -P 0x42 60M 1M", &r1, &r2]);
+    let beyond = format!("write -P 0x45 {new} 4k");
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-c", &beyond, &uri0])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && !text.contains("wrote"),
+        "a write past the new end succeeded: {text}"
+    );
+    c.wait(0, RES, "demotion after the last client", |v| {
+        v["role"] == "Secondary"
+    });
+    for i in 0..3 {
+        c.wait_in_sync(i, RES);
+    }
+    assert_same_data(&c, 0, 1);
+
+    // Restarted, a diskful node opens at the new size from its metadata; the diskless
+    // one takes it from its resource file, which the user raises.
+    c.nodes[1].stop();
+    c.nodes[1].start();
+    let t = c.resource_text(2, RES, "96MiB", "test-secret-1234", "");
+    c.nodes[2].write_conf(RES, &t);
+    c.nodes[2].stop();
+    c.nodes[2].start();
+    for i in 0..3 {
+        c.wait_in_sync(i, RES);
+        assert_eq!(data_size(&c, i), new);
+    }
+    qemu_io(&c.nodes[1].uri(RES, 0), &[&r1, &r2]);
+}

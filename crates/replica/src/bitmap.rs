@@ -82,6 +82,16 @@ impl Bitmap {
         }
     }
 
+    /// Covers `blocks` blocks from now on (never fewer than today); the new blocks
+    /// start clear.
+    pub fn grow(&mut self, blocks: u64) {
+        if blocks <= self.blocks {
+            return;
+        }
+        self.words.resize(blocks.div_ceil(64) as usize, 0);
+        self.blocks = blocks;
+    }
+
     pub fn words(&self) -> &[u64] {
         &self.words
     }
@@ -128,6 +138,22 @@ mod tests {
             while let Some(b) = bm.next_set(at) { walked.push(b); at = b + 1; }
             prop_assert_eq!(walked, model.into_iter().collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn grow_keeps_the_bits_and_adds_clear_blocks() {
+        let mut a = Bitmap::new(70);
+        a.set(3);
+        a.set(69);
+        a.grow(200);
+        assert_eq!(a.blocks(), 200);
+        assert_eq!(a.count(), 2);
+        assert_eq!(a.next_set(4), Some(69));
+        assert_eq!(a.next_set(70), None);
+        a.set(199);
+        assert!(a.get(199));
+        a.grow(10);
+        assert_eq!(a.blocks(), 200, "grow never shrinks");
     }
 
     #[test]

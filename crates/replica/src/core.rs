@@ -16,6 +16,16 @@
 //!   the metadata as Inconsistent without a generation, so the disk comes back (after
 //!   a restart, or `Admin::Attach` once the driver reopened it) for a full resync.
 //!
+//! - online grow (`Admin::Resize`, details in `core/resize.rs`): the core asks the
+//!   driver to grow the local backing with `Action::Grow { size_blocks }`; the driver
+//!   makes the metadata cover the new size crash-safely (the backing opens at the old
+//!   or the new size after a crash, never neither), guarantees that the new area reads
+//!   as zeros, and answers `Event::GrowDone { size_blocks, result }`. From a successful
+//!   `GrowDone` on, `PersistMd` carries bitmaps of the new size. Clients may use the
+//!   new blocks only after every diskful node grew: the core then emits
+//!   `StateChange::Size` with the new client-visible size. The outcome of the
+//!   command is `Action::ResizeResult`.
+//!
 //! Semantics follow DRBD's contract (shared/reference/drbd.md §1): protocol A and C,
 //! per-peer bitmaps, an activity log, generation UUIDs decided at connect time, resync,
 //! quorum with a diskless tiebreaker. Promotion asks every connected peer for a grant,
@@ -30,6 +40,7 @@ use crate::decide::{Decision, SplitBrainPolicy, decide};
 use crate::quorum::{QuorumPolicy, View, has_quorum};
 
 mod reconfig;
+mod resize;
 
 pub const HISTORY_LEN: usize = 8;
 /// Blocks a resync target remembers as written during one resync round.
@@ -188,6 +199,11 @@ pub enum Admin {
     Attach,
     /// Leave cleanly: tell peers, mark self Outdated if someone stays UpToDate.
     Down,
+    /// Online grow to `size_blocks` data blocks, coordinated by this node (see
+    /// `core/resize.rs`). Answered by `Action::ResizeResult`.
+    Resize {
+        size_blocks: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +242,12 @@ pub enum Event {
         msg: Msg,
     },
     Admin(Admin),
+    /// The driver carried out `Action::Grow`: the backing holds `size_blocks` now
+    /// (`Ok`, durable), or it still holds the old size (`Err`, why).
+    GrowDone {
+        size_blocks: u64,
+        result: Result<(), String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,6 +282,13 @@ pub enum Action {
     },
     /// Outcome of an `Admin::Primary` that needed a round of grants.
     PromoteResult(Result<(), String>),
+    /// Grow the local backing so that it holds `size_blocks` data blocks, with the
+    /// new blocks reading as zeros; answer with `Event::GrowDone`.
+    Grow {
+        size_blocks: u64,
+    },
+    /// Outcome of an `Admin::Resize` (peers are named `node #ID`).
+    ResizeResult(Result<(), String>),
     State(StateChange),
 }
 
@@ -271,6 +300,8 @@ pub enum StateChange {
     Quorum(bool),
     /// The current generation changed (new, adopted from a resync source, or undone).
     Generation(u64),
+    /// Clients may now use this many blocks (after an online grow).
+    Size(u64),
     Peer {
         peer: NodeId,
         conn: ConnState,
@@ -577,6 +608,10 @@ pub struct Replica {
     next_read: u64,
     /// Why the local disk was detached (after an I/O error), while it is.
     detached: Option<String>,
+    /// Blocks clients may use: `cfg.size_blocks` except during an online grow, while
+    /// the backing has grown but not every diskful node confirmed.
+    io_blocks: u64,
+    resize: Option<resize::ResizeRun>,
     out: Vec<Action>,
     summary: Summary,
 }
@@ -587,6 +622,7 @@ struct Summary {
     role: Option<Role>,
     disk: Option<Disk>,
     quorum: Option<bool>,
+    size: Option<u64>,
     peers: BTreeMap<NodeId, (ConnState, Repl)>,
 }
 
@@ -620,6 +656,11 @@ pub struct Status {
     pub pending_writes: usize,
     /// Why the local disk was detached, while it is (disk is then Diskless).
     pub detached: Option<String>,
+    /// Blocks clients may use.
+    pub size_blocks: u64,
+    /// An online grow to this many blocks runs (coordinated here, or this node's
+    /// backing grows for one).
+    pub resizing: Option<u64>,
 }
 
 fn mask(n: NodeId) -> u32 {
@@ -690,9 +731,13 @@ impl Replica {
             reads: BTreeMap::new(),
             next_read: 1,
             detached: None,
+            io_blocks: 0,
+            resize: None,
             out: Vec::new(),
             summary: Summary::default(),
         };
+        r.io_blocks = r.cfg.size_blocks;
+        r.summary.size = Some(r.io_blocks);
         r.update_quorum();
         r.persist();
         r
@@ -712,6 +757,12 @@ impl Replica {
 
     pub fn has_quorum(&self) -> bool {
         self.quorum
+    }
+
+    /// Blocks the local disk (or, diskless, the committed size) covers; more than
+    /// clients may use while an online grow waits for its peers.
+    pub fn size_blocks(&self) -> u64 {
+        self.cfg.size_blocks
     }
 
     pub fn metadata(&self) -> &Persistent {
@@ -769,6 +820,8 @@ impl Replica {
                 .collect(),
             pending_writes: self.writes.len() + self.queue.len() + self.reads.len(),
             detached: self.detached.clone(),
+            size_blocks: self.io_blocks,
+            resizing: self.resize.as_ref().map(|r| r.size_blocks()),
         }
     }
 
@@ -849,6 +902,10 @@ impl Replica {
             Event::PeerDisconnected { peer } => self.peer_disconnected(peer),
             Event::Message { from, msg } => self.message(from, msg),
             Event::Admin(a) => self.admin(a),
+            Event::GrowDone {
+                size_blocks,
+                result,
+            } => self.grow_done(size_blocks, result),
         }
         self.pump();
         self.emit_changes();
@@ -1000,6 +1057,7 @@ impl Replica {
             role: Some(self.role),
             disk: Some(self.md.disk),
             quorum: Some(self.quorum),
+            size: Some(self.io_blocks),
             peers: self
                 .peers
                 .values()
@@ -1039,6 +1097,10 @@ impl Replica {
                     },
                 );
             }
+        }
+        if now.size != self.summary.size {
+            self.out
+                .push(Action::State(StateChange::Size(self.io_blocks)));
         }
         if now.quorum != self.summary.quorum {
             self.out
@@ -1255,6 +1317,7 @@ impl Replica {
                 self.persist();
                 self.rehandshake_all();
             }
+            Admin::Resize { size_blocks } => self.admin_resize(size_blocks),
             Admin::Down => {
                 let others_up = self
                     .peers
@@ -1660,6 +1723,7 @@ impl Replica {
 
     /// Everything that follows from losing the connection to `id`.
     fn peer_lost(&mut self, id: NodeId) {
+        self.resize_peer_lost(id);
         let was_target = self
             .peers
             .get(&id)
@@ -2449,6 +2513,9 @@ impl Replica {
                 self.verify_step(from);
             }
             Msg::VerifyDone | Msg::Ping | Msg::Pong => {}
+            m @ (Msg::Resize { .. } | Msg::ResizeDone { .. } | Msg::ResizeCommit { .. }) => {
+                self.resize_message(from, m)
+            }
         }
     }
 
@@ -2541,7 +2608,7 @@ impl Replica {
             self.client_ok()?;
         }
         let end = block.checked_add(u64::from(count));
-        if count == 0 || end.is_none_or(|end| end > self.cfg.size_blocks) {
+        if count == 0 || end.is_none_or(|end| end > self.io_blocks) {
             return Err(IoError::OutOfRange);
         }
         Ok(())

@@ -15,14 +15,21 @@
 //!   superblock write makes a whole metadata change durable.
 //! * An activity-log ring of 4 KiB transaction slots.
 //!
+//! * Online grow moves the metadata to the new end of the backing, crash-safely (the
+//!   steps are in blockd's `volume.rs`): the first superblock at the new end carries
+//!   `FLAG_GROWING` and the old backing size (`grow_from`), while the bitmaps are
+//!   still at the old place; `FLAG_GROW_MOVED` says they are at the new place and
+//!   only the old metadata area (now data) is left to clear. An open that finds
+//!   either flag finishes the move.
+//!
 //! Every offset is recorded in the superblock so a later format can move things without
 //! guessing. All integers are little-endian.
 
 use thiserror::Error;
 
 pub const MAGIC: [u8; 8] = *b"TANDEMMD";
-/// Version 2 keeps the activity log as 32-bit extent numbers (up to 16 PiB of data),
-/// 800 of them; version 1 (64-bit, 128 of them) is still read.
+/// 2: the activity log as 32-bit extent numbers (up to 16 PiB of data), 800 of
+/// them, and `grow_from` (online grow). Version 1 (64-bit log of 128) is still read.
 pub const VERSION: u32 = 2;
 pub const MD_BLOCK: u64 = 4096;
 /// Data bytes per bitmap bit.
@@ -47,6 +54,12 @@ const MAX_AL_V1: usize = 128;
 pub const FLAG_DIRTY: u32 = 1 << 0;
 /// Superblock flag: the node was primary when this version was written.
 pub const FLAG_PRIMARY: u32 = 1 << 1;
+/// Superblock flag: an online grow from `grow_from` bytes is under way; the bitmaps
+/// are still where the layout for `grow_from` puts them.
+pub const FLAG_GROWING: u32 = 1 << 2;
+/// Superblock flag (with `FLAG_GROWING`): the bitmaps are in the new layout; the old
+/// metadata area, now part of the data, still has to be cleared.
+pub const FLAG_GROW_MOVED: u32 = 1 << 3;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum MdError {
@@ -211,6 +224,8 @@ pub struct Superblock {
     pub resync_from: u32,
     /// Hot activity-log extents, least recently used first (at most MAX_AL).
     pub al: Vec<u64>,
+    /// Backing size before the online grow under way (`FLAG_GROWING`), else 0.
+    pub grow_from: u64,
 }
 
 // Field offsets inside a superblock slot.
@@ -229,7 +244,9 @@ const OFF_NEWEST: usize = OFF_PEERS + PEER_LEN * MAX_PEERS as usize;
 const OFF_RESYNC_FROM: usize = OFF_NEWEST + 8;
 const OFF_AL_COUNT: usize = OFF_RESYNC_FROM + 4;
 const OFF_AL: usize = OFF_AL_COUNT + 4;
-const OFF_CRC: usize = OFF_AL + 4 * MAX_AL;
+const OFF_GROW_FROM: usize = OFF_AL + 4 * MAX_AL;
+const OFF_CRC: usize = OFF_GROW_FROM + 8;
+/// Where version 1 kept its checksum (its log was 64-bit, and it had no `grow_from`).
 const OFF_CRC_V1: usize = OFF_AL + 8 * MAX_AL_V1;
 const _: () = assert!(OFF_CRC + 4 <= MD_BLOCK as usize);
 
@@ -248,6 +265,7 @@ impl Superblock {
             newest_seen: 0,
             resync_from: NO_NODE,
             al: Vec::new(),
+            grow_from: 0,
         }
     }
 
@@ -306,6 +324,7 @@ impl Superblock {
         for (i, e) in al.iter().enumerate() {
             put32(&mut b, OFF_AL + 4 * i, *e);
         }
+        put64(&mut b, OFF_GROW_FROM, self.grow_from);
         let crc = crc32c::crc32c(&b[..OFF_CRC]);
         put32(&mut b, OFF_CRC, crc);
         b
@@ -339,6 +358,11 @@ impl Superblock {
         if version != VERSION && version != 1 {
             return Err(MdError::Version(version));
         }
+        let grow_from = if version == 1 {
+            0
+        } else {
+            get64(OFF_GROW_FROM)
+        };
         let f = |i: usize| get64(OFF_LAYOUT + 8 * i);
         let narrow = |v: u64| u32::try_from(v).map_err(|_| MdError::Corrupt("count out of range"));
         let layout = Layout {
@@ -405,6 +429,7 @@ impl Superblock {
             newest_seen: get64(OFF_NEWEST),
             resync_from: get32(OFF_RESYNC_FROM),
             al,
+            grow_from,
         })
     }
 
@@ -543,6 +568,10 @@ mod tests {
         let crc = crc32c::crc32c(&b[..OFF_CRC_V1]);
         b[OFF_CRC_V1..OFF_CRC_V1 + 4].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        let mut growing = sample();
+        growing.flags |= FLAG_GROWING;
+        growing.grow_from = 32 << 20;
+        assert_eq!(Superblock::decode(&growing.encode()), Ok(growing));
     }
 
     #[test]

@@ -27,6 +27,9 @@ use replica::quorum::QuorumPolicy;
 use wire::{Disk, Msg, NodeId, Role};
 
 pub const BLOCKS: u64 = 256;
+/// Blocks each simulated disk can hold: an online grow may take a volume up to this
+/// (the blocks past the volume's size read as zero, like a grown sparse file).
+pub const CAPACITY: u64 = 2 * BLOCKS;
 const MS: u64 = 1000;
 
 #[derive(Debug, Clone)]
@@ -181,6 +184,12 @@ enum Ev {
         node: NodeId,
         inc: u64,
     },
+    /// The driver's grow of a node's backing completes.
+    Grown {
+        node: NodeId,
+        inc: u64,
+        size_blocks: u64,
+    },
     Connect,
     Client,
     Chaos,
@@ -332,6 +341,8 @@ struct Sim {
     disk_failures: bool,
     /// Values each successful client read returned, for scripted scenarios.
     read_values: BTreeMap<u64, Vec<u64>>,
+    /// Outcome of the last resize per coordinating node, for scripted scenarios.
+    resizes: BTreeMap<NodeId, Result<(), String>>,
 }
 
 fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
@@ -433,7 +444,7 @@ impl Sim {
                 cfg,
                 md,
                 disk: SimDisk {
-                    durable: vec![(0, 0); BLOCKS as usize],
+                    durable: vec![(0, 0); CAPACITY as usize],
                     version: 0,
                     cache: BTreeMap::new(),
                     ops: BTreeMap::new(),
@@ -459,7 +470,7 @@ impl Sim {
             protocol,
             inflight: BTreeMap::new(),
             next_id: 1,
-            blocks: vec![Vec::new(); BLOCKS as usize],
+            blocks: vec![Vec::new(); CAPACITY as usize],
             last_crash: 0,
             failover: None,
             promoting: BTreeSet::new(),
@@ -482,6 +493,7 @@ impl Sim {
             diskless_primaries: opts.diskless_primaries,
             disk_failures: opts.disk_failures,
             read_values: BTreeMap::new(),
+            resizes: BTreeMap::new(),
         };
         sim.log(format!(
             "cluster: {diskful} diskful + {diskless} diskless, protocol {protocol:?}, fresh node {fresh_node:?}"
@@ -593,6 +605,33 @@ impl Sim {
                 }
             }
             Ev::DiskDone { node, inc, tag } => self.disk_done(node, inc, tag),
+            Ev::Grown {
+                node,
+                inc,
+                size_blocks,
+            } => {
+                let n = &mut self.nodes[node as usize];
+                if n.inc != inc || n.core.is_none() {
+                    return;
+                }
+                let result = if n.failing {
+                    Err("I/O error".to_owned())
+                } else if size_blocks > CAPACITY {
+                    Err(format!("the disk holds at most {CAPACITY} blocks"))
+                } else {
+                    // Durable from here: a restart opens at the new size.
+                    n.cfg.size_blocks = size_blocks;
+                    Ok(())
+                };
+                self.log(format!("n{node} grew to {size_blocks} blocks: {result:?}"));
+                self.feed(
+                    node,
+                    Event::GrowDone {
+                        size_blocks,
+                        result,
+                    },
+                );
+            }
             Ev::Tick { node, inc } => {
                 if self.nodes[node as usize].inc == inc && self.nodes[node as usize].core.is_some()
                 {
@@ -717,9 +756,31 @@ impl Sim {
                     Err(e) => self.log(format!("n{node} promotion refused: {e}")),
                 }
             }
+            Action::Grow { size_blocks } => {
+                let lat = self.disk_latency() * 4;
+                self.schedule(
+                    lat,
+                    Ev::Grown {
+                        node,
+                        inc,
+                        size_blocks,
+                    },
+                );
+            }
+            Action::ResizeResult(r) => {
+                self.log(format!("n{node} resize: {r:?}"));
+                self.resizes.insert(node, r);
+            }
             Action::State(s) => {
                 if let replica::core::StateChange::Role(Role::Secondary) = s {
                     self.nodes[node as usize].primary_since = None;
+                }
+                if let replica::core::StateChange::Size(b) = s {
+                    // A diskless node takes the committed size at its next start.
+                    let n = &mut self.nodes[node as usize];
+                    if !n.diskful {
+                        n.cfg.size_blocks = n.cfg.size_blocks.max(b);
+                    }
                 }
                 self.log(format!("n{node} {s:?}"));
             }
@@ -1381,7 +1442,7 @@ impl Sim {
     }
 
     fn check_durable(&mut self, node: NodeId, when: &str) {
-        for b in 0..BLOCKS {
+        for b in 0..CAPACITY {
             let v = self.nodes[node as usize].disk.value(b);
             if let Err(e) = self.allowed(b, v, None) {
                 self.violate(1, format!("n{node} {when}: block {b} holds {e}"));
@@ -1525,7 +1586,7 @@ impl Sim {
             if self.violation.is_some() {
                 return;
             }
-            for b in 0..BLOCKS {
+            for b in 0..CAPACITY {
                 let (x, y) = (
                     self.nodes[first as usize].disk.value(b),
                     self.nodes[n as usize].disk.value(b),
@@ -1649,6 +1710,30 @@ impl Scenario {
             self.sim.client_node = None;
         }
         self.run_ms(200);
+    }
+
+    /// Runs an online grow coordinated by `node` and waits for its outcome.
+    pub fn resize(&mut self, node: NodeId, size_blocks: u64) -> Result<(), String> {
+        self.submit_resize(node, size_blocks);
+        for _ in 0..50 {
+            if let Some(r) = self.resize_result(node) {
+                return r;
+            }
+            self.run_ms(100);
+        }
+        Err("no answer to the resize".into())
+    }
+
+    /// Starts an online grow without waiting (see [`Scenario::resize_result`]).
+    pub fn submit_resize(&mut self, node: NodeId, size_blocks: u64) {
+        self.sim.resizes.remove(&node);
+        self.sim
+            .feed(node, Event::Admin(Admin::Resize { size_blocks }));
+    }
+
+    /// The outcome of the last resize `node` coordinated, once there is one.
+    pub fn resize_result(&self, node: NodeId) -> Option<Result<(), String>> {
+        self.sim.resizes.get(&node).cloned()
     }
 
     pub fn admin(&mut self, node: NodeId, a: Admin) {
@@ -1820,7 +1905,7 @@ impl Scenario {
             .iter()
             .filter(|n| n.diskful && n.id != of)
             .filter(|n| {
-                (0..BLOCKS).any(|b| n.disk.value(b) != self.sim.nodes[of as usize].disk.value(b))
+                (0..CAPACITY).any(|b| n.disk.value(b) != self.sim.nodes[of as usize].disk.value(b))
             })
             .map(|n| n.id)
             .collect()

@@ -8,7 +8,8 @@
 
 use thiserror::Error;
 
-pub const VERSION: u8 = 2;
+/// 3: online grow (`Resize`, `ResizeDone`, `ResizeCommit`).
+pub const VERSION: u8 = 3;
 /// Frame header: version, kind, payload length (u32).
 pub const HEADER_LEN: usize = 6;
 /// Largest payload accepted: a 32 MiB write plus its header fields.
@@ -190,6 +191,23 @@ pub enum Msg {
         disk: Disk,
         current: u64,
     },
+    /// Online grow, from the node that runs it (the coordinator): grow your backing
+    /// so that it holds `size_blocks` data blocks, then answer `ResizeDone`. Nothing
+    /// beyond the old size is written anywhere until `ResizeCommit`.
+    Resize {
+        size_blocks: u64,
+    },
+    /// A node's answer to `Resize`: its backing holds `size_blocks` now (`ok`), or why
+    /// not.
+    ResizeDone {
+        size_blocks: u64,
+        ok: bool,
+        reason: String,
+    },
+    /// Every diskful node holds `size_blocks`: clients may use all of it.
+    ResizeCommit {
+        size_blocks: u64,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -362,6 +380,9 @@ impl Msg {
             Msg::ReadRequest { .. } => 25,
             Msg::ReadReply { .. } => 26,
             Msg::PeerState { .. } => 27,
+            Msg::Resize { .. } => 28,
+            Msg::ResizeDone { .. } => 29,
+            Msg::ResizeCommit { .. } => 30,
         }
     }
 
@@ -501,6 +522,16 @@ impl Msg {
                 w.u8(*disk as u8);
                 w.u64(*current);
             }
+            Msg::Resize { size_blocks } | Msg::ResizeCommit { size_blocks } => w.u64(*size_blocks),
+            Msg::ResizeDone {
+                size_blocks,
+                ok,
+                reason,
+            } => {
+                w.u64(*size_blocks);
+                w.bool(*ok);
+                w.bytes(&reason.as_bytes()[..reason.len().min(MAX_REASON)]);
+            }
         }
         let payload = w.0;
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -540,6 +571,7 @@ impl Msg {
             2 => "bitmap",
             3 => "write",
             4..=24 | 25 | 27 => "control",
+            28..=30 => "resize",
             26 => "read reply",
             k => return Err(DecodeError::Kind(k)),
         };
@@ -654,6 +686,17 @@ impl Msg {
             27 => Msg::PeerState {
                 disk: r.disk()?,
                 current: r.u64()?,
+            },
+            28 => Msg::Resize {
+                size_blocks: r.u64()?,
+            },
+            29 => Msg::ResizeDone {
+                size_blocks: r.u64()?,
+                ok: r.bool()?,
+                reason: r.text()?,
+            },
+            30 => Msg::ResizeCommit {
+                size_blocks: r.u64()?,
             },
             23 => Msg::Ping,
             24 => Msg::Pong,
@@ -776,6 +819,15 @@ mod tests {
             Just(Msg::Ping),
             Just(Msg::Pong),
             any::<u32>().prop_map(|mask| Msg::InSync { mask }),
+            any::<u64>().prop_map(|size_blocks| Msg::Resize { size_blocks }),
+            any::<u64>().prop_map(|size_blocks| Msg::ResizeCommit { size_blocks }),
+            (any::<u64>(), any::<bool>(), "[a-z0-9 ]{0,60}").prop_map(
+                |(size_blocks, ok, reason)| Msg::ResizeDone {
+                    size_blocks,
+                    ok,
+                    reason
+                }
+            ),
         ]
     }
 
