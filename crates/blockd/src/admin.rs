@@ -197,6 +197,9 @@ pub struct PeerStatus {
     pub resync_done_percent: Option<f64>,
     pub resync_sent_bytes: u64,
     pub resync_received_bytes: u64,
+    /// Bytes per second of the running resync with this peer (both directions).
+    #[serde(default)]
+    pub resync_rate_bytes_per_s: Option<u64>,
     /// Why the connection is refused or failed last.
     pub reason: Option<String>,
     /// An online verify against this peer is running.

@@ -64,6 +64,8 @@ pub struct ReplConfig {
     pub split_brain: SplitBrainOpt,
     /// A peer silent for this long is disconnected.
     pub timeout_ms: u64,
+    /// Resync bytes per second, over all peers (None: unlimited).
+    pub resync_rate: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +125,10 @@ struct RawResource {
     quorum: Option<Spanned<String>>,
     split_brain: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<i64>>,
+    resync_rate: Option<Spanned<String>>,
+    on_no_quorum: Option<Spanned<String>>,
+    allow_two_primaries: Option<Spanned<bool>>,
+    verify_alg: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,6 +298,10 @@ pub fn parse_resource(path: &Path, text: &str) -> Result<ResourceConfig, ConfigE
         quorum: raw.quorum,
         split_brain: raw.split_brain,
         timeout_ms: raw.timeout_ms,
+        resync_rate: raw.resync_rate,
+        on_no_quorum: raw.on_no_quorum,
+        allow_two_primaries: raw.allow_two_primaries,
+        verify_alg: raw.verify_alg,
     };
     let mut volumes = BTreeMap::new();
     for v in raw.volume {
@@ -397,6 +407,10 @@ struct RawRepl {
     quorum: Option<Spanned<String>>,
     split_brain: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<i64>>,
+    resync_rate: Option<Spanned<String>>,
+    on_no_quorum: Option<Spanned<String>>,
+    allow_two_primaries: Option<Spanned<bool>>,
+    verify_alg: Option<Spanned<String>>,
 }
 
 fn parse_repl(
@@ -416,6 +430,14 @@ fn parse_repl(
             raw.quorum.as_ref().map(|s| ("quorum", s.span())),
             raw.split_brain.as_ref().map(|s| ("split-brain", s.span())),
             raw.timeout_ms.as_ref().map(|s| ("timeout-ms", s.span())),
+            raw.resync_rate.as_ref().map(|s| ("resync-rate", s.span())),
+            raw.on_no_quorum
+                .as_ref()
+                .map(|s| ("on-no-quorum", s.span())),
+            raw.allow_two_primaries
+                .as_ref()
+                .map(|s| ("allow-two-primaries", s.span())),
+            raw.verify_alg.as_ref().map(|s| ("verify-alg", s.span())),
         ];
         if let Some((key, span)) = stray.into_iter().flatten().next() {
             return Err(at(
@@ -557,6 +579,56 @@ fn parse_repl(
             .filter(|t| (200..=60_000).contains(t))
             .ok_or_else(|| at(t.span(), "timeout-ms must be 200..=60000".into()))?,
     };
+    let resync_rate = match &raw.resync_rate {
+        None => None,
+        Some(r) if r.get_ref() == "unlimited" => None,
+        Some(r) => Some(
+            parse_size(r.get_ref())
+                .ok()
+                .filter(|b| *b >= 64 << 10)
+                .ok_or_else(|| {
+                    at(
+                        r.span(),
+                        format!(
+                            "resync-rate {:?} is not a rate: give bytes per second of at least 64K, e.g. \"100M\", or \"unlimited\"",
+                            r.get_ref()
+                        ),
+                    )
+                })?,
+        ),
+    };
+    if let Some(o) = &raw.on_no_quorum
+        && o.get_ref() != "io-error"
+    {
+        let msg = if o.get_ref() == "suspend-io" {
+            "on-no-quorum \"suspend-io\" is not supported yet: use \"io-error\" (I/O fails while quorum is lost)".to_owned()
+        } else {
+            format!(
+                "on-no-quorum {:?} is unknown: use \"io-error\"",
+                o.get_ref()
+            )
+        };
+        return Err(at(o.span(), msg));
+    }
+    if let Some(a) = &raw.allow_two_primaries
+        && *a.get_ref()
+    {
+        return Err(at(
+            a.span(),
+            "allow-two-primaries = true is not supported yet: only one node may be primary".into(),
+        ));
+    }
+    if let Some(v) = &raw.verify_alg
+        && v.get_ref() != "crc32c"
+    {
+        return Err(at(
+            v.span(),
+            format!(
+                "verify-alg {:?} is not supported: online verify compares CRC32C digests; use \"crc32c\"",
+                v.get_ref()
+            ),
+        ));
+    }
     Ok(Some(ReplConfig {
         nodes,
         secret,
@@ -564,6 +636,7 @@ fn parse_repl(
         quorum,
         split_brain,
         timeout_ms,
+        resync_rate,
     }))
 }
 
@@ -726,6 +799,34 @@ size = 1048576
         }
         let e = parse("").unwrap_err().to_string();
         assert!(e.contains("no [[volume]]"), "{e}");
+    }
+
+    #[test]
+    fn replication_options_parse_or_say_what_is_supported() {
+        let repl = |opts: &str| {
+            format!(
+                "secret = \"s3cret-s3cret\"\n{opts}\n[[node]]\nname = \"a\"\nid = 0\naddress = \"127.0.0.1:7000\"\n[[node]]\nname = \"b\"\nid = 1\naddress = \"127.0.0.1:7001\"\n[[volume]]\nnumber = 0\nbacking = \"/x\"\nsize = \"64M\"\n"
+            )
+        };
+        let ok = parse(&repl("resync-rate = \"100M\"\non-no-quorum = \"io-error\"\nallow-two-primaries = false\nverify-alg = \"crc32c\"")).unwrap();
+        assert_eq!(ok.repl.unwrap().resync_rate, Some(100 << 20));
+        assert_eq!(parse(&repl("")).unwrap().repl.unwrap().resync_rate, None);
+        for (opts, what) in [
+            ("resync-rate = \"fast\"", "not a rate"),
+            ("resync-rate = \"1K\"", "at least 64K"),
+            ("on-no-quorum = \"suspend-io\"", "not supported yet"),
+            ("on-no-quorum = \"panic\"", "unknown"),
+            ("allow-two-primaries = true", "not supported yet"),
+            ("verify-alg = \"md5\"", "crc32c"),
+        ] {
+            let e = parse(&repl(opts)).unwrap_err().to_string();
+            assert!(e.starts_with("/etc/tandem/r0.toml:2: "), "{e}");
+            assert!(e.contains(what), "{opts}: {e}");
+        }
+        let e = parse("resync-rate = \"10M\"\n[[volume]]\nnumber = 0\nbacking = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only applies to a replicated resource"), "{e}");
     }
 
     #[test]

@@ -1313,6 +1313,7 @@ fn repl_status(st: &mut VolumeStatus, v: &ReplVolume) {
             resync_done_percent: percent,
             resync_sent_bytes: counters.resync_sent_bytes,
             resync_received_bytes: counters.resync_received_bytes,
+            resync_rate_bytes_per_s: left.map(|_| counters.resync_rate),
             reason,
             verifying: p.verifying,
             verify_done_percent: (p.verifying || p.verify_done_blocks > 0).then(|| {

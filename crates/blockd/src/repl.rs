@@ -112,6 +112,9 @@ pub struct PeerCounters {
     /// Out-of-sync blocks when the running resync started (for progress).
     pub resync_total_blocks: u64,
     pub last_error: Option<String>,
+    /// Resync bytes per second (sent plus received) over the last second or so.
+    pub resync_rate: u64,
+    rate_mark: Option<(Instant, u64)>,
 }
 
 /// What status shows, refreshed after every input.
@@ -213,6 +216,10 @@ fn core_config(me: &NodeConfig, cfg: &ReplConfig, size: u64) -> Config {
         extent_blocks: replica::md::AL_EXTENT / BLOCK,
         resync_inflight: 64,
         resync_per_tick: 64,
+        // Per 100 ms tick.
+        resync_rate_per_tick: cfg
+            .resync_rate
+            .map(|r| (r / BLOCK / (1000 / TICK.as_millis() as u64)).max(1)),
         promote_timeout_ms: cfg.timeout_ms + 1000,
         grant_lease_ms: 1000,
         max_queued: 1024,
@@ -692,6 +699,7 @@ impl Driver {
                     let now = self.start.elapsed().as_millis() as u64;
                     self.feed(Event::Tick { now });
                     self.dial();
+                    self.measure_rates();
                     self.refresh();
                 }
             }
@@ -868,6 +876,7 @@ impl Driver {
             || old.split_brain != cfg.split_brain
             || old.timeout_ms != cfg.timeout_ms
             || old.secret != cfg.secret
+            || old.resync_rate != cfg.resync_rate
         {
             changes.push("options changed".into());
         }
@@ -1400,6 +1409,23 @@ impl Driver {
             }
         }
         let _ = self.shared.events.send(obj.to_string());
+    }
+
+    /// Resync rates from the byte counters, once a second.
+    fn measure_rates(&mut self) {
+        let now = Instant::now();
+        for c in self.counters.values_mut() {
+            let bytes = c.resync_sent_bytes + c.resync_received_bytes;
+            match c.rate_mark {
+                Some((at, before)) if now.duration_since(at) >= Duration::from_secs(1) => {
+                    let secs = now.duration_since(at).as_secs_f64();
+                    c.resync_rate = ((bytes - before) as f64 / secs) as u64;
+                    c.rate_mark = Some((now, bytes));
+                }
+                Some(_) => {}
+                None => c.rate_mark = Some((now, bytes)),
+            }
+        }
     }
 
     fn refresh(&mut self) {

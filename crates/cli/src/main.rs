@@ -384,6 +384,9 @@ fn print_status(s: &Status) {
                 }
                 if let Some(pc) = p.resync_done_percent {
                     line.push_str(&format!(" resync {pc:.1}%"));
+                    if let Some(r) = p.resync_rate_bytes_per_s {
+                        line.push_str(&format!(" at {}/s", human_size(r)));
+                    }
                 }
                 if let Some(pc) = p.verify_done_percent {
                     line.push_str(&format!(

@@ -704,3 +704,41 @@ fn online_grow_reaches_every_node_and_the_new_area_is_replicated() {
     }
     qemu_io(&c.nodes[1].uri(RES, 0), &[&r1, &r2]);
 }
+
+#[test]
+fn resync_rate_bounds_a_resync_shows_its_rate_and_adjust_lifts_it_live() {
+    let q = "quorum = \"off\"\nresync-rate = \"4M\"";
+    let mut c = Cluster::new(&[false, false]);
+    for i in 0..2 {
+        let t = c.resource_text(i, RES, "64MiB", "test-secret-1234", q);
+        c.nodes[i].write_conf(RES, &t);
+    }
+    c.start_all();
+    c.wait(0, RES, "n1 connected", |v| {
+        peer(v, "n1")["connection"] == "Connected"
+    });
+    c.local_ok(0, &["primary", RES, "--force"]);
+    // The full sync of 64 MiB runs at no more than the limit (an upper bound: a
+    // slow machine only makes it slower).
+    let v = c.wait(0, RES, "a measured resync rate", |v| {
+        peer(v, "n1")["resync_rate_bytes_per_s"]
+            .as_u64()
+            .is_some_and(|r| r > 0)
+    });
+    let rate = peer(&v, "n1")["resync_rate_bytes_per_s"].as_u64().unwrap();
+    assert!(
+        rate <= 6 << 20,
+        "resync at {rate} B/s with a 4 MiB/s limit: {v:#}"
+    );
+    let text = c.local_ok(0, &["status"]);
+    assert!(text.contains("/s"), "{text}");
+    // Lifted live: the resync finishes without a restart.
+    for i in 0..2 {
+        let t = c.resource_text(i, RES, "64MiB", "test-secret-1234", "quorum = \"off\"");
+        c.nodes[i].write_conf(RES, &t);
+        let out = c.local_ok(i, &["adjust"]);
+        assert!(out.contains("options changed"), "{out}");
+    }
+    c.wait_in_sync(1, RES);
+    assert_same_data(&c, 0, 1);
+}

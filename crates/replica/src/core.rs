@@ -76,6 +76,9 @@ pub struct Config {
     /// Resync blocks in flight per peer, and started per tick.
     pub resync_inflight: usize,
     pub resync_per_tick: usize,
+    /// Most resync blocks sent per tick over all peers (None: as fast as the
+    /// in-flight window allows).
+    pub resync_rate_per_tick: Option<u64>,
     /// How long a promotion waits for grants (ms).
     pub promote_timeout_ms: u64,
     /// How long a granted promotion reserves the granter (ms).
@@ -595,6 +598,8 @@ pub struct Replica {
     /// data race on separate connections: resync data read before the source had a
     /// write this node already applied is older and is not written.
     fresh: Option<(NodeId, u32, BTreeMap<u64, u64>)>,
+    /// Resync blocks this tick may still send (with a rate limit).
+    resync_budget: u64,
     promotion: Option<Promotion>,
     reservation: Option<(NodeId, u64)>,
     known_current: u64,
@@ -722,6 +727,7 @@ impl Replica {
             pinned: BTreeSet::new(),
             peer_acked: 0,
             fresh: None,
+            resync_budget: 0,
             promotion: None,
             reservation: None,
             known_current,
@@ -3532,6 +3538,9 @@ impl Replica {
     // ---- resync ----
 
     fn resync_step(&mut self, id: NodeId) {
+        if self.cfg.resync_rate_per_tick.is_some() && self.resync_budget == 0 {
+            return; // the rate limit; the next tick refills
+        }
         // Our rank counts writes received; serve blocks only once they are applied.
         let applying = self.queue.iter().any(|w| matches!(w, Work::Peer { .. }))
             || self
@@ -3597,6 +3606,9 @@ impl Replica {
                     if self.busy_blocks.contains_key(&b) {
                         // A local write to it is in flight; come back later.
                         return;
+                    }
+                    if self.cfg.resync_rate_per_tick.is_some() {
+                        self.resync_budget = self.resync_budget.saturating_sub(1);
                     }
                     let tag = self.tag(DiskOp::ResyncRead { peer: id });
                     if let Some(s) = self.peers.get_mut(&id).and_then(|p| p.source.as_mut()) {
@@ -3771,6 +3783,7 @@ impl Replica {
 
     fn tick(&mut self, now: u64) {
         self.now = self.now.max(now);
+        self.resync_budget = self.cfg.resync_rate_per_tick.unwrap_or(0);
         if let Some((_, until)) = self.reservation
             && until <= self.now
         {

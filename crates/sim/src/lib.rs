@@ -427,6 +427,7 @@ impl Sim {
                 extent_blocks: 8,
                 resync_inflight: 8,
                 resync_per_tick: 4,
+                resync_rate_per_tick: None,
                 promote_timeout_ms: 2000,
                 grant_lease_ms: 1000,
                 max_queued: 256,

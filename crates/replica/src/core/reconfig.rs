@@ -125,6 +125,7 @@ mod tests {
             extent_blocks: 64,
             resync_inflight: 4,
             resync_per_tick: 4,
+            resync_rate_per_tick: None,
             promote_timeout_ms: 1000,
             grant_lease_ms: 1000,
             max_queued: 64,
