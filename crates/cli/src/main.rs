@@ -8,6 +8,8 @@ use blockd::admin::{self, Request, Status};
 use blockd::daemon::{Daemon, Options};
 use clap::{Parser, Subcommand};
 
+mod client;
+
 const DEFAULT_RUN_DIR: &str = "/run/tandem";
 const DEFAULT_CONFIG_DIR: &str = "/etc/tandem/resources";
 /// Long enough for `down` to drain connections (blockd waits up to 30 s).
@@ -23,6 +25,8 @@ struct Cli {
     /// Log filter for daemons: error, warn, info, debug or trace.
     #[arg(long, global = true, default_value = "info", env = "TANDEM_LOG")]
     log: String,
+    #[command(flatten)]
+    client: client::Global,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -57,7 +61,11 @@ enum Cmd {
         cmd: LocalCmd,
     },
     /// Run the controller: LINSTOR's v1 REST API on the cluster model, kept in SQLite.
+    /// With a verb (`version`, ...), ask the running controller instead.
+    #[command(visible_alias = "c", args_conflicts_with_subcommands = true)]
     Controller {
+        #[command(subcommand)]
+        verb: Option<client::ControllerCmd>,
         /// Address for the REST API (port 0: any free port, printed on stdout).
         #[arg(long, default_value = controller::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
@@ -74,6 +82,9 @@ enum Cmd {
         #[arg(long, default_value = "1GiB")]
         size: String,
     },
+    /// The LINSTOR client's commands, against the controller's REST API (docs/cli.md).
+    #[command(flatten)]
+    Client(client::Command),
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,6 +165,14 @@ fn init_logs(level: &str) -> Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Client commands print their own errors and exit as the linstor client does.
+    let cli = match cli.cmd {
+        Cmd::Client(cmd) => return client::main(&cli.client, cmd),
+        Cmd::Controller {
+            verb: Some(verb), ..
+        } => return client::main_controller(&cli.client, verb),
+        cmd => Cli { cmd, ..cli },
+    };
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -179,7 +198,14 @@ fn run(cli: Cli) -> Result<()> {
             run_blockd(opts, None)
         }
         Cmd::Local { admin_socket, cmd } => local(&admin_socket, cmd),
-        Cmd::Controller { listen, db } => {
+        Cmd::Client(_) | Cmd::Controller { verb: Some(_), .. } => {
+            bail!("client commands are handled in main")
+        }
+        Cmd::Controller {
+            listen,
+            db,
+            verb: None,
+        } => {
             init_logs(&cli.log)?;
             Ok(controller::run(controller::Options { listen, db })?)
         }
