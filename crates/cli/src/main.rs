@@ -493,6 +493,48 @@ mod tests {
         .unwrap();
         Cli::try_parse_from(["tandem", "local", "create-md", "r0", "--force"]).unwrap();
         assert!(Cli::try_parse_from(["tandem", "local", "create-md"]).is_err());
+        // `controller` without a verb is the daemon, with one a client call.
+        let c = Cli::try_parse_from(["tandem", "controller", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Controller { verb: None, .. }));
+        let c = Cli::try_parse_from(["tandem", "c", "version"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Controller { verb: Some(_), .. }));
+        for args in [
+            &["tandem", "-m", "n", "l"][..],
+            &[
+                "tandem",
+                "sp",
+                "c",
+                "zfsthin",
+                "pve01",
+                "pool",
+                "rpool/data",
+            ],
+            &[
+                "tandem",
+                "rg",
+                "c",
+                "--storage-pool",
+                "p",
+                "--place-count",
+                "3",
+                "--diskless-on-remaining",
+                "true",
+                "grp",
+            ],
+            &[
+                "tandem",
+                "rg",
+                "opt",
+                "--quorum=majority",
+                "--protocol",
+                "C",
+                "grp",
+            ],
+            &["tandem", "r", "l", "--controllers", "a,b:1", "--no-utf8"],
+        ] {
+            let c = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(matches!(c.cmd, Cmd::Client(_)), "{args:?}");
+        }
     }
 
     #[test]
