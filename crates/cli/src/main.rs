@@ -8,6 +8,8 @@ use blockd::admin::{self, Request, Status};
 use blockd::daemon::{Daemon, Options};
 use clap::{Parser, Subcommand};
 
+mod client;
+
 const DEFAULT_RUN_DIR: &str = "/run/tandem";
 const DEFAULT_CONFIG_DIR: &str = "/etc/tandem/resources";
 /// Long enough for `down` to drain connections (blockd waits up to 30 s).
@@ -23,6 +25,8 @@ struct Cli {
     /// Log filter for daemons: error, warn, info, debug or trace.
     #[arg(long, global = true, default_value = "info", env = "TANDEM_LOG")]
     log: String,
+    #[command(flatten)]
+    client: client::Global,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -57,7 +61,11 @@ enum Cmd {
         cmd: LocalCmd,
     },
     /// Run the controller: LINSTOR's v1 REST API on the cluster model, kept in SQLite.
+    /// With a verb (`version`, ...), ask the running controller instead.
+    #[command(visible_alias = "c", args_conflicts_with_subcommands = true)]
     Controller {
+        #[command(subcommand)]
+        verb: Option<client::ControllerCmd>,
         /// Address for the REST API (port 0: any free port, printed on stdout).
         #[arg(long, default_value = controller::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
@@ -74,6 +82,9 @@ enum Cmd {
         #[arg(long, default_value = "1GiB")]
         size: String,
     },
+    /// The LINSTOR client's commands, against the controller's REST API (docs/cli.md).
+    #[command(flatten)]
+    Client(client::Command),
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,6 +178,14 @@ fn init_logs(level: &str) -> Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Client commands print their own errors and exit as the linstor client does.
+    let cli = match cli.cmd {
+        Cmd::Client(cmd) => return client::main(&cli.client, cmd),
+        Cmd::Controller {
+            verb: Some(verb), ..
+        } => return client::main_controller(&cli.client, verb),
+        cmd => Cli { cmd, ..cli },
+    };
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -192,7 +211,14 @@ fn run(cli: Cli) -> Result<()> {
             run_blockd(opts, None)
         }
         Cmd::Local { admin_socket, cmd } => local(&admin_socket, cmd),
-        Cmd::Controller { listen, db } => {
+        Cmd::Client(_) | Cmd::Controller { verb: Some(_), .. } => {
+            bail!("client commands are handled in main")
+        }
+        Cmd::Controller {
+            listen,
+            db,
+            verb: None,
+        } => {
             init_logs(&cli.log)?;
             Ok(controller::run(controller::Options { listen, db })?)
         }
@@ -492,6 +518,48 @@ mod tests {
         .unwrap();
         Cli::try_parse_from(["tandem", "local", "create-md", "r0", "--force"]).unwrap();
         assert!(Cli::try_parse_from(["tandem", "local", "create-md"]).is_err());
+        // `controller` without a verb is the daemon, with one a client call.
+        let c = Cli::try_parse_from(["tandem", "controller", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Controller { verb: None, .. }));
+        let c = Cli::try_parse_from(["tandem", "c", "version"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Controller { verb: Some(_), .. }));
+        for args in [
+            &["tandem", "-m", "n", "l"][..],
+            &[
+                "tandem",
+                "sp",
+                "c",
+                "zfsthin",
+                "pve01",
+                "pool",
+                "rpool/data",
+            ],
+            &[
+                "tandem",
+                "rg",
+                "c",
+                "--storage-pool",
+                "p",
+                "--place-count",
+                "3",
+                "--diskless-on-remaining",
+                "true",
+                "grp",
+            ],
+            &[
+                "tandem",
+                "rg",
+                "opt",
+                "--quorum=majority",
+                "--protocol",
+                "C",
+                "grp",
+            ],
+            &["tandem", "r", "l", "--controllers", "a,b:1", "--no-utf8"],
+        ] {
+            let c = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(matches!(c.cmd, Cmd::Client(_)), "{args:?}");
+        }
     }
 
     #[test]
