@@ -286,6 +286,13 @@ fn seed_004_sequence_with_tandem() {
     assert_eq!(c.json_list(&["r", "l", "-r", "client"]).len(), 2);
     c.ok(&["r", "d", "pve02", "client"]);
     assert_eq!(c.json_list(&["r", "l", "-r", "client"]).len(), 1);
+    // make-available places a replica where there was none.
+    c.ok(&["r", "make-available", "pve03", "client"]);
+    let placed = c.json_list(&["r", "l", "-r", "client"]);
+    assert!(
+        placed.iter().any(|r| r["node_name"] == "pve03"),
+        "{placed:?}"
+    );
     c.ok(&["rd", "d", "manual"]);
     assert!(c.json_list(&["r", "l", "-r", "manual"]).is_empty());
     let version = c.ok(&["controller", "version"]);

@@ -556,6 +556,17 @@ pub enum RCmd {
         #[arg(short = 'n', long, value_delimiter = ',', num_args = 1)]
         nodes: Vec<String>,
     },
+    /// Make a resource available on a node: NODE RD. An existing diskless replica
+    /// (a tiebreaker too) is kept or, with --diskful, given a disk; otherwise a new
+    /// replica is placed there.
+    #[command(name = "make-available", visible_alias = "mkavail")]
+    MakeAvailable {
+        /// Want a replica with a disk there.
+        #[arg(long)]
+        diskful: bool,
+        node: String,
+        resource: String,
+    },
     /// Delete replicas: NODE... RD.
     #[command(visible_alias = "d")]
     Delete {
@@ -1822,6 +1833,22 @@ fn resource(ctx: &mut Ctx, cmd: RCmd) -> Result<()> {
             if let Some(list) = ctx.list("/v1/view/resources", &q)? {
                 ctx.show(&list, || Ok(volumes_table(&list)))?;
             }
+        }
+        RCmd::MakeAvailable {
+            diskful,
+            node,
+            resource,
+        } => {
+            let path = format!(
+                "/v1/resource-definitions/{}/resources/{}/make-available",
+                seg(&resource),
+                seg(&node)
+            );
+            ctx.mutate(
+                "POST",
+                &path,
+                Some(serde_json::json!({ "diskful": diskful })),
+            )?;
         }
         RCmd::Delete {
             keep_tiebreaker,
