@@ -1314,7 +1314,12 @@ async fn vd_delete(State(app): State<App>, Path((rsc, n)): Path<(String, String)
 
 // ---- resources ----
 
-fn resources_json(c: &Cluster, q: &Query, only_rsc: Option<&str>) -> Vec<Value> {
+/// The resources a query selects, in order.
+fn resources_selected<'c>(
+    c: &'c Cluster,
+    q: &Query,
+    only_rsc: Option<&str>,
+) -> Vec<(&'c model::ResourceDefinition, &'c model::Resource)> {
     c.resource_definitions()
         .filter(|rd| only_rsc.is_none_or(|o| o.eq_ignore_ascii_case(&rd.name)))
         .filter(|rd| q.names("resources", &rd.name))
@@ -1329,13 +1334,35 @@ fn resources_json(c: &Cluster, q: &Query, only_rsc: Option<&str>) -> Vec<Value> 
                         .any(|p| p.eq_ignore_ascii_case(&v.storage_pool_name))
                 })
         })
-        .map(|(rd, r)| wire::resource(rd, r))
         .collect()
+}
+
+/// A JSON array of the selected resources, each turned into JSON and written out
+/// before the next: a list of thousands never exists as one tree of values.
+fn resources_response(c: &Cluster, q: &Query, only_rsc: Option<&str>) -> Response {
+    let page = q.page(resources_selected(c, q, only_rsc));
+    let mut body = Vec::with_capacity(page.len() * 1024 + 2);
+    body.push(b'[');
+    for (i, (rd, r)) in page.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        if serde_json::to_writer(&mut body, &wire::resource(rd, r)).is_err() {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    }
+    body.push(b']');
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 async fn rscs_view(State(app): State<App>, RawQuery(q): RawQuery) -> Response {
     let q = Query::new(q);
-    ok_json(json!(q.page(resources_json(&app.snapshot(), &q, None))))
+    resources_response(&app.snapshot(), &q, None)
 }
 
 async fn rscs_list(
@@ -1352,7 +1379,7 @@ async fn rscs_list(
         );
     }
     let q = Query::new(q);
-    ok_json(json!(q.page(resources_json(&c, &q, Some(&rsc)))))
+    resources_response(&c, &q, Some(&rsc))
 }
 
 async fn rsc_get(State(app): State<App>, Path((rsc, node)): Path<(String, String)>) -> Response {
