@@ -3,15 +3,14 @@
 //! input that changes nothing, controller fall-through and the client config file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use serde_json::Value;
 
-const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+mod ctl_harness;
+
+use ctl_harness::TANDEM;
 
 struct Ctl {
     child: Child,
@@ -21,28 +20,7 @@ struct Ctl {
 
 impl Ctl {
     fn start(db: &Path) -> Ctl {
-        let mut child = Command::new(TANDEM)
-            .args(["controller", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tandem controller");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("the controller did not report its address within 20 s")
-            });
+        let (child, addr) = ctl_harness::start_controller(db, Stdio::null());
         Ctl {
             child,
             addr,

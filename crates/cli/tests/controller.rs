@@ -3,7 +3,7 @@
 //! REST calls never leaves the database inconsistent or loses an acknowledged change.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+mod ctl_harness;
 
 /// A controller process on a free port.
 struct Ctl {
@@ -22,28 +22,7 @@ struct Ctl {
 
 impl Ctl {
     fn start(db: &Path) -> Ctl {
-        let mut child = Command::new(TANDEM)
-            .args(["controller", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tandem controller");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("the controller did not report its address within 20 s")
-            });
+        let (child, addr) = ctl_harness::start_controller(db, Stdio::inherit());
         let port = addr
             .rsplit(':')
             .next()

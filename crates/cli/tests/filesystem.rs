@@ -5,21 +5,9 @@
 mod common;
 use common::*;
 
-use std::path::Path;
-
 #[test]
 fn ext4_mkfs_mount_fsck_and_survive_a_blockd_restart() {
-    for (tool, pkg) in [
-        ("nbdfuse", "libnbd-bin"),
-        ("losetup", "mount"),
-        ("mkfs.ext4", "e2fsprogs"),
-    ] {
-        require(tool, pkg);
-    }
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: this test needs FUSE"
-    );
+    require_filesystem_tools();
     let mut b = Blockd::new();
     b.add_resource("fs", &[(0, "256M")]);
     b.start();

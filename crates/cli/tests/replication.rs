@@ -9,7 +9,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::{
-    Attached, Cluster, FailingDisk, check_test_files, peer, require, run, stdout, test_files,
+    Attached, Cluster, FailingDisk, check_test_files, peer, require, require_filesystem_tools, run,
+    stdout, test_files,
 };
 
 const RES: &str = "r0";
@@ -241,17 +242,7 @@ fn a_diskless_node_writes_and_reads_through_two_diskful_peers() {
 
 #[test]
 fn ext4_on_the_primary_survives_its_crash_and_mounts_clean_on_the_survivor() {
-    for (tool, pkg) in [
-        ("nbdfuse", "libnbd-bin"),
-        ("losetup", "mount"),
-        ("mkfs.ext4", "e2fsprogs"),
-    ] {
-        require(tool, pkg);
-    }
-    assert!(
-        std::path::Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: this test needs FUSE"
-    );
+    require_filesystem_tools();
     let mut c = three_nodes("");
     let uri0 = c.nodes[0].uri(RES, 0);
     let uri1 = c.nodes[1].uri(RES, 0);

@@ -486,22 +486,7 @@ impl Drop for Attached {
         }
         // The loop device lets go of the file asynchronously: until it does, the
         // FUSE mount is busy.
-        let start = Instant::now();
-        while !Command::new("umount")
-            .arg(&self.fuse_file)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.fuse_file)
-                    .status();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        umount_patiently(&self.fuse_file);
         if let Some(mut f) = self.fuse.take() {
             let start = Instant::now();
             while f.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(10)
@@ -656,6 +641,38 @@ impl Drop for Mesh {
     }
 }
 
+/// Unmounts `path`, retrying while it is busy for up to 10 s, then lazily.
+fn umount_patiently(path: &Path) {
+    let start = Instant::now();
+    while !Command::new("umount")
+        .arg(path)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = Command::new("umount").arg("-l").arg(path).status();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fails the test unless nbdfuse, loop devices, mkfs.ext4 and FUSE are there.
+pub fn require_filesystem_tools() {
+    for (tool, pkg) in [
+        ("nbdfuse", "libnbd-bin"),
+        ("losetup", "mount"),
+        ("mkfs.ext4", "e2fsprogs"),
+    ] {
+        require(tool, pkg);
+    }
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: this test needs FUSE"
+    );
+}
+
 /// A peer field of a volume status.
 pub fn peer<'a>(v: &'a Value, name: &str) -> &'a Value {
     v["peers"]
@@ -755,19 +772,7 @@ impl FailingDisk {
 impl Drop for FailingDisk {
     fn drop(&mut self) {
         self.heal();
-        let start = Instant::now();
-        while !Command::new("umount")
-            .arg(&self.path)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        umount_patiently(&self.path);
         for c in [self.fuse.take(), self.nbdkit.take()].into_iter().flatten() {
             let mut c = c;
             let _ = c.kill();
