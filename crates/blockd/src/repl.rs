@@ -1238,37 +1238,27 @@ impl Driver {
                 block,
                 count: _,
                 data,
-                fua: false,
-            } if self.vol.is_some() => {
+                fua,
+            } => match self.vol.clone() {
                 // A write into the page cache takes microseconds: done here, it saves
                 // two thread switches per write, which cost more than the write.
-                let ok = match self
-                    .vol
-                    .as_ref()
-                    .map(|v| v.write_at(&data, block * BLOCK, false))
-                {
-                    Some(Ok(_)) => true,
-                    Some(Err(e)) => {
-                        tracing::error!(resource = %self.shared.resource, "disk write failed: {e}");
-                        false
-                    }
-                    None => false,
-                };
-                self.pending.push_back(Event::DiskDone {
-                    tag,
-                    ok,
-                    data: None,
-                });
-            }
-            Action::DiskWrite {
-                tag,
-                block,
-                count: _,
-                data,
-                fua,
-            } => self.disk(tag, move |v| {
-                v.write_at(&data, block * BLOCK, fua).map(|_| None)
-            }),
+                Some(v) if !fua => {
+                    let ok = v
+                        .write_at(&data, block * BLOCK, false)
+                        .inspect_err(|e| {
+                            tracing::error!(backing = %v.path().display(), "disk I/O failed: {e}");
+                        })
+                        .is_ok();
+                    self.pending.push_back(Event::DiskDone {
+                        tag,
+                        ok,
+                        data: None,
+                    });
+                }
+                _ => self.disk(tag, move |v| {
+                    v.write_at(&data, block * BLOCK, fua).map(|_| None)
+                }),
+            },
             Action::DiskRead { tag, block, count } => self.disk(tag, move |v| {
                 let mut buf = vec![0u8; count as usize * BLOCK as usize];
                 v.read_at(&mut buf, block * BLOCK).map(|_| Some(buf))

@@ -30,6 +30,8 @@ pub struct MdStore {
     node: NodeId,
     /// Slots of peers removed from the resource, released on the next write.
     freed: Vec<u32>,
+    /// The next write rewrites every bitmap page, whatever the cache says.
+    rewrite_all: bool,
 }
 
 fn disk_to_md(d: Disk) -> DiskState {
@@ -120,6 +122,7 @@ impl MdStore {
             resync_index,
             node: cfg.node,
             freed: Vec::new(),
+            rewrite_all: false,
         };
         let mut p = Persistent::new_fresh(cfg);
         if !fresh {
@@ -197,7 +200,7 @@ impl MdStore {
     /// Forgets what was written, so the next write rewrites every bitmap page (after
     /// writes failed, the disk may hold less than the cache says).
     pub fn forget_written(&mut self) {
-        self.written.clear();
+        self.rewrite_all = true;
     }
 
     /// Writes what changed since the last call.
@@ -218,7 +221,7 @@ impl MdStore {
             for (page_no, chunk) in new.chunks(WORDS_PER_PAGE).enumerate() {
                 let start = page_no * WORDS_PER_PAGE;
                 let before = &old[start..start + chunk.len()];
-                if before != chunk {
+                if self.rewrite_all || before != chunk {
                     let bytes: Vec<u8> = chunk.iter().flat_map(|w| w.to_le_bytes()).collect();
                     pages.push((index, (start * 8) as u64, bytes));
                     old[start..start + chunk.len()].copy_from_slice(chunk);
@@ -228,7 +231,7 @@ impl MdStore {
         let slots = self.slots.clone();
         let freed = std::mem::take(&mut self.freed);
         let node = u32::from(self.node);
-        self.vol.write_md(&pages, |sb: &mut Superblock| {
+        let r = self.vol.write_md(&pages, |sb: &mut Superblock| {
             sb.node_id = node;
             sb.disk_state = disk_to_md(p.disk);
             sb.current_uuid = p.current;
@@ -253,6 +256,87 @@ impl MdStore {
                     s.bitmap_uuid = 0;
                 }
             }
-        })
+        });
+        // After a failed write the disk may hold less than the cache: the next write
+        // rewrites everything (and frees the slots again).
+        if r.is_err() {
+            self.rewrite_all = true;
+            self.freed.extend(freed);
+        } else {
+            self.rewrite_all = false;
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::VolumeConfig;
+    use replica::core::{Config, NodeConf, Protocol};
+    use replica::decide::SplitBrainPolicy;
+    use replica::quorum::QuorumPolicy;
+
+    fn setup(dir: &std::path::Path) -> (Arc<LocalVolume>, Config) {
+        let vcfg = VolumeConfig {
+            number: 0,
+            backing: dir.join("v.img"),
+            size: Some(16 << 20),
+            preallocate: false,
+            nbd_tcp: None,
+            max_peers: 3,
+        };
+        let vol = Arc::new(LocalVolume::open(&vcfg, "r0").unwrap());
+        let cfg = Config {
+            node: 0,
+            nodes: vec![
+                NodeConf {
+                    id: 0,
+                    diskful: true,
+                },
+                NodeConf {
+                    id: 1,
+                    diskful: true,
+                },
+            ],
+            size_blocks: nbd::BlockDevice::size(&*vol) / md::BM_BLOCK,
+            protocol: Protocol::C,
+            quorum: QuorumPolicy::Off,
+            split_brain: SplitBrainPolicy::Disconnect,
+            al_extents: 8,
+            extent_blocks: 1024,
+            resync_inflight: 4,
+            resync_per_tick: 4,
+            resync_rate_per_tick: None,
+            promote_timeout_ms: 1000,
+            grant_lease_ms: 1000,
+            max_queued: 16,
+        };
+        (vol, cfg)
+    }
+
+    #[test]
+    fn after_forget_written_every_page_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, cfg) = setup(dir.path());
+        let (mut p, mut store) = MdStore::load(vol.clone(), &cfg).unwrap();
+        p.bitmaps.get_mut(&1).unwrap().set_all();
+        store.persist(&p).unwrap();
+        // The cache believes the pages hold zeros (as after a write that failed).
+        for w in store.written.values_mut() {
+            w.iter_mut().for_each(|x| *x = 0);
+        }
+        p.bitmaps.get_mut(&1).unwrap().clear_all();
+        store.persist(&p).unwrap();
+        let (back, _) = MdStore::load(vol.clone(), &cfg).unwrap();
+        assert!(
+            !back.bitmaps[&1].is_empty(),
+            "the stale cache skipped the pages"
+        );
+        store.forget_written();
+        store.persist(&p).unwrap();
+        let (back, _) = MdStore::load(vol, &cfg).unwrap();
+        assert!(back.bitmaps[&1].is_empty());
     }
 }

@@ -446,10 +446,11 @@ struct Children(Vec<std::process::Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+        for c in &self.0 {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(c),
+                rustix::process::Signal::TERM,
+            );
         }
         for c in &mut self.0 {
             let _ = c.wait();

@@ -2000,6 +2000,7 @@ impl Replica {
         // Outdated in the same generation, no block different and none having seen a
         // newer generation, no node can hold newer data: all are UpToDate again.
         let all_outdated_alike = self.known_current == self.md.current
+            && self.peers.values().any(|p| p.diskful)
             && self.peers.values().filter(|p| p.diskful).all(|p| {
                 p.repl == Repl::Established
                     && p.disk == Disk::Outdated
