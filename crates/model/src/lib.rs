@@ -13,6 +13,7 @@ pub mod objects;
 pub mod options;
 pub mod placer;
 pub mod props;
+pub mod satellite;
 
 pub use cluster::{
     Cluster, DeleteOutcome, NetInterfaceModify, NodeCreate, NodeModify, ResourceCreate,
