@@ -40,7 +40,7 @@ pub enum SatError {
     TooLarge { addr: String, limit: usize },
     #[error("the desired state is {size} bytes, more than a satellite takes ({limit})")]
     DesiredTooLarge { size: usize, limit: usize },
-    #[error("{addr} answered {path} with HTTP {status}: {message}")]
+    #[error("{addr} answered {path} with HTTP {status}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
     Status {
         addr: String,
         path: &'static str,

@@ -518,6 +518,38 @@ mod tests {
     }
 
     #[test]
+    fn nodes_that_go_leave_tombstones_until_they_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let mut s = Store::open(&path).unwrap();
+        let c0 = load_or_init(&mut s).unwrap();
+        let mut c1 = c0.clone();
+        c1.create_node(NodeCreate::satellite("alpha", "10.0.0.1"))
+            .unwrap();
+        c1.create_storage_pool("alpha", StoragePoolCreate::new("pool", ProviderKind::File))
+            .unwrap();
+        assert!(!s.commit(&c0, &c1).unwrap());
+        let mut c2 = c1.clone();
+        c2.lose_node("alpha").unwrap();
+        assert!(s.commit(&c1, &c2).unwrap());
+        drop(s);
+        let mut s = Store::open(&path).unwrap();
+        let t = s.tombstones().unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].node, "alpha");
+        assert_eq!(t[0].address, "10.0.0.1:3366");
+        // Only the pool with storage: the satellite removes volumes there.
+        assert_eq!(t[0].pools.len(), 1);
+        assert_eq!(t[0].pools[0].name, "pool");
+        // Back under the same name: no tombstone.
+        assert!(s.commit(&c2, &c1).unwrap());
+        assert!(s.tombstones().unwrap().is_empty());
+        assert!(s.commit(&c1, &c2).unwrap());
+        assert!(s.delete_tombstone("ALPHA").unwrap());
+        assert!(!s.delete_tombstone("alpha").unwrap());
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sqlite");
