@@ -43,6 +43,8 @@ pub struct Options {
 pub enum ControllerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Open(#[from] MutateError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -90,24 +92,50 @@ impl std::fmt::Debug for Controller {
 
 impl Controller {
     /// Opens the database (migrating it) and loads the cluster, checked.
-    pub fn open(db: &std::path::Path) -> Result<Self, StoreError> {
+    pub fn open(db: &std::path::Path) -> Result<Self, MutateError> {
         Self::open_with(db, SyncConfig::default())
     }
 
     /// [`Controller::open`] with other satellite link timings (tests).
-    pub fn open_with(db: &std::path::Path, cfg: SyncConfig) -> Result<Self, StoreError> {
+    ///
+    /// Resource definitions of older databases get their shared secrets here. A
+    /// database from before satellites existed holds replicas that no node has made
+    /// yet: the definitions with diskful replicas get an initial generation too, so
+    /// their satellites create them UpToDate together like freshly spawned ones.
+    pub fn open_with(db: &std::path::Path, cfg: SyncConfig) -> Result<Self, MutateError> {
         let mut store = Store::open(db)?;
         let mut cluster = store::load_or_init(&mut store)?;
         // Reports live in memory only (older databases may hold some).
         cluster.clear_reports();
         let tombstones = store.tombstones()?;
-        Ok(Self {
+        let before_satellites =
+            store.opened_at_version() > 0 && store.opened_at_version() < store::SATELLITE_SCHEMA;
+        if before_satellites {
+            // Seen against the cluster without definitions, every definition gets its
+            // first replicas now.
+            let mut untouched = cluster.clone();
+            let names: Vec<String> = cluster
+                .resource_definitions()
+                .map(|rd| rd.name.clone())
+                .collect();
+            for n in &names {
+                untouched.delete_resource_definition(n)?;
+            }
+            let mut next = cluster.clone();
+            fill_in(&untouched, &mut next)?;
+            store.commit(&cluster, &next)?;
+            cluster = next;
+        }
+        let ctl = Self {
             inner: Mutex::new(Inner {
                 cluster: Arc::new(cluster),
                 store,
             }),
             live: Live::new(cfg, tombstones),
-        })
+        };
+        // Definitions without a secret get one (an empty change does it).
+        ctl.mutate(|_| Ok(()))?;
+        Ok(ctl)
     }
 
     /// What the controller knows of its satellites now.
@@ -279,4 +307,60 @@ pub fn run(opts: Options) -> Result<(), ControllerError> {
         sync.abort();
         Ok::<(), ControllerError>(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{NodeCreate, ProviderKind, ResourceCreate, StoragePoolCreate};
+
+    #[test]
+    fn a_database_from_before_satellites_gets_secrets_and_initial_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let mut s = Store::open(&path).unwrap();
+        let c0 = store::load_or_init(&mut s).unwrap();
+        let mut c1 = c0.clone();
+        for (n, ip) in [("n1", "10.0.0.1"), ("n2", "10.0.0.2")] {
+            c1.create_node(NodeCreate::satellite(n, ip)).unwrap();
+            c1.create_storage_pool(n, StoragePoolCreate::new("pool", ProviderKind::FileThin))
+                .unwrap();
+        }
+        for rd in ["placed", "empty"] {
+            c1.create_resource_definition(model::ResourceDefinitionCreate {
+                name: rd.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        for n in ["n1", "n2"] {
+            c1.create_resource(ResourceCreate {
+                resource: "placed".into(),
+                node: n.into(),
+                storage_pool: Some("pool".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        s.commit(&c0, &c1).unwrap();
+        drop(s);
+        // Make it a schema-1 database, as the controller before satellites left it.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE tombstones; UPDATE schema_version SET version = 1")
+            .unwrap();
+        drop(conn);
+        let ctl = Controller::open(&path).unwrap();
+        let c = ctl.snapshot();
+        let placed = c.resource_definition("placed").unwrap();
+        assert_eq!(placed.props[KEY_SHARED_SECRET].len(), entropy::SECRET_LEN);
+        assert!(placed.props.contains_key(KEY_INITIAL_GENERATION));
+        assert_eq!(placed.props[KEY_INITIAL_NODES], "n1,n2");
+        let empty = c.resource_definition("empty").unwrap();
+        assert!(empty.props.contains_key(KEY_SHARED_SECRET));
+        assert!(!empty.props.contains_key(KEY_INITIAL_GENERATION));
+        drop(ctl);
+        // Stored, and only once: a second open changes nothing.
+        let ctl = Controller::open(&path).unwrap();
+        assert_eq!(*ctl.snapshot(), *c);
+    }
 }

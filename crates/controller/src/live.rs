@@ -72,10 +72,20 @@ impl GenerationClock {
         *last
     }
 
-    /// A generation seen elsewhere (a satellite holds it): later ones are higher.
-    pub fn observe(&self, generation: u64) {
+    /// A generation seen elsewhere (a satellite holds it): later ones are higher. One
+    /// more than a year ahead of the clock is not believed (a broken satellite must not
+    /// use the counter up); the satellite then refuses pushes, which is shown.
+    pub fn observe(&self, generation: u64) -> bool {
+        let year_ahead = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .saturating_add(365 * 24 * 3600 * 1_000_000);
+        if generation > year_ahead {
+            return false;
+        }
         let mut last = lock(&self.last);
         *last = (*last).max(generation);
+        true
     }
 }
 
@@ -393,11 +403,15 @@ mod tests {
         let a = c.next();
         let b = c.next();
         assert!(b > a);
-        c.observe(u64::MAX - 10);
-        assert_eq!(c.next(), u64::MAX - 9);
+        let ahead = b + 10_000_000;
+        assert!(c.observe(ahead));
+        assert_eq!(c.next(), ahead + 1);
         // Lower observations do not move it back.
-        c.observe(5);
-        assert_eq!(c.next(), u64::MAX - 8);
+        assert!(c.observe(5));
+        assert_eq!(c.next(), ahead + 2);
+        // Nonsense is not believed.
+        assert!(!c.observe(u64::MAX - 10));
+        assert_eq!(c.next(), ahead + 3);
     }
 
     #[test]

@@ -123,7 +123,13 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     path: String,
+    /// The schema version the database had when it was opened (0: new).
+    opened_at_version: i64,
 }
+
+/// The first schema version of a controller with satellites: a database older than it
+/// was never seen by a satellite.
+pub const SATELLITE_SCHEMA: i64 = 2;
 
 const TABLES: [(&str, &str); 3] = [
     (
@@ -157,7 +163,11 @@ impl Store {
             .map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql)?;
-        let mut store = Self { conn, path: p };
+        let mut store = Self {
+            conn,
+            path: p,
+            opened_at_version: 0,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -185,6 +195,7 @@ impl Store {
             .execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             .map_err(|e| self.sql(e))?;
         let found = self.schema_version()?;
+        self.opened_at_version = found;
         let known = MIGRATIONS.len();
         if found > i64::try_from(known).unwrap_or(i64::MAX) {
             return Err(StoreError::TooNew {
@@ -215,6 +226,12 @@ impl Store {
             tracing::info!(db = %self.path, version = i + 1, "schema migrated");
         }
         Ok(())
+    }
+
+    /// The schema version the database had before this process migrated it (0 for a
+    /// new database).
+    pub fn opened_at_version(&self) -> i64 {
+        self.opened_at_version
     }
 
     /// Answers whether the database can be read (for `/health`).

@@ -38,11 +38,6 @@ pub fn spawn(ctl: Arc<Controller>) -> JoinHandle<()> {
 
 async fn supervise(ctl: Arc<Controller>) {
     let mut changed = ctl.live().subscribe();
-    // Definitions of older databases get their secrets now (an empty change does it).
-    let c = ctl.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || c.mutate(|_| Ok(()))).await {
-        tracing::error!("giving resource definitions their secrets: {e}");
-    }
     // Owned here: when this task ends or is aborted, the link tasks end with it.
     let mut set = JoinSet::new();
     let mut tasks: BTreeMap<String, AbortHandle> = BTreeMap::new();
@@ -312,7 +307,10 @@ impl LinkRun {
         let now = Instant::now();
         match res {
             Ok(state) => {
-                self.ctl.live().clock.observe(state.generation);
+                if !self.ctl.live().clock.observe(state.generation) {
+                    tracing::warn!(node = %self.name, generation = state.generation,
+                        "the satellite holds a generation far in the future; not followed");
+                }
                 let obs = Arc::new(Observed::new(state, now));
                 if self.poll_failures > 0 || self.observed.is_none() {
                     tracing::info!(node = %self.name, addr = %self.address, "satellite answers");
@@ -409,7 +407,7 @@ impl LinkRun {
             Ok(g) => {
                 // The satellite holds something newer (a clock set back, another
                 // controller): take a generation above it.
-                self.ctl.live().clock.observe(g);
+                let _ = self.ctl.live().clock.observe(g);
                 self.regenerate = true;
                 self.update(|l| {
                     l.push_error = Some(format!(

@@ -225,7 +225,11 @@ struct Ctl {
 
 impl Ctl {
     async fn start(db: &std::path::Path) -> Self {
-        let ctl = Arc::new(Controller::open_with(db, fast()).unwrap());
+        Self::start_with(db, fast()).await
+    }
+
+    async fn start_with(db: &std::path::Path, cfg: SyncConfig) -> Self {
+        let ctl = Arc::new(Controller::open_with(db, cfg).unwrap());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let app = controller::http::router(ctl.clone());
@@ -482,12 +486,19 @@ async fn spawn_is_pushed_shown_and_initial_generation_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_are_pushed_with_growing_generations() {
     let dir = tempfile::tempdir().unwrap();
-    let ctl = Ctl::start(&dir.path().join("c.sqlite")).await;
+    // Repushes far apart, so that a push soon after a change is the change's.
+    let cfg = SyncConfig {
+        repush_interval: Duration::from_secs(3),
+        ..fast()
+    };
+    let ctl = Ctl::start_with(&dir.path().join("c.sqlite"), cfg).await;
     let sats = cluster(&ctl).await;
     spawn(&ctl, "vm-1").await;
     let s = &sats[0];
-    let first = wait("first push", 10, async || {
-        s.last_push().filter(|d| !d.resources.is_empty())
+    // Settled: the initial generation is gone (that too is a change of desired state).
+    let first = wait("first push without initial generation", 10, async || {
+        s.last_push()
+            .filter(|d| !d.resources.is_empty() && d.resources[0].initial_generation.is_none())
     })
     .await;
     let t0 = Instant::now();
@@ -502,7 +513,7 @@ async fn changes_are_pushed_with_growing_generations() {
     })
     .await;
     assert!(
-        t0.elapsed() < Duration::from_millis(500),
+        t0.elapsed() < Duration::from_millis(2500),
         "a change is pushed at once, not at the next repush"
     );
     assert!(next.generation > first.generation);
