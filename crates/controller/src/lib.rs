@@ -209,6 +209,13 @@ impl Controller {
     }
 }
 
+/// Orders names as the model's maps do (by [`model::name::key`]), without allocating.
+fn cmp_names(a: &str, b: &str) -> std::cmp::Ordering {
+    a.bytes()
+        .map(|c| c.to_ascii_uppercase())
+        .cmp(b.bytes().map(|c| c.to_ascii_uppercase()))
+}
+
 /// What the controller adds to resource definitions after every change:
 ///
 /// - a shared secret (`DrbdOptions/Net/shared-secret`, 20 random letters and digits)
@@ -220,7 +227,23 @@ impl Controller {
 ///   without replicas loses them at once.
 fn fill_in(old: &Cluster, next: &mut Cluster) -> Result<(), MutateError> {
     let mut changes: Vec<(String, PropsModify)> = Vec::new();
+    // Both clusters list definitions in key order: walk them side by side (this runs
+    // on every change, so no lookup and no allocation per definition).
+    let mut olds = old.resource_definitions().peekable();
     for rd in next.resource_definitions() {
+        let mut before = None;
+        while let Some(o) = olds.peek() {
+            match cmp_names(&o.name, &rd.name) {
+                std::cmp::Ordering::Less => {
+                    olds.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    before = olds.next();
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
         let mut m = PropsModify::default();
         if !rd.props.contains_key(KEY_SHARED_SECRET) {
             m.override_props.insert(
@@ -228,22 +251,21 @@ fn fill_in(old: &Cluster, next: &mut Cluster) -> Result<(), MutateError> {
                 entropy::secret().map_err(MutateError::Entropy)?,
             );
         }
-        let had_none = old
-            .resource_definition(&rd.name)
-            .is_none_or(|o| o.resources.is_empty());
-        let diskful: Vec<&str> = rd
-            .resources
-            .values()
-            .filter(|r| !r.is_diskless())
-            .map(|r| r.node_name.as_str())
-            .collect();
-        if had_none && !diskful.is_empty() {
+        let had_none = before.is_none_or(|o| o.resources.is_empty());
+        let diskful = || -> Vec<&str> {
+            rd.resources
+                .values()
+                .filter(|r| !r.is_diskless())
+                .map(|r| r.node_name.as_str())
+                .collect()
+        };
+        if had_none && !rd.resources.is_empty() && !diskful().is_empty() {
             m.override_props.insert(
                 KEY_INITIAL_GENERATION.into(),
                 entropy::generation().map_err(MutateError::Entropy)?,
             );
             m.override_props
-                .insert(KEY_INITIAL_NODES.into(), diskful.join(","));
+                .insert(KEY_INITIAL_NODES.into(), diskful().join(","));
         } else if rd.resources.is_empty()
             && (rd.props.contains_key(KEY_INITIAL_GENERATION)
                 || rd.props.contains_key(KEY_INITIAL_NODES))
@@ -362,5 +384,17 @@ mod tests {
         // Stored, and only once: a second open changes nothing.
         let ctl = Controller::open(&path).unwrap();
         assert_eq!(*ctl.snapshot(), *c);
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    #[test]
+    fn names_compare_as_the_maps_order_them() {
+        let mut by_key = vec!["vm-10", "VM-2", "a_b", "A-B", "zz", "Zy", "vm-1"];
+        let mut by_cmp = by_key.clone();
+        by_key.sort_by_key(|n| model::name::key(n));
+        by_cmp.sort_by(|a, b| super::cmp_names(a, b));
+        assert_eq!(by_key, by_cmp);
     }
 }

@@ -18,7 +18,7 @@
 //! definition once every initial replica reported UpToDate.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use model::name::key;
@@ -41,14 +41,20 @@ async fn supervise(ctl: Arc<Controller>) {
     // Owned here: when this task ends or is aborted, the link tasks end with it.
     let mut set = JoinSet::new();
     let mut tasks: BTreeMap<String, AbortHandle> = BTreeMap::new();
+    let cfg = ctl.live().cfg.clone();
+    let mut next_initial_check = Instant::now();
     loop {
-        let cluster = ctl.snapshot();
-        let mut want: BTreeSet<String> = cluster
-            .nodes()
-            .filter(|n| n.node_type.runs_satellite())
-            .map(|n| key(&n.name))
-            .collect();
-        want.extend(ctl.live().tombstones().iter().map(|t| key(&t.node)));
+        // No snapshot is held across the wait: an old cluster would stay in memory.
+        let want: BTreeSet<String> = {
+            let cluster = ctl.snapshot();
+            let mut want: BTreeSet<String> = cluster
+                .nodes()
+                .filter(|n| n.node_type.runs_satellite())
+                .map(|n| key(&n.name))
+                .collect();
+            want.extend(ctl.live().tombstones().iter().map(|t| key(&t.node)));
+            want
+        };
         while set.try_join_next().is_some() {}
         tasks.retain(|_, h| !h.is_finished());
         for k in want {
@@ -56,18 +62,29 @@ async fn supervise(ctl: Arc<Controller>) {
                 .entry(k.clone())
                 .or_insert_with(|| set.spawn(link_task(ctl.clone(), k)));
         }
-        finish_initial(&ctl, &cluster).await;
+        // What satellites report changes at most once a poll: look that often.
+        if Instant::now() >= next_initial_check {
+            finish_initial(&ctl).await;
+            next_initial_check = Instant::now() + cfg.poll_interval;
+        }
         tokio::select! {
-            r = changed.changed() => if r.is_err() { return },
-            () = tokio::time::sleep(ctl.live().cfg.poll_interval) => {}
+            r = changed.changed() => {
+                if r.is_err() { return }
+                tokio::time::sleep(cfg.debounce).await;
+            }
+            () = tokio::time::sleep_until(next_initial_check.into()) => {}
         }
     }
 }
 
 /// Removes the initial generation of definitions whose initial replicas all report
 /// UpToDate on every volume (or that have none of them left).
-async fn finish_initial(ctl: &Arc<Controller>, c: &Cluster) {
+async fn finish_initial(ctl: &Arc<Controller>) {
     let view = ctl.live().view();
+    if !view.links.values().any(|l| view.online(&l.node)) {
+        return;
+    }
+    let c = ctl.snapshot();
     let mut done = Vec::new();
     for rd in c
         .resource_definitions()
@@ -99,6 +116,7 @@ async fn finish_initial(ctl: &Arc<Controller>, c: &Cluster) {
             done.push(rd.name.clone());
         }
     }
+    drop(c);
     if done.is_empty() {
         return;
     }
@@ -178,7 +196,8 @@ struct LinkRun {
     poll_failures: u32,
     /// The observed state and when it was read.
     observed: Option<(Arc<Observed>, Instant)>,
-    snapshot: Option<Arc<Cluster>>,
+    /// The cluster the desired state was last made from.
+    snapshot: Option<Weak<Cluster>>,
 }
 
 async fn link_task(ctl: Arc<Controller>, k: String) {
@@ -186,8 +205,7 @@ async fn link_task(ctl: Arc<Controller>, k: String) {
     let cfg = ctl.live().cfg.clone();
     let mut run: Option<LinkRun> = None;
     loop {
-        let snap = ctl.snapshot();
-        let t = match target(&ctl, &snap, &k) {
+        let t = match target(&ctl, &ctl.snapshot(), &k) {
             None => {
                 ctl.live().remove_link(&k);
                 return;
@@ -217,7 +235,7 @@ async fn link_task(ctl: Arc<Controller>, k: String) {
             _ => run.insert(LinkRun::new(&ctl, &name, &address, lost)),
         };
         r.name = name;
-        if r.step(&snap).await {
+        if r.step().await {
             return;
         }
         let wake = r.next_wake(&cfg);
@@ -262,18 +280,28 @@ impl LinkRun {
 
     /// One round: desired state, poll, push. True when the link is done (its tombstone
     /// was dropped).
-    async fn step(&mut self, snap: &Arc<Cluster>) -> bool {
+    async fn step(&mut self) -> bool {
         let cfg = self.ctl.live().cfg.clone();
-        self.compute(snap);
         let now = Instant::now();
         if now >= self.next_poll {
             self.poll(&cfg).await;
         }
-        self.push(&cfg).await;
+        // The desired state is only made for a satellite that answers: a node that is
+        // away costs nothing while the cluster changes.
+        if self.answering() {
+            self.compute(self.ctl.snapshot()).await;
+            self.push(&cfg).await;
+        }
         self.tombstone_done().await
     }
 
-    fn compute(&mut self, snap: &Arc<Cluster>) {
+    fn answering(&self) -> bool {
+        self.poll_failures == 0 && self.observed.is_some()
+    }
+
+    /// Takes the desired state from `snap` (dropped before anything waits on the
+    /// network, so no old cluster stays in memory).
+    async fn compute(&mut self, snap: Arc<Cluster>) {
         if self.lost {
             let Some(t) = self.ctl.live().tombstone(&self.name) else {
                 return;
@@ -281,16 +309,30 @@ impl LinkRun {
             self.set_content(satellite::lost_state(&t.node, t.pools, 0));
             return;
         }
-        if self.snapshot.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
+        // The same cluster as last time: nothing to do. (A weak reference keeps only
+        // the allocation, so the address cannot be reused while it is compared.)
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| std::ptr::eq(s.as_ptr(), Arc::as_ptr(&snap)))
+        {
             return;
         }
-        self.snapshot = Some(snap.clone());
-        match satellite::desired_state(snap, &self.name, 0) {
-            Ok(d) => self.set_content(d),
-            Err(e) => {
+        self.snapshot = Some(Arc::downgrade(&snap));
+        // Milliseconds for thousands of resources: off the async threads.
+        let (c, name) = (snap, self.name.clone());
+        let res = tokio::task::spawn_blocking(move || satellite::desired_state(&c, &name, 0)).await;
+        match res {
+            Ok(Ok(d)) => self.set_content(d),
+            Ok(Err(e)) => {
                 let msg = format!("cannot make the desired state: {e} ({})", e.correction());
                 tracing::warn!(node = %self.name, "{msg}");
                 self.update(|l| l.push_error = Some(msg));
+            }
+            Err(e) => {
+                // Try again with the next round.
+                self.snapshot = None;
+                tracing::error!(node = %self.name, "making the desired state: {e}");
             }
         }
     }
@@ -353,7 +395,7 @@ impl LinkRun {
         let Some((obs, obs_at)) = self.observed.clone() else {
             return;
         };
-        if self.poll_failures > 0 {
+        if !self.answering() {
             return;
         }
         if !obs.state.node.eq_ignore_ascii_case(&self.name) {
@@ -418,12 +460,16 @@ impl LinkRun {
             }
             Err(e) => {
                 if e.is_refusal() {
+                    // The same again would be refused again: wait a little.
                     tracing::warn!(node = %self.name, "satellite refused the desired state: {e}");
                     self.regenerate = true;
+                    self.push_backoff_until = Some(now + cfg.max_backoff);
                 } else {
+                    // Not answered: polls find out whether the satellite is there, and
+                    // the push follows the next answer.
                     tracing::warn!(node = %self.name, "pushing the desired state: {e}");
+                    self.next_poll = now;
                 }
-                self.push_backoff_until = Some(now + cfg.max_backoff);
                 self.update(|l| l.push_error = Some(e.to_string()));
             }
         }

@@ -1166,9 +1166,14 @@ fn satellite_entry(
             l.other_node().unwrap_or_default()
         )),
         (_, l) => {
-            let why = l
-                .and_then(|l| l.error.clone())
-                .unwrap_or_else(|| "not contacted yet".into());
+            let why = match l {
+                Some(l) => match (&l.error, l.last_ok) {
+                    (Some(e), _) => e.clone(),
+                    (None, Some(_)) => "waiting for the answer to the last request".into(),
+                    (None, None) => "not contacted yet".into(),
+                },
+                None => "not contacted yet".into(),
+            };
             let since = match l {
                 Some(l) => match l.last_ok {
                     Some(t) => format!(
