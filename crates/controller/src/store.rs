@@ -7,16 +7,22 @@
 //! the new objects, never part of one. Loading checks the whole cluster
 //! ([`model::Cluster::from_parts`]) before anything is served.
 //!
+//! Nodes that were deleted or lost leave a tombstone (table `tombstones`, written in
+//! the same transaction as the delete): the satellite's address and the node's pools,
+//! so the controller can tell the satellite to remove everything it made, also after a
+//! restart. A node created again under the same name removes its tombstone.
+//!
 //! The schema is versioned: `schema_version` holds the number of migrations applied and
 //! [`MIGRATIONS`] lists them in order; each runs in its own transaction.
 
 use std::path::Path;
 
 use model::name::key;
+use model::satellite::{self, DesiredPool};
 use model::{Cluster, ModelError, Node, Props, ResourceDefinition, ResourceGroup};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Ordered schema migrations; index + 1 is the version after applying one.
 pub const MIGRATIONS: &[&str] = &[
@@ -41,7 +47,42 @@ pub const MIGRATIONS: &[&str] = &[
          resource_group TEXT NOT NULL,
          body           TEXT NOT NULL
      );",
+    // 2: tombstones of deleted and lost nodes, until their satellites are clean.
+    "CREATE TABLE tombstones (
+         name_key TEXT PRIMARY KEY NOT NULL,
+         name     TEXT NOT NULL,
+         body     TEXT NOT NULL
+     );",
 ];
+
+/// A node that was deleted or lost, whose satellite still has to remove what it made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub node: String,
+    /// `host:port` of its satellite when the node went.
+    pub address: String,
+    /// Its storage pools, so the satellite knows where its volumes are.
+    pub pools: Vec<DesiredPool>,
+    /// When the node went, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+impl Tombstone {
+    /// The tombstone `node` leaves in `c`; None for a node that runs no satellite.
+    pub fn of(c: &Cluster, node: &Node) -> Option<Self> {
+        if !node.node_type.runs_satellite() {
+            return None;
+        }
+        Some(Self {
+            node: node.name.clone(),
+            address: satellite::satellite_address(node)?,
+            pools: satellite::desired_pools(c, node),
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,7 +123,13 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     path: String,
+    /// The schema version the database had when it was opened (0: new).
+    opened_at_version: i64,
 }
+
+/// The first schema version of a controller with satellites: a database older than it
+/// was never seen by a satellite.
+pub const SATELLITE_SCHEMA: i64 = 2;
 
 const TABLES: [(&str, &str); 3] = [
     (
@@ -116,7 +163,11 @@ impl Store {
             .map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql)?;
-        let mut store = Self { conn, path: p };
+        let mut store = Self {
+            conn,
+            path: p,
+            opened_at_version: 0,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -144,6 +195,7 @@ impl Store {
             .execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             .map_err(|e| self.sql(e))?;
         let found = self.schema_version()?;
+        self.opened_at_version = found;
         let known = MIGRATIONS.len();
         if found > i64::try_from(known).unwrap_or(i64::MAX) {
             return Err(StoreError::TooNew {
@@ -174,6 +226,12 @@ impl Store {
             tracing::info!(db = %self.path, version = i + 1, "schema migrated");
         }
         Ok(())
+    }
+
+    /// The schema version the database had before this process migrated it (0 for a
+    /// new database).
+    pub fn opened_at_version(&self) -> i64 {
+        self.opened_at_version
     }
 
     /// Answers whether the database can be read (for `/health`).
@@ -231,17 +289,37 @@ impl Store {
         })
     }
 
-    /// Writes what changed from `old` to `new` in one transaction. On error nothing is
-    /// written and the caller keeps `old`.
-    pub fn commit(&mut self, old: &Cluster, new: &Cluster) -> Result<(), StoreError> {
+    /// Writes what changed from `old` to `new` in one transaction, with a tombstone for
+    /// every node that went and none for every node that came. On error nothing is
+    /// written and the caller keeps `old`. Returns whether tombstones changed.
+    pub fn commit(&mut self, old: &Cluster, new: &Cluster) -> Result<bool, StoreError> {
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
         let tx = self.conn.transaction().map_err(sql)?;
-        write_diff(&tx, old, new).map_err(|e| e.into_store(&path))?;
-        tx.commit().map_err(sql)
+        let touched = write_diff(&tx, old, new).map_err(|e| e.into_store(&path))?;
+        tx.commit().map_err(sql)?;
+        Ok(touched)
+    }
+
+    /// Every tombstone, by node name.
+    pub fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        self.rows("tombstones")
+    }
+
+    /// Drops the tombstone of `node` (its satellite is clean, or a human said to forget
+    /// it). Returns whether there was one.
+    pub fn delete_tombstone(&mut self, node: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM tombstones WHERE name_key = ?1",
+                params![key(node)],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(n > 0)
     }
 
     /// Replaces the stored cluster with `c` in one transaction (a new database).
@@ -342,7 +420,8 @@ fn delete(tx: &Transaction<'_>, table: usize, name: &str) -> Result<(), DiffErro
     Ok(())
 }
 
-fn write_diff(tx: &Transaction<'_>, old: &Cluster, new: &Cluster) -> Result<(), DiffError> {
+fn write_diff(tx: &Transaction<'_>, old: &Cluster, new: &Cluster) -> Result<bool, DiffError> {
+    let mut tombstones = false;
     let (op, np) = (old.controller_props(), new.controller_props());
     for k in op.keys().filter(|k| !np.contains_key(*k)) {
         tx.execute("DELETE FROM controller_props WHERE key = ?1", params![k])?;
@@ -354,12 +433,28 @@ fn write_diff(tx: &Transaction<'_>, old: &Cluster, new: &Cluster) -> Result<(), 
         )?;
     }
     for n in new.nodes() {
-        if old.node(&n.name) != Some(n) {
-            upsert(tx, 0, &n.name, n, "")?;
+        match old.node(&n.name) {
+            Some(o) if o == n => {}
+            Some(_) => upsert(tx, 0, &n.name, n, "")?,
+            None => {
+                upsert(tx, 0, &n.name, n, "")?;
+                // The node is back: the normal desired state cleans up from now on.
+                tombstones |= tx.execute(
+                    "DELETE FROM tombstones WHERE name_key = ?1",
+                    params![key(&n.name)],
+                )? > 0;
+            }
         }
     }
     for n in old.nodes().filter(|n| new.node(&n.name).is_none()) {
         delete(tx, 0, &n.name)?;
+        if let Some(t) = Tombstone::of(old, n) {
+            tx.execute(
+                "INSERT OR REPLACE INTO tombstones (name_key, name, body) VALUES (?1, ?2, ?3)",
+                params![key(&n.name), n.name, serde_json::to_string(&t)?],
+            )?;
+            tombstones = true;
+        }
     }
     for g in new.resource_groups() {
         if old.resource_group(&g.name) != Some(g) {
@@ -383,7 +478,7 @@ fn write_diff(tx: &Transaction<'_>, old: &Cluster, new: &Cluster) -> Result<(), 
     {
         delete(tx, 2, &rd.name)?;
     }
-    Ok(())
+    Ok(tombstones)
 }
 
 /// The stored cluster; a new database first gets the empty cluster (the default group).
@@ -437,6 +532,38 @@ mod tests {
         .unwrap();
         s.commit(&c1, &c2).unwrap();
         assert_eq!(s.load().unwrap(), c2);
+    }
+
+    #[test]
+    fn nodes_that_go_leave_tombstones_until_they_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let mut s = Store::open(&path).unwrap();
+        let c0 = load_or_init(&mut s).unwrap();
+        let mut c1 = c0.clone();
+        c1.create_node(NodeCreate::satellite("alpha", "10.0.0.1"))
+            .unwrap();
+        c1.create_storage_pool("alpha", StoragePoolCreate::new("pool", ProviderKind::File))
+            .unwrap();
+        assert!(!s.commit(&c0, &c1).unwrap());
+        let mut c2 = c1.clone();
+        c2.lose_node("alpha").unwrap();
+        assert!(s.commit(&c1, &c2).unwrap());
+        drop(s);
+        let mut s = Store::open(&path).unwrap();
+        let t = s.tombstones().unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].node, "alpha");
+        assert_eq!(t[0].address, "10.0.0.1:3366");
+        // Only the pool with storage: the satellite removes volumes there.
+        assert_eq!(t[0].pools.len(), 1);
+        assert_eq!(t[0].pools[0].name, "pool");
+        // Back under the same name: no tombstone.
+        assert!(s.commit(&c2, &c1).unwrap());
+        assert!(s.tombstones().unwrap().is_empty());
+        assert!(s.commit(&c1, &c2).unwrap());
+        assert!(s.delete_tombstone("ALPHA").unwrap());
+        assert!(!s.delete_tombstone("alpha").unwrap());
     }
 
     #[test]

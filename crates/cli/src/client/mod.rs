@@ -671,6 +671,31 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
+    /// Status lines printed under a table (not with -m): what is wrong and what to do.
+    fn notes(&self, lines: &[String]) {
+        if self.g.machine_readable {
+            return;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for l in lines {
+            if seen.insert(l.as_str()) {
+                println!("{l}");
+            }
+        }
+    }
+
+    /// The controller's satellite links (`GET /v1/satellites`); empty when the
+    /// controller does not serve it or fails: the notes are extra.
+    fn satellites(&self) -> Vec<Value> {
+        if self.g.machine_readable {
+            return Vec::new();
+        }
+        match self.api().and_then(|a| a.get("/v1/satellites", &[])) {
+            Ok(r) if r.status == 200 => r.body.as_array().cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     fn show_props(&self, obj: &Value) -> Result<()> {
         let props = obj.get("props").cloned().unwrap_or_else(|| json!({}));
         if self.g.machine_readable {
@@ -912,8 +937,9 @@ fn node_table(nodes: &[Value]) -> Table {
         } else {
             match str_of(n, "connection_status") {
                 "ONLINE" => "Online".to_owned(),
+                "OFFLINE" => "OFFLINE".to_owned(),
                 "" => "Unknown".to_owned(),
-                s => s.to_owned(),
+                s => format!("OFFLINE({})", s.replace('_', " ")),
             }
         };
         t.row(vec![
@@ -924,6 +950,19 @@ fn node_table(nodes: &[Value]) -> Table {
         ]);
     }
     t
+}
+
+fn in_filter(filter: &[String], name: &str) -> bool {
+    filter.is_empty() || filter.iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// The satellites' status lines for `node list`: problems of the listed nodes, and
+/// pending cleanups of deleted nodes.
+fn node_notes(sats: &[Value], filter: &[String]) -> Vec<String> {
+    sats.iter()
+        .filter(|e| in_filter(filter, str_of(e, "node")))
+        .flat_map(|e| strs(e, "status_lines"))
+        .collect()
 }
 
 fn node(ctx: &mut Ctx, cmd: NodeCmd) -> Result<()> {
@@ -962,6 +1001,8 @@ fn node(ctx: &mut Ctx, cmd: NodeCmd) -> Result<()> {
             let q = filters(&[("nodes", &nodes), ("props", &props)]);
             if let Some(list) = ctx.list("/v1/nodes", &q)? {
                 ctx.show(&list, || Ok(node_table(&list)))?;
+                let lines = node_notes(&ctx.satellites(), &nodes);
+                ctx.notes(&lines);
             }
         }
         NodeCmd::Delete { nodes } => {
@@ -1108,6 +1149,11 @@ fn storage_pool(ctx: &mut Ctx, cmd: SpCmd) -> Result<()> {
             let q = filters(&[("nodes", &nodes), ("storage_pools", &storage_pools)]);
             if let Some(list) = ctx.list("/v1/view/storage-pools", &q)? {
                 ctx.show(&list, || Ok(sp_table(&list)))?;
+                let lines: Vec<String> = list
+                    .iter()
+                    .flat_map(|p| report_lines(p.get("reports")))
+                    .collect();
+                ctx.notes(&lines);
             }
         }
         SpCmd::Delete { node, name } => {
@@ -1607,7 +1653,29 @@ fn volume_definition(ctx: &mut Ctx, cmd: VdCmd) -> Result<()> {
     Ok(())
 }
 
-/// The state cell of `resource list` (no satellite data: `Unknown`).
+/// A volume's state as the linstor client shows it: the disk state its satellite
+/// reports, `SyncTarget(12.34%)` while it is being synced, `TieBreaker` for the
+/// tiebreaker's diskless volume, `Unknown` while the satellite is away.
+fn volume_state_cell(r: &Value, v: &Value) -> String {
+    let st = v.get("state");
+    let get = |k: &str| st.map(|s| str_of(s, k)).unwrap_or_default();
+    if get("replication_state") == "SyncTarget" {
+        return match st
+            .and_then(|s| s.get("done_percentage"))
+            .and_then(Value::as_f64)
+        {
+            Some(p) => format!("SyncTarget({p:.2}%)"),
+            None => "SyncTarget".into(),
+        };
+    }
+    match get("disk_state") {
+        "Diskless" if has_flag(r, "TIE_BREAKER") => "TieBreaker".into(),
+        "" => "Unknown".into(),
+        d => d.to_owned(),
+    }
+}
+
+/// The state cell of `resource list`: the volumes' states (one when they agree).
 fn resource_state(r: &Value) -> String {
     if has_flag(r, "DELETE") {
         return "DELETING".into();
@@ -1615,24 +1683,101 @@ fn resource_state(r: &Value) -> String {
     if has_flag(r, "INACTIVE") {
         return "INACTIVE".into();
     }
-    let disk: Vec<String> = r
+    let vols = r
         .get("volumes")
         .and_then(Value::as_array)
-        .map(|vs| {
-            vs.iter()
-                .filter_map(|v| v.get("state").and_then(|s| s.get("disk_state")))
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
+        .cloned()
+        .unwrap_or_default();
+    let mut cells: Vec<String> = Vec::new();
+    for v in &vols {
+        let c = volume_state_cell(r, v);
+        if !cells.contains(&c) {
+            cells.push(c);
+        }
+    }
+    if cells.is_empty() {
+        return if has_flag(r, "TIE_BREAKER") {
+            "TieBreaker".into()
+        } else if has_flag(r, "DRBD_DISKLESS") {
+            "Diskless".into()
+        } else {
+            "Unknown".into()
+        };
+    }
+    cells.join(", ")
+}
+
+/// The messages of ApiCallRc `reports`, each with its correction.
+fn report_lines(reports: Option<&Value>) -> Vec<String> {
+    reports
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    let msg = str_of(e, "message");
+                    match e.get("correction").and_then(Value::as_str) {
+                        Some(c) if !c.is_empty() && !msg.contains(c) => format!("{msg} ({c})"),
+                        _ => msg.to_owned(),
+                    }
+                })
+                .filter(|l| !l.is_empty())
                 .collect()
         })
-        .unwrap_or_default();
-    let known = disk.iter().find(|d| d.as_str() != "Unknown");
-    match known {
-        Some(d) => d.clone(),
-        None if has_flag(r, "TIE_BREAKER") => "TieBreaker".into(),
-        None if has_flag(r, "DRBD_DISKLESS") => "Diskless".into(),
-        None => "Unknown".into(),
+        .unwrap_or_default()
+}
+
+/// Status lines under `resource list`: what the satellites report about the listed
+/// resources, nodes whose state is unknown, and resources still being removed.
+fn resource_notes(
+    list: &[Value],
+    sats: &[Value],
+    rsc_filter: &[String],
+    node_filter: &[String],
+) -> Vec<String> {
+    let mut lines: Vec<String> = list
+        .iter()
+        .flat_map(|r| {
+            r.get("volumes")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|v| report_lines(v.get("reports")))
+        .collect();
+    let listed_nodes: std::collections::BTreeSet<String> = list
+        .iter()
+        .map(|r| str_of(r, "node_name").to_ascii_lowercase())
+        .collect();
+    for e in sats {
+        let node = str_of(e, "node");
+        let status = str_of(e, "connection_status");
+        if !e.get("lost").and_then(Value::as_bool).unwrap_or(false)
+            && status != "ONLINE"
+            && listed_nodes.contains(&node.to_ascii_lowercase())
+        {
+            lines.push(format!(
+                "{node} is {status}: the state of its resources is unknown (tandem node list says why)"
+            ));
+        }
+        if !in_filter(node_filter, node) {
+            continue;
+        }
+        for rm in e
+            .get("removing")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = str_of(rm, "name");
+            if in_filter(rsc_filter, name) {
+                lines.push(format!(
+                    "{node}: resource '{name}' is being removed: {}",
+                    str_of(rm, "reason")
+                ));
+            }
+        }
     }
+    lines
 }
 
 fn resource_table(list: &[Value]) -> Table {
@@ -1740,9 +1885,7 @@ fn volumes_table(list: &[Value]) -> Table {
                     .map(size::show_kib)
                     .unwrap_or_default(),
                 usage.to_owned(),
-                v.get("state")
-                    .map(|s| str_of(s, "disk_state").to_owned())
-                    .unwrap_or_default(),
+                volume_state_cell(r, &v),
             ]);
         }
     }
@@ -1826,12 +1969,16 @@ fn resource(ctx: &mut Ctx, cmd: RCmd) -> Result<()> {
             let q = filters(&[("resources", &resources), ("nodes", &nodes)]);
             if let Some(list) = ctx.list("/v1/view/resources", &q)? {
                 ctx.show(&list, || Ok(resource_table(&list)))?;
+                let lines = resource_notes(&list, &ctx.satellites(), &resources, &nodes);
+                ctx.notes(&lines);
             }
         }
         RCmd::ListVolumes { resources, nodes } => {
             let q = filters(&[("resources", &resources), ("nodes", &nodes)]);
             if let Some(list) = ctx.list("/v1/view/resources", &q)? {
                 ctx.show(&list, || Ok(volumes_table(&list)))?;
+                let lines = resource_notes(&list, &ctx.satellites(), &resources, &nodes);
+                ctx.notes(&lines);
             }
         }
         RCmd::MakeAvailable {
@@ -1916,6 +2063,84 @@ mod tests {
             text.contains("┊ pve01 ┊ SATELLITE ┊ 10.0.0.1:3366 (PLAIN) ┊ OFFLINE ┊"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn states_from_satellite_reports() {
+        let list = serde_json::json!([
+            {"name": "vm", "node_name": "a", "flags": [],
+             "layer_object": {"type": "DRBD", "children": [{"type": "STORAGE"}],
+                              "drbd": {"connections": {"b": {"connected": true, "message": "Connected"}}}},
+             "state": {"in_use": true}, "volumes": [{"state": {"disk_state": "UpToDate"}}]},
+            {"name": "vm", "node_name": "b", "flags": [],
+             "layer_object": {"type": "DRBD", "children": [{"type": "STORAGE"}],
+                              "drbd": {"connections": {"a": {"connected": false, "message": "Connecting"}}}},
+             "state": {"in_use": false}, "volumes": [{"state": {"disk_state": "Inconsistent",
+                "replication_state": "SyncTarget", "done_percentage": 12.3456}}]},
+            {"name": "vm", "node_name": "c", "flags": ["DISKLESS", "DRBD_DISKLESS", "TIE_BREAKER"],
+             "layer_object": {"type": "DRBD", "children": [{"type": "STORAGE"}]},
+             "state": {"in_use": false}, "volumes": [{"state": {"disk_state": "Diskless"},
+                "reports": [{"ret_code": -9223372036854775808_i64, "message": "vm on node 'c': blockd is down",
+                             "correction": "start blockd"}]}]},
+            {"name": "vm", "node_name": "d", "flags": [],
+             "layer_object": {"type": "DRBD", "children": [{"type": "STORAGE"}], "drbd": {"connections": {}}},
+             "state": {}, "volumes": [{"state": {"disk_state": "Unknown"}}]}
+        ]);
+        let list = list.as_array().unwrap();
+        let text = resource_table(list).render(false);
+        assert!(
+            text.contains("| a    | DRBD,STORAGE | InUse   | Ok            | UpToDate           |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| b    | DRBD,STORAGE | Unused  | Connecting(a) | SyncTarget(12.35%) |"),
+            "{text}"
+        );
+        assert!(text.contains("| TieBreaker "), "{text}");
+        assert!(
+            text.contains("| d    | DRBD,STORAGE | Unknown | Unknown       | Unknown            |"),
+            "{text}"
+        );
+        let sats = serde_json::json!([
+            {"node": "d", "connection_status": "OFFLINE", "lost": false, "removing": []},
+            {"node": "a", "connection_status": "ONLINE", "lost": false,
+             "removing": [{"name": "old", "reason": "volume busy"}]},
+            {"node": "gone", "connection_status": "OFFLINE", "lost": true, "removing": []}
+        ]);
+        let notes = resource_notes(list, sats.as_array().unwrap(), &[], &[]);
+        assert_eq!(
+            notes,
+            [
+                "vm on node 'c': blockd is down (start blockd)",
+                "d is OFFLINE: the state of its resources is unknown (tandem node list says why)",
+                "a: resource 'old' is being removed: volume busy",
+            ]
+        );
+        // Filtered to other resources: no removal line for 'old'.
+        let notes = resource_notes(list, sats.as_array().unwrap(), &["vm".into()], &[]);
+        assert!(!notes.iter().any(|l| l.contains("old")), "{notes:?}");
+    }
+
+    #[test]
+    fn node_states_and_notes() {
+        let list = serde_json::json!([
+            {"name": "a", "type": "SATELLITE", "net_interfaces": [], "connection_status": "ONLINE"},
+            {"name": "b", "type": "SATELLITE", "net_interfaces": [], "connection_status": "HOSTNAME_MISMATCH"}
+        ]);
+        let text = node_table(list.as_array().unwrap()).render(false);
+        assert!(text.contains("| Online "), "{text}");
+        assert!(text.contains("| OFFLINE(HOSTNAME MISMATCH) |"), "{text}");
+        let sats = serde_json::json!([
+            {"node": "a", "status_lines": []},
+            {"node": "b", "status_lines": ["b: wrong satellite"]},
+            {"node": "gone", "lost": true, "status_lines": ["gone (deleted node): cleaning"]}
+        ]);
+        let sats = sats.as_array().unwrap();
+        assert_eq!(
+            node_notes(sats, &[]),
+            ["b: wrong satellite", "gone (deleted node): cleaning"]
+        );
+        assert_eq!(node_notes(sats, &["B".into()]), ["b: wrong satellite"]);
     }
 
     #[test]
