@@ -2350,7 +2350,9 @@ impl Replica {
                 if current == self.md.current {
                     self.uuid_waiting.remove(&from);
                 }
+                // Writes and flushes both wait for the new generation's acks.
                 self.check_writes();
+                self.check_flushes();
             }
             Msg::RoleChanged { role } => {
                 let was = self.peers.get(&from).map(|p| p.role);
