@@ -4,7 +4,8 @@
     feature = "bug-forget-al"
 )))]
 
-//! The simulator in CI: 2,000 seeds, every one checked against all five invariants.
+//! The simulator in CI: 2,000 seeds, every one checked against all six invariants (a
+//! quarter of them run with on-no-quorum suspend-io; `sim::Options`).
 //!
 //! Seeds in `KNOWN_FAILURES` still violate an invariant (see docs/replication.md,
 //! "Known failures"); the test also asserts they still do, so the list can only
@@ -14,19 +15,22 @@ use sim::{Options, run};
 
 const SEEDS: u64 = 2000;
 /// Every seed below 2,000 that violates an invariant today, with the invariant.
-/// (9 of 2,000. Seed 1870 joined when resync data began to carry the source's write
-/// sequence number: eight more bytes per message shift the simulated network's timing,
-/// and it fails the same way as 82 and 1085 — a liveness failure, no data lost.)
+/// (9 of 2,000. When a flush that waited only for a new generation's acknowledgements
+/// stopped hanging until some unrelated event, and a quarter of the seeds began to
+/// run with on-no-quorum suspend-io, the schedules of many seeds changed: 1412 and
+/// 1870 pass now, and 561 (replicas differing on a write never acknowledged) and 1646
+/// (a resync that does not finish) fail in ways known from other seeds, see
+/// docs/replication.md, "Known failures"; both fail the same with suspend-io off.)
 const KNOWN_FAILURES: &[(u64, u8)] = &[
     (4, 1),
     (22, 4),
     (82, 5),
     (121, 1),
     (294, 4),
+    (561, 4),
     (1085, 5),
     (1197, 5),
-    (1412, 1),
-    (1870, 5),
+    (1646, 5),
 ];
 
 fn check_range(from: u64, to: u64) {

@@ -70,6 +70,8 @@ impl Replica {
             }
         }
         self.update_quorum();
+        // The policy may have changed: io-error ends a suspension without quorum.
+        self.maybe_resume();
         self.persist();
         self.check_writes();
         self.check_flushes();
@@ -129,6 +131,9 @@ mod tests {
             promote_timeout_ms: 1000,
             grant_lease_ms: 1000,
             max_queued: 64,
+            on_no_quorum: OnNoQuorum::IoError,
+            max_held: 64,
+            max_held_bytes: 1 << 20,
         }
     }
 
