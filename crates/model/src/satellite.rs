@@ -55,8 +55,13 @@ pub struct DesiredState {
 pub struct DesiredPool {
     pub name: String,
     pub provider_kind: ProviderKind,
-    /// The pool's effective properties (e.g. `StorDriver/FileDir`,
-    /// `StorDriver/LvmVg`, `StorDriver/ThinPool`, `StorDriver/ZPool`, `StorDriver/ZPoolThin`).
+    /// The pool's effective properties. The storage providers (crate `storage`,
+    /// docs/storage.md) take the driver pool from `StorDriver/StorPoolName`, as
+    /// LINSTOR's clients set it: a directory for FILE/FILE_THIN, the volume group for
+    /// LVM, `vg/thinpool` for LVM_THIN, the zpool or dataset for ZFS/ZFS_THIN; without
+    /// it, from the older per-kind keys `StorDriver/FileDir`, `StorDriver/LvmVg` (with
+    /// `StorDriver/ThinPool` for LVM_THIN), `StorDriver/ZPool`, `StorDriver/ZPoolThin`.
+    /// `StorDriver/WaitTimeoutAfterCreate` (ms) bounds the wait for a new device node.
     #[serde(default)]
     pub props: BTreeMap<String, String>,
 }
