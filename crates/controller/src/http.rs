@@ -16,6 +16,7 @@ use model::{Cluster, ModelError, ObjectKind, Placement, PropsModify, name::key};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::live::{LiveView, RscObs};
 use crate::rc::{self, ApiCallRc, Ctx, Op};
 use crate::wire;
 use crate::{Controller, MutateError};
@@ -181,6 +182,8 @@ fn routes() -> Routes {
             rsc_make_available,
         )
         .add(G, "/v1/view/resources", rscs_view)
+        // tandem's own: the satellites' links and what keeps them from converging
+        .add(G, "/v1/satellites", satellites_list)
 }
 
 /// Every (method, path) the router serves, paths in axum's syntax.
@@ -286,6 +289,15 @@ where
     let rcs = match res {
         Ok(Ok(rcs)) => rcs,
         Ok(Err(MutateError::Model(e))) => vec![ctx.model_error(&e)],
+        Ok(Err(MutateError::Entropy(e))) => {
+            tracing::error!("no random bytes: {e}");
+            vec![ctx.error(
+                rc::FAIL_UNKNOWN_ERROR,
+                "the controller could not make a shared secret; nothing changed",
+                e.to_string(),
+                "check that /dev/urandom is readable by the controller, then repeat the request",
+            )]
+        }
         Ok(Err(MutateError::Store(e))) => {
             tracing::error!("database write failed: {e}");
             vec![ctx.error(
@@ -548,10 +560,11 @@ async fn ctrl_prop_delete(State(app): State<App>, Path(k): Path<String>) -> Resp
 async fn nodes_list(State(app): State<App>, RawQuery(q): RawQuery) -> Response {
     let q = Query::new(q);
     let c = app.snapshot();
+    let live = app.live().view();
     let v: Vec<Value> = c
         .nodes()
         .filter(|n| q.names("nodes", &n.name) && q.props(&n.props))
-        .map(wire::node)
+        .map(|n| wire::node(n, &live))
         .collect();
     ok_json(json!(q.page(v)))
 }
@@ -559,7 +572,7 @@ async fn nodes_list(State(app): State<App>, RawQuery(q): RawQuery) -> Response {
 async fn node_get(State(app): State<App>, Path(node): Path<String>) -> Response {
     let c = app.snapshot();
     match c.node(&node) {
-        Some(n) => ok_json(wire::node(n)),
+        Some(n) => ok_json(wire::node(n, &app.live().view())),
         None => not_found(
             Ctx::new(Op::Query, ObjectKind::Node),
             ObjectKind::Node,
@@ -618,14 +631,60 @@ async fn node_delete(State(app): State<App>, Path(node): Path<String>) -> Respon
 
 async fn node_lost(State(app): State<App>, Path(node): Path<String>) -> Response {
     let ctx = Ctx::new(Op::Delete, ObjectKind::Node);
+    if app.snapshot().node(&node).is_none() && app.live().tombstone(&node).is_some() {
+        // Asked again for a node that is gone: forget its pending cleanup.
+        let a = app.clone();
+        let n = node.clone();
+        let res = tokio::task::spawn_blocking(move || a.forget_tombstone(&n)).await;
+        let rcs = match res {
+            Ok(Ok(_)) => vec![
+                ctx.success(
+                    rc::DELETED,
+                    format!(
+                        "The pending cleanup of lost node '{node}' is forgotten: if its \
+                         satellite ever answers again, remove its volumes and resource files \
+                         by hand"
+                    ),
+                )
+                .with_ref("Node", node),
+            ],
+            Ok(Err(e)) => vec![ctx.error(
+                rc::FAIL_SQL,
+                "the controller could not write its database; nothing changed",
+                e.to_string(),
+                "check the database file and its disk, then repeat the request",
+            )],
+            Err(e) => vec![ctx.error(
+                rc::FAIL_UNKNOWN_ERROR,
+                "the request failed inside the controller; nothing changed",
+                e.to_string(),
+                "report this as a bug with the request that caused it",
+            )],
+        };
+        return rc_reply(rcs, StatusCode::OK);
+    }
+    let online = app.live().view().online(&node);
     mutate(app, ctx, StatusCode::OK, move |c| {
+        if online && let Some(n) = c.node(&node) {
+            return Err(ModelError::InUse {
+                kind: ObjectKind::Node,
+                name: n.name.clone(),
+                reason: "its satellite is ONLINE: 'node lost' is for a node that is gone".into(),
+                correction: format!(
+                    "delete its resources and then the node (node delete {0}), or stop its \
+                     satellite first if {0} really is to be dropped",
+                    n.name
+                ),
+            });
+        }
         let affected = c.lose_node(&node)?;
         let mut out = vec![
             ctx.success(
                 rc::DELETED,
                 format!(
-                    "Node '{node}' lost: it and its {} resources are forgotten; clean its \
-                     storage by hand if it returns",
+                    "Node '{node}' lost: it and its {} resources are forgotten; if its \
+                     satellite answers again it is told to remove everything it made \
+                     (tandem node list shows the pending cleanup)",
                     affected.len()
                 ),
             )
@@ -726,13 +785,13 @@ async fn netif_delete(
 
 // ---- storage pools ----
 
-fn pools_json(c: &Cluster, q: &Query, only_node: Option<&str>) -> Vec<Value> {
+fn pools_json(c: &Cluster, live: &LiveView, q: &Query, only_node: Option<&str>) -> Vec<Value> {
     c.nodes()
         .filter(|n| only_node.is_none_or(|o| o.eq_ignore_ascii_case(&n.name)))
         .filter(|n| q.names("nodes", &n.name))
         .flat_map(|n| n.storage_pools.values())
         .filter(|sp| q.names("storage_pools", &sp.storage_pool_name) && q.props(&sp.props))
-        .map(wire::storage_pool)
+        .map(|sp| wire::storage_pool(sp, live))
         .collect()
 }
 
@@ -750,12 +809,22 @@ async fn node_pools_list(
         );
     }
     let q = Query::new(q);
-    ok_json(json!(q.page(pools_json(&c, &q, Some(&node)))))
+    ok_json(json!(q.page(pools_json(
+        &c,
+        &app.live().view(),
+        &q,
+        Some(&node)
+    ))))
 }
 
 async fn pools_view(State(app): State<App>, RawQuery(q): RawQuery) -> Response {
     let q = Query::new(q);
-    ok_json(json!(q.page(pools_json(&app.snapshot(), &q, None))))
+    ok_json(json!(q.page(pools_json(
+        &app.snapshot(),
+        &app.live().view(),
+        &q,
+        None
+    ))))
 }
 
 async fn pool_get(State(app): State<App>, Path((node, pool)): Path<(String, String)>) -> Response {
@@ -764,7 +833,7 @@ async fn pool_get(State(app): State<App>, Path((node, pool)): Path<(String, Stri
     match c.node(&node) {
         None => not_found(ctx, ObjectKind::Node, node),
         Some(n) => match n.storage_pool(&pool) {
-            Some(sp) => ok_json(wire::storage_pool(sp)),
+            Some(sp) => ok_json(wire::storage_pool(sp, &app.live().view())),
             None => not_found(ctx, ObjectKind::StoragePool, format!("{node}/{pool}")),
         },
     }
@@ -965,7 +1034,7 @@ async fn rg_size_info(State(app): State<App>, Path(rg): Path<String>, body: Body
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return rc_reply(vec![ctx.model_error(&e)], StatusCode::OK),
     };
-    let c = app.snapshot();
+    let c = app.live_cluster();
     match c.resource_group(&rg) {
         Some(g) => ok_json(size_info_entry(&c, g, &over)),
         None => not_found(ctx, ObjectKind::ResourceGroup, rg),
@@ -982,7 +1051,7 @@ async fn all_size_info(State(app): State<App>, body: Body) -> Response {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return rc_reply(vec![ctx.model_error(&e)], StatusCode::OK),
     };
-    let c = app.snapshot();
+    let c = app.live_cluster();
     let result: serde_json::Map<String, Value> = c
         .resource_groups()
         .map(|g| (g.name.clone(), size_info_entry(&c, g, &over)))
@@ -1152,7 +1221,23 @@ async fn rd_modify(State(app): State<App>, Path(rsc): Path<String>, body: Body) 
 
 async fn rd_delete(State(app): State<App>, Path(rsc): Path<String>) -> Response {
     let ctx = Ctx::new(Op::Delete, ObjectKind::ResourceDefinition);
+    let live = app.live().view();
     mutate(app, ctx, StatusCode::OK, move |c| {
+        if let Some(rd) = c.resource_definition(&rsc) {
+            let users: Vec<&str> = rd
+                .resources
+                .values()
+                .filter(|r| in_use(&live, &rd.name, &r.node_name))
+                .map(|r| r.node_name.as_str())
+                .collect();
+            if !users.is_empty() {
+                return Err(in_use_error(
+                    ObjectKind::ResourceDefinition,
+                    &rd.name,
+                    &users,
+                ));
+            }
+        }
         let nodes = c.delete_resource_definition(&rsc)?;
         let mut out = vec![
             ctx.success(rc::DELETED, format!("Resource definition '{rsc}' deleted."))
@@ -1339,7 +1424,7 @@ fn resources_selected<'c>(
 
 /// A JSON array of the selected resources, each turned into JSON and written out
 /// before the next: a list of thousands never exists as one tree of values.
-fn resources_response(c: &Cluster, q: &Query, only_rsc: Option<&str>) -> Response {
+fn resources_response(c: &Cluster, live: &LiveView, q: &Query, only_rsc: Option<&str>) -> Response {
     let page = q.page(resources_selected(c, q, only_rsc));
     let mut body = Vec::with_capacity(page.len() * 1024 + 2);
     body.push(b'[');
@@ -1347,7 +1432,8 @@ fn resources_response(c: &Cluster, q: &Query, only_rsc: Option<&str>) -> Respons
         if i > 0 {
             body.push(b',');
         }
-        if serde_json::to_writer(&mut body, &wire::resource(rd, r)).is_err() {
+        let obs = live.resource(&r.node_name, &rd.name);
+        if serde_json::to_writer(&mut body, &wire::resource(rd, r, obs)).is_err() {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     }
@@ -1362,7 +1448,7 @@ fn resources_response(c: &Cluster, q: &Query, only_rsc: Option<&str>) -> Respons
 
 async fn rscs_view(State(app): State<App>, RawQuery(q): RawQuery) -> Response {
     let q = Query::new(q);
-    resources_response(&app.snapshot(), &q, None)
+    resources_response(&app.snapshot(), &app.live().view(), &q, None)
 }
 
 async fn rscs_list(
@@ -1379,7 +1465,7 @@ async fn rscs_list(
         );
     }
     let q = Query::new(q);
-    resources_response(&c, &q, Some(&rsc))
+    resources_response(&c, &app.live().view(), &q, Some(&rsc))
 }
 
 async fn rsc_get(State(app): State<App>, Path((rsc, node)): Path<(String, String)>) -> Response {
@@ -1388,7 +1474,10 @@ async fn rsc_get(State(app): State<App>, Path((rsc, node)): Path<(String, String
     match c.resource_definition(&rsc) {
         None => not_found(ctx, ObjectKind::ResourceDefinition, rsc),
         Some(rd) => match rd.resource(&node) {
-            Some(r) => ok_json(wire::resource(rd, r)),
+            Some(r) => {
+                let live = app.live().view();
+                ok_json(wire::resource(rd, r, live.resource(&r.node_name, &rd.name)))
+            }
             None => not_found(ctx, ObjectKind::Resource, format!("{rsc} on node {node}")),
         },
     }
@@ -1507,7 +1596,17 @@ async fn rsc_delete(
 ) -> Response {
     let ctx = Ctx::new(Op::Delete, ObjectKind::Resource);
     let keep = Query::new(q).flag("keep_tiebreaker");
+    let live = app.live().view();
     mutate(app, ctx, StatusCode::OK, move |c| {
+        if let Some(r) = c.resource(&rsc, &node)
+            && in_use(&live, &r.name, &r.node_name)
+        {
+            return Err(in_use_error(
+                ObjectKind::Resource,
+                &format!("{} on node {}", r.name, r.node_name),
+                &[r.node_name.as_str()],
+            ));
+        }
         let o = c.delete_resource(&rsc, &node, keep)?;
         let mut out = vec![
             if o.kept_as_tiebreaker {
@@ -1576,4 +1675,35 @@ async fn rsc_make_available(
         Ok(out)
     })
     .await
+}
+
+// ---- satellites ----
+
+/// Whether the satellite of `node` reports `rsc` Primary there (a client uses it).
+fn in_use(live: &LiveView, rsc: &str, node: &str) -> bool {
+    matches!(
+        live.resource(node, rsc),
+        RscObs::Reported(o) if o.role.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("Primary"))
+    )
+}
+
+fn in_use_error(kind: ObjectKind, name: &str, nodes: &[&str]) -> ModelError {
+    let list = nodes.join(", ");
+    ModelError::InUse {
+        kind,
+        name: name.to_owned(),
+        reason: format!(
+            "it is Primary (in use by a VM or another client) on node(s) {list}, as the \
+             satellite reports"
+        ),
+        correction: format!(
+            "stop what uses it on {list} (shut the VM down or move it, close the NBD \
+             client), wait until 'tandem resource list' shows it Unused there, then delete again"
+        ),
+    }
+}
+
+async fn satellites_list(State(app): State<App>) -> Response {
+    let c = app.snapshot();
+    ok_json(json!(wire::satellites(&c, &app.live().view())))
 }

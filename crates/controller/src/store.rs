@@ -7,16 +7,22 @@
 //! the new objects, never part of one. Loading checks the whole cluster
 //! ([`model::Cluster::from_parts`]) before anything is served.
 //!
+//! Nodes that were deleted or lost leave a tombstone (table `tombstones`, written in
+//! the same transaction as the delete): the satellite's address and the node's pools,
+//! so the controller can tell the satellite to remove everything it made, also after a
+//! restart. A node created again under the same name removes its tombstone.
+//!
 //! The schema is versioned: `schema_version` holds the number of migrations applied and
 //! [`MIGRATIONS`] lists them in order; each runs in its own transaction.
 
 use std::path::Path;
 
 use model::name::key;
+use model::satellite::{self, DesiredPool};
 use model::{Cluster, ModelError, Node, Props, ResourceDefinition, ResourceGroup};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Ordered schema migrations; index + 1 is the version after applying one.
 pub const MIGRATIONS: &[&str] = &[
@@ -41,7 +47,42 @@ pub const MIGRATIONS: &[&str] = &[
          resource_group TEXT NOT NULL,
          body           TEXT NOT NULL
      );",
+    // 2: tombstones of deleted and lost nodes, until their satellites are clean.
+    "CREATE TABLE tombstones (
+         name_key TEXT PRIMARY KEY NOT NULL,
+         name     TEXT NOT NULL,
+         body     TEXT NOT NULL
+     );",
 ];
+
+/// A node that was deleted or lost, whose satellite still has to remove what it made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub node: String,
+    /// `host:port` of its satellite when the node went.
+    pub address: String,
+    /// Its storage pools, so the satellite knows where its volumes are.
+    pub pools: Vec<DesiredPool>,
+    /// When the node went, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+impl Tombstone {
+    /// The tombstone `node` leaves in `c`; None for a node that runs no satellite.
+    pub fn of(c: &Cluster, node: &Node) -> Option<Self> {
+        if !node.node_type.runs_satellite() {
+            return None;
+        }
+        Some(Self {
+            node: node.name.clone(),
+            address: satellite::satellite_address(node)?,
+            pools: satellite::desired_pools(c, node),
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -231,17 +272,37 @@ impl Store {
         })
     }
 
-    /// Writes what changed from `old` to `new` in one transaction. On error nothing is
-    /// written and the caller keeps `old`.
-    pub fn commit(&mut self, old: &Cluster, new: &Cluster) -> Result<(), StoreError> {
+    /// Writes what changed from `old` to `new` in one transaction, with a tombstone for
+    /// every node that went and none for every node that came. On error nothing is
+    /// written and the caller keeps `old`. Returns whether tombstones changed.
+    pub fn commit(&mut self, old: &Cluster, new: &Cluster) -> Result<bool, StoreError> {
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
         let tx = self.conn.transaction().map_err(sql)?;
-        write_diff(&tx, old, new).map_err(|e| e.into_store(&path))?;
-        tx.commit().map_err(sql)
+        let touched = write_diff(&tx, old, new).map_err(|e| e.into_store(&path))?;
+        tx.commit().map_err(sql)?;
+        Ok(touched)
+    }
+
+    /// Every tombstone, by node name.
+    pub fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        self.rows("tombstones")
+    }
+
+    /// Drops the tombstone of `node` (its satellite is clean, or a human said to forget
+    /// it). Returns whether there was one.
+    pub fn delete_tombstone(&mut self, node: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM tombstones WHERE name_key = ?1",
+                params![key(node)],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(n > 0)
     }
 
     /// Replaces the stored cluster with `c` in one transaction (a new database).
@@ -342,7 +403,8 @@ fn delete(tx: &Transaction<'_>, table: usize, name: &str) -> Result<(), DiffErro
     Ok(())
 }
 
-fn write_diff(tx: &Transaction<'_>, old: &Cluster, new: &Cluster) -> Result<(), DiffError> {
+fn write_diff(tx: &Transaction<'_>, old: &Cluster, new: &Cluster) -> Result<bool, DiffError> {
+    let mut tombstones = false;
     let (op, np) = (old.controller_props(), new.controller_props());
     for k in op.keys().filter(|k| !np.contains_key(*k)) {
         tx.execute("DELETE FROM controller_props WHERE key = ?1", params![k])?;
@@ -354,12 +416,28 @@ fn write_diff(tx: &Transaction<'_>, old: &Cluster, new: &Cluster) -> Result<(), 
         )?;
     }
     for n in new.nodes() {
-        if old.node(&n.name) != Some(n) {
-            upsert(tx, 0, &n.name, n, "")?;
+        match old.node(&n.name) {
+            Some(o) if o == n => {}
+            Some(_) => upsert(tx, 0, &n.name, n, "")?,
+            None => {
+                upsert(tx, 0, &n.name, n, "")?;
+                // The node is back: the normal desired state cleans up from now on.
+                tombstones |= tx.execute(
+                    "DELETE FROM tombstones WHERE name_key = ?1",
+                    params![key(&n.name)],
+                )? > 0;
+            }
         }
     }
     for n in old.nodes().filter(|n| new.node(&n.name).is_none()) {
         delete(tx, 0, &n.name)?;
+        if let Some(t) = Tombstone::of(old, n) {
+            tx.execute(
+                "INSERT OR REPLACE INTO tombstones (name_key, name, body) VALUES (?1, ?2, ?3)",
+                params![key(&n.name), n.name, serde_json::to_string(&t)?],
+            )?;
+            tombstones = true;
+        }
     }
     for g in new.resource_groups() {
         if old.resource_group(&g.name) != Some(g) {
@@ -383,7 +461,7 @@ fn write_diff(tx: &Transaction<'_>, old: &Cluster, new: &Cluster) -> Result<(), 
     {
         delete(tx, 2, &rd.name)?;
     }
-    Ok(())
+    Ok(tombstones)
 }
 
 /// The stored cluster; a new database first gets the empty cluster (the default group).

@@ -13,6 +13,10 @@ use model::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::live::{LiveView, RscObs};
+use crate::rc::{self, ApiCallRc, Ctx, Op};
+use model::ObjectKind;
+
 /// The largest request body accepted (LINSTOR's bodies are small; a spawn with 1,000
 /// volumes is ~20 KiB).
 pub const MAX_BODY: usize = 1 << 20;
@@ -413,10 +417,15 @@ impl ResourceDefinitionCreateReq {
                 "leave drbd_transport_type out",
             ));
         }
+        let mut props = rd.props;
+        // LINSTOR's field for the secret; without it the controller makes one.
+        if let Some(s) = self.drbd_secret.filter(|s| !s.is_empty()) {
+            props.insert(model::satellite::KEY_SHARED_SECRET.into(), s);
+        }
         Ok(model::ResourceDefinitionCreate {
             name: rd.name,
             resource_group: rd.resource_group_name.filter(|g| !g.is_empty()),
-            props: rd.props,
+            props,
             port: self.drbd_port,
             peer_slots: self.drbd_peer_slots,
         })
@@ -670,14 +679,15 @@ pub fn node_type(t: NodeType) -> &'static str {
     }
 }
 
-pub fn node(n: &Node) -> Value {
+/// A node with its satellite's connection status (`live`; the stored one is OFFLINE).
+pub fn node(n: &Node, live: &LiveView) -> Value {
     json!({
         "name": n.name,
         "type": node_type(n.node_type),
         "flags": flags(&n.flags),
         "props": n.props,
         "net_interfaces": n.net_interfaces.iter().map(net_interface).collect::<Vec<_>>(),
-        "connection_status": n.connection_status,
+        "connection_status": live.status(&n.name),
         // Until a satellite reports, nothing is known about its providers and layers.
         "storage_providers": [],
         "resource_layers": [],
@@ -686,7 +696,47 @@ pub fn node(n: &Node) -> Value {
     })
 }
 
-pub fn storage_pool(sp: &StoragePool) -> Value {
+/// A pool with the capacity its satellite last reported (kept while the satellite is
+/// away, with a warning saying since when) and its errors as `reports`.
+pub fn storage_pool(sp: &StoragePool, live: &LiveView) -> Value {
+    let mut sp = sp.clone();
+    let mut reports: Vec<ApiCallRc> = Vec::new();
+    let ctx = Ctx::new(Op::Query, ObjectKind::StoragePool);
+    if !sp.provider_kind.is_diskless()
+        && let Some((p, current)) = live.pool(&sp.node_name, &sp.storage_pool_name)
+    {
+        if let (Some(free), Some(total)) = (p.free_capacity_kib, p.total_capacity_kib) {
+            sp.free_capacity = Some(free.min(total));
+            sp.total_capacity = Some(total);
+        }
+        if let Some(e) = &p.error {
+            reports.push(ApiCallRc {
+                correction: Some(
+                    "check the pool on the node (StorDriver/StorPoolName and the volume \
+                     group, zpool or directory it names)"
+                        .into(),
+                ),
+                ..ctx.warn(
+                    0,
+                    format!(
+                        "storage pool '{}' on node '{}': {e}",
+                        sp.storage_pool_name, sp.node_name
+                    ),
+                )
+            });
+        }
+        if !current {
+            reports.push(ctx.warn(
+                rc::WARN_NOT_CONNECTED,
+                format!(
+                    "the satellite of node '{}' does not answer: the capacity is the last one \
+                     it reported",
+                    sp.node_name
+                ),
+            ));
+        }
+    }
+    let sp = &sp;
     let mut v = json!({
         "storage_pool_name": sp.storage_pool_name,
         "node_name": sp.node_name,
@@ -698,7 +748,7 @@ pub fn storage_pool(sp: &StoragePool) -> Value {
         },
         "free_space_mgr_name": sp.shared_space.clone()
             .unwrap_or_else(|| format!("{}:{}", sp.node_name, sp.storage_pool_name)),
-        "reports": [],
+        "reports": reports,
         "supports_snapshots": false,
         "external_locking": sp.external_locking,
     });
@@ -816,9 +866,98 @@ pub fn device_path(r: &Resource, vnr: u32) -> String {
     format!("/dev/tandem/{}/{vnr}", r.name)
 }
 
-/// `ResourceWithVolumes` (`/v1/view/resources`). No satellite reports yet, so the
-/// resource's use and its disks' states are unknown, and it says so.
-pub fn resource(rd: &ResourceDefinition, r: &Resource) -> Value {
+/// The volume's `state` (`disk_state`, `replication_states`, and for a replica being
+/// synced `replication_state` `SyncTarget` with `done_percentage`) and `reports` (what
+/// the satellite says is wrong and what to do), from what its satellite observed.
+fn volume_state(r: &Resource, vnr: u32, obs: RscObs<'_>) -> (Value, Vec<ApiCallRc>) {
+    let ctx = Ctx::new(Op::Query, ObjectKind::Volume);
+    let o = match obs {
+        RscObs::Unknown => return (json!({"disk_state": "Unknown"}), Vec::new()),
+        RscObs::Missing { applied } => {
+            let report = if applied {
+                ctx.warn(
+                    0,
+                    format!(
+                        "the satellite of node '{}' applied its desired state but does not \
+                         report resource '{}'",
+                        r.node_name, r.name
+                    ),
+                )
+            } else {
+                ctx.info(
+                    0,
+                    format!(
+                        "resource '{}' is being created on node '{}' (the satellite is applying \
+                         the desired state)",
+                        r.name, r.node_name
+                    ),
+                )
+            };
+            return (json!({"disk_state": "Unknown"}), vec![report]);
+        }
+        RscObs::Reported(o) => o,
+    };
+    let v = o.volumes.iter().find(|v| v.number == vnr);
+    let disk = v
+        .and_then(|v| v.disk_state.clone())
+        .unwrap_or_else(|| "Unknown".into());
+    let mut state = serde_json::Map::new();
+    state.insert("disk_state".into(), json!(disk));
+    let repl: serde_json::Map<String, Value> = o
+        .peers
+        .iter()
+        .map(|p| {
+            let mut m = serde_json::Map::new();
+            m.insert("replication_state".into(), json!(p.replication));
+            if let Some(d) = p.resync_done_percent {
+                m.insert("done_percentage".into(), json!(d));
+            }
+            (p.name.clone(), Value::Object(m))
+        })
+        .collect();
+    if let Some(p) = o
+        .peers
+        .iter()
+        .filter(|p| p.replication == "SyncTarget")
+        .min_by(|a, b| {
+            let pct = |p: &model::satellite::ObservedPeer| p.resync_done_percent.unwrap_or(0.0);
+            pct(a).total_cmp(&pct(b))
+        })
+    {
+        state.insert("replication_state".into(), json!("SyncTarget"));
+        if let Some(d) = p.resync_done_percent {
+            state.insert("done_percentage".into(), json!(d));
+        }
+    }
+    state.insert("replication_states".into(), Value::Object(repl));
+    let mut reports = Vec::new();
+    if let Some(e) = &o.error {
+        reports.push(ctx.warn(0, format!("{} on node '{}': {e}", r.name, r.node_name)));
+    }
+    if let Some(h) = v.and_then(|v| v.hint.as_ref()) {
+        reports.push(ApiCallRc {
+            correction: Some(h.clone()),
+            ..ctx.warn(
+                0,
+                format!(
+                    "{} volume {vnr} on node '{}' is {disk} and needs a human: {h}",
+                    r.name, r.node_name
+                ),
+            )
+        });
+    }
+    (Value::Object(state), reports)
+}
+
+/// `ResourceWithVolumes` (`/v1/view/resources`) with what the node's satellite
+/// observed: `state.in_use` (its role), per volume `state` and `reports`, and the
+/// replication connections. While the satellite is not reachable the resource's use is
+/// unknown (`state` is empty) and every disk state is `Unknown`.
+pub fn resource(rd: &ResourceDefinition, r: &Resource, obs: RscObs<'_>) -> Value {
+    let reported = match obs {
+        RscObs::Reported(o) => Some(o),
+        _ => None,
+    };
     let vols: Vec<Value> = r
         .volumes
         .values()
@@ -827,6 +966,7 @@ pub fn resource(rd: &ResourceDefinition, r: &Resource) -> Value {
                 .volume_definitions
                 .get(&v.volume_number)
                 .map(|vd| vd.size_kib);
+            let (state, reports) = volume_state(r, v.volume_number, obs);
             json!({
                 "volume_number": v.volume_number,
                 "storage_pool_name": v.storage_pool_name,
@@ -834,7 +974,8 @@ pub fn resource(rd: &ResourceDefinition, r: &Resource) -> Value {
                 "device_path": device_path(r, v.volume_number),
                 "props": v.props,
                 "flags": [],
-                "state": {"disk_state": "Unknown"},
+                "state": state,
+                "reports": reports,
                 "layer_data_list": [
                     {"type": "DRBD", "data": {
                         "drbd_volume_definition": {"volume_number": v.volume_number},
@@ -857,7 +998,24 @@ pub fn resource(rd: &ResourceDefinition, r: &Resource) -> Value {
             })
         })
         .collect();
-    json!({
+    let connections: serde_json::Map<String, Value> = reported
+        .map(|o| {
+            o.peers
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        json!({"connected": p.connection == "Connected", "message": p.connection}),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let state = match reported.and_then(|o| o.role.as_deref()) {
+        Some(role) => json!({"in_use": role.eq_ignore_ascii_case("Primary")}),
+        None => json!({}),
+    };
+    let mut v = json!({
         "name": r.name,
         "node_name": r.node_name,
         "props": r.props,
@@ -875,12 +1033,20 @@ pub fn resource(rd: &ResourceDefinition, r: &Resource) -> Value {
                 "node_id": r.node_id,
                 "peer_slots": peer_slots(rd),
                 "drbd_volumes": drbd_vols,
-                "connections": {},
+                "connections": connections,
             },
         },
-        "state": {},
+        "state": state,
         "volumes": vols,
-    })
+    });
+    if let Some(mp) = reported.and_then(|o| o.volumes.iter().find_map(|v| v.may_promote))
+        && let Some(d) = v
+            .pointer_mut("/layer_object/drbd")
+            .and_then(Value::as_object_mut)
+    {
+        d.insert("may_promote".into(), json!(mp));
+    }
+    v
 }
 
 /// `QuerySizeInfoResponseSpaceInfo` for a filter: capacity and free space of the pools
@@ -944,6 +1110,127 @@ pub fn size_info(c: &Cluster, f: &SelectFilter) -> (Value, Vec<String>) {
         }),
         reports,
     )
+}
+
+/// `GET /v1/satellites` (tandem's own): every satellite link, of nodes and of
+/// tombstones, with what is wrong in `status_lines` (each says why and what to do).
+pub fn satellites(c: &Cluster, live: &LiveView) -> Vec<Value> {
+    let mut out = Vec::new();
+    for n in c.nodes().filter(|n| n.node_type.runs_satellite()) {
+        let link = live.link(&n.name);
+        let address = link
+            .map(|l| l.address.clone())
+            .or_else(|| model::satellite::satellite_address(n))
+            .unwrap_or_default();
+        out.push(satellite_entry(&n.name, &address, false, link, live));
+    }
+    for t in live.tombstones.values() {
+        let link = live
+            .links
+            .get(&model::name::key(&t.node))
+            .filter(|l| l.lost);
+        let mut e = satellite_entry(&t.node, &t.address, true, link, live);
+        if let Some(o) = e.as_object_mut() {
+            o.insert("lost_since_ms".into(), json!(t.created_ms));
+        }
+        out.push(e);
+    }
+    out
+}
+
+fn satellite_entry(
+    node: &str,
+    address: &str,
+    lost: bool,
+    link: Option<&crate::live::Link>,
+    live: &LiveView,
+) -> Value {
+    let now = live.now;
+    let status = link.map_or(model::ConnectionStatus::Offline, |l| {
+        l.status(now, live.window)
+    });
+    let online = status == model::ConnectionStatus::Online;
+    let obs = link.and_then(|l| l.observed.as_ref());
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let mut lines = Vec::new();
+    let who = if lost {
+        format!("{node} (deleted node)")
+    } else {
+        node.to_owned()
+    };
+    match (status, link) {
+        (model::ConnectionStatus::Online, _) => {}
+        (model::ConnectionStatus::HostnameMismatch, Some(l)) => lines.push(format!(
+            "{who}: the satellite at {address} says it is node '{}': nothing is pushed to it; \
+             fix the node's address (tandem node interface modify) or the satellite's node name",
+            l.other_node().unwrap_or_default()
+        )),
+        (_, l) => {
+            let why = l
+                .and_then(|l| l.error.clone())
+                .unwrap_or_else(|| "not contacted yet".into());
+            let since = match l {
+                Some(l) => match l.last_ok {
+                    Some(t) => format!(
+                        "has not answered for {}",
+                        crate::live::ago(now.saturating_duration_since(t))
+                    ),
+                    None => format!(
+                        "has not answered since the controller started trying {} ago",
+                        crate::live::ago(now.saturating_duration_since(l.started))
+                    ),
+                },
+                None => "has not been contacted yet".into(),
+            };
+            lines.push(if lost {
+                format!(
+                    "{who}: OFFLINE: the satellite at {address} {since} ({why}); it removes \
+                     the node's volumes and resource files when it answers. If the machine is \
+                     gone for good: tandem node lost {node} (forgets this cleanup)"
+                )
+            } else {
+                format!(
+                    "{who}: OFFLINE: the satellite at {address} {since} ({why}); changes are \
+                     applied when it answers. Start it (tandem satellite) on {node}, or if the \
+                     node is gone for good: tandem node lost {node}"
+                )
+            });
+        }
+    }
+    if let Some(e) = link.and_then(|l| l.push_error.as_ref()) {
+        lines.push(format!("{who}: desired state not accepted: {e}"));
+    }
+    if let Some(o) = obs.filter(|_| online) {
+        for e in &o.state.errors {
+            lines.push(format!("{who}: {e}"));
+        }
+        for r in &o.state.removing {
+            lines.push(format!("{who}: removing '{}': {}", r.name, r.reason));
+        }
+        if lost && o.state.removing.is_empty() && !o.state.resources.is_empty() {
+            lines.push(format!(
+                "{who}: the satellite still reports {} resources; waiting for it to remove them",
+                o.state.resources.len()
+            ));
+        }
+    }
+    json!({
+        "node": node,
+        "address": address,
+        "lost": lost,
+        "connection_status": status,
+        "last_answer_ms_ago": link.and_then(|l| l.last_ok).map(|t| ms(now.saturating_duration_since(t))),
+        "failing_for_ms": link.and_then(|l| l.failing_since).map(|t| ms(now.saturating_duration_since(t))),
+        "error": link.and_then(|l| l.error.clone()),
+        "push_error": link.and_then(|l| l.push_error.clone()),
+        "desired_generation": link.map_or(0, |l| l.desired_generation),
+        "acked_generation": link.map_or(0, |l| l.acked_generation),
+        "observed_generation": obs.map(|o| o.state.generation),
+        "applied": obs.map(|o| o.state.applied),
+        "errors": obs.map(|o| o.state.errors.clone()).unwrap_or_default(),
+        "removing": obs.map(|o| o.state.removing.clone()).unwrap_or_default(),
+        "status_lines": lines,
+    })
 }
 
 #[cfg(test)]

@@ -546,6 +546,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// Forgets everything satellites reported: every node OFFLINE, the capacity of
+    /// every pool with storage unknown. The controller keeps reports in memory and lays
+    /// them over the cluster when it uses it; the stored cluster holds none.
+    pub fn clear_reports(&mut self) {
+        for n in self.nodes.values_mut() {
+            n.connection_status = ConnectionStatus::Offline;
+            for sp in n.storage_pools.values_mut() {
+                if !sp.provider_kind.is_diskless() {
+                    sp.free_capacity = None;
+                    sp.total_capacity = None;
+                }
+            }
+        }
+    }
+
     /// Deletes a node that holds no resources.
     pub fn delete_node(&mut self, name: &str) -> Result<(), ModelError> {
         let node = self.node_ref(name)?;

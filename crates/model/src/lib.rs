@@ -6,6 +6,7 @@
 //! anything) and stores it (serde) in its database.
 
 pub mod cluster;
+pub mod desired;
 pub mod error;
 mod load;
 pub mod name;

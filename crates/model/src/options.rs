@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use crate::props::{EffectiveProp, PropSource};
+use crate::satellite;
 
 pub const KEY_PROTOCOL: &str = "DrbdOptions/Net/protocol";
 pub const KEY_ALLOW_TWO_PRIMARIES: &str = "DrbdOptions/Net/allow-two-primaries";
@@ -99,7 +100,7 @@ macro_rules! symbols {
     ($t:ty { $($s:literal => $v:ident),+ $(,)? }) => {
         impl $t {
             const SYMBOLS: &'static [(&'static str, $t)] = &[$(($s, <$t>::$v)),+];
-            fn parse(key: &str, value: &str) -> Result<Self, ModelError> {
+            pub(crate) fn parse(key: &str, value: &str) -> Result<Self, ModelError> {
                 Self::SYMBOLS
                     .iter()
                     .find(|(s, _)| s.eq_ignore_ascii_case(value.trim()))
@@ -282,6 +283,43 @@ pub fn parse_port_range(key: &str, v: &str) -> Result<(u16, u16), ModelError> {
     }
 }
 
+/// A TCP port, 1..=65535.
+pub fn parse_port(key: &str, v: &str) -> Result<u16, ModelError> {
+    match v.trim().parse::<u16>() {
+        Ok(p) if p >= 1 => Ok(p),
+        _ => Err(bad(key, v, "not a TCP port", "use a port of 1..=65535")),
+    }
+}
+
+/// A replication generation: 1 to 16 hex digits, not zero.
+pub fn parse_generation(key: &str, v: &str) -> Result<u64, ModelError> {
+    let t = v.trim();
+    match u64::from_str_radix(t, 16) {
+        Ok(g) if g != 0 && !t.is_empty() && t.len() <= 16 && !t.starts_with('+') => Ok(g),
+        _ => Err(bad(
+            key,
+            v,
+            "not a generation",
+            "use 16 hex digits, not all zero (the controller sets it; delete the property              instead of editing it)",
+        )),
+    }
+}
+
+/// The smallest shared secret blockd accepts.
+pub const SECRET_MIN_LEN: usize = 8;
+
+fn check_secret(key: &str, v: &str) -> Result<(), ModelError> {
+    if v.chars().count() < SECRET_MIN_LEN || v.chars().any(char::is_whitespace) {
+        return Err(bad(
+            key,
+            if v.is_empty() { "" } else { "(hidden)" },
+            "a shared secret has at least 8 characters and no spaces",
+            "use a longer secret, or delete the property and the controller makes one",
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a value for a key the model understands; other keys pass.
 pub fn check_known_prop(key: &str, value: &str) -> Result<(), ModelError> {
     match key {
@@ -297,6 +335,9 @@ pub fn check_known_prop(key: &str, value: &str) -> Result<(), ModelError> {
         KEY_ON_NO_QUORUM => parse_on_no_quorum(key, value).map(drop),
         KEY_RESYNC_RATE => parse_resync_rate(key, value).map(drop),
         KEY_TCP_PORT_RANGE => parse_port_range(key, value).map(drop),
+        satellite::KEY_REPLICATION_PORT => parse_port(key, value).map(drop),
+        satellite::KEY_INITIAL_GENERATION => parse_generation(key, value).map(drop),
+        satellite::KEY_SHARED_SECRET => check_secret(key, value),
         _ => Ok(()),
     }
 }

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::objects::ProviderKind;
 
+pub use crate::desired::{
+    desired_pools, desired_state, lost_state, replication_address, satellite_address,
+};
+
 /// The satellite's default port (LINSTOR's plain satellite port).
 pub const DEFAULT_SATELLITE_PORT: u16 = 3366;
 /// Node property: the TCP port blockd listens on for its peers (every resource of the
