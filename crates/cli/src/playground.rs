@@ -389,7 +389,25 @@ impl Playground {
         println!("[demo] restarting n1 ...");
         self.start_node(0)?;
         self.wait_state(&[0, 1], &["UpToDate"], "n1's resync")?;
-        println!("[demo] n1 caught up; reading everything back through n1 ...");
+        let received: u64 = blockd::admin::call(
+            &self.node_dir(0).join("run/admin.sock"),
+            &blockd::admin::Request::Status {},
+            Duration::from_secs(10),
+        )
+        .ok()
+        .and_then(|r| r.status)
+        .into_iter()
+        .flat_map(|s| s.resources)
+        .filter(|r| r.name == RESOURCE)
+        .flat_map(|r| r.volumes)
+        .flat_map(|v| v.peers)
+        .map(|p| p.resync_received_bytes)
+        .sum();
+        println!(
+            "[demo] n1 caught up, receiving {:.1} MiB: what changed while it was away and the extents it was writing when it died",
+            received as f64 / f64::from(1 << 20)
+        );
+        println!("[demo] reading everything back through n1 ...");
         self.qemu_io(
             &uri1,
             &["read -P 0xab 0 8M".into(), "read -P 0xcd 8M 4M".into()],

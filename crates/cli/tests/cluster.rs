@@ -223,6 +223,18 @@ impl Live {
         start.elapsed()
     }
 
+    fn connection(&self, node: &str) -> String {
+        let url = format!("http://{}/v1/nodes/{node}", self.ctl_addr);
+        let v: Value = ureq::get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap_or_default();
+        let v = if v.is_array() { v[0].clone() } else { v };
+        v["connection_status"].as_str().unwrap_or("").to_owned()
+    }
+
     fn node(&self, name: &str) -> &Node {
         self.nodes.iter().find(|n| n.name == name).unwrap()
     }
@@ -351,6 +363,9 @@ fn deletes_reach_a_node_that_was_away_and_lost_nodes_are_cleaned() {
     // A node declared lost while its satellite is down is cleaned when it returns.
     let lost = live.diskful("r2")[0].clone();
     live.node_mut(&lost).sat.kill9();
+    live.wait("the node shown OFFLINE", Duration::from_secs(30), |l| {
+        l.connection(&lost) == "OFFLINE"
+    });
     live.ok(&["node", "lost", &lost]);
     live.node_mut(&lost).sat.start();
     live.wait(
@@ -390,6 +405,8 @@ fn a_controller_killed_during_spawns_and_deletes_converges() {
     eprintln!("kill seed {seed} (TANDEM_KILL_SEED={seed} replays it)");
     let mut rng = Rng(seed);
     let mut live_set = std::collections::BTreeSet::new();
+    let mut tried_delete = std::collections::BTreeSet::new();
+    let mut deleted = std::collections::BTreeSet::new();
     for round in 0..4 {
         // A background killer: the controller dies at a random point of this round.
         let delay = Duration::from_millis(50 + rng.next() % 400);
@@ -407,9 +424,11 @@ fn a_controller_killed_during_spawns_and_deletes_converges() {
             if rng.next().is_multiple_of(3)
                 && let Some(victim) = live_set.iter().next().cloned()
             {
+                tried_delete.insert(victim.clone());
                 let out = live.tandem(&["resource-definition", "delete", &victim]);
                 if out.status.success() {
                     live_set.remove(&victim);
+                    deleted.insert(victim);
                 }
             }
         }
@@ -431,6 +450,19 @@ fn a_controller_killed_during_spawns_and_deletes_converges() {
             .collect()
     };
     eprintln!("resources after the kills: {listed:?}");
+    // Every acknowledged spawn survived the kills, every acknowledged delete too.
+    for r in live_set.iter().filter(|r| !tried_delete.contains(*r)) {
+        assert!(
+            listed.contains(r),
+            "{r} was spawned but is gone: {listed:?}"
+        );
+    }
+    for r in &deleted {
+        assert!(
+            !listed.contains(r),
+            "{r} was deleted but is back: {listed:?}"
+        );
+    }
     live.wait("every resource replicated", Duration::from_secs(60), |l| {
         listed.iter().all(|r| l.replicated(r))
     });
