@@ -480,3 +480,41 @@ fn a_controller_killed_during_spawns_and_deletes_converges() {
     });
     let _ = live.nodes.len();
 }
+
+#[test]
+fn python_linstor_spawns_on_a_live_cluster_and_reaches_up_to_date() {
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let live = Live::new();
+    let spec: Vec<Value> = live
+        .nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({"name": n.name, "port": n.sat.port,
+                "replication_port": n.repl_port, "pool": n.blockd.path("pool")})
+        })
+        .collect();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/live_cluster.py");
+    let out = Command::new(py)
+        .arg(&script)
+        .arg(format!("linstor://{}", live.ctl_addr))
+        .arg(Value::from(spec).to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("OK"),
+        "python-linstor on a live cluster failed:\nstdout:\n{stdout}\nstderr:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        live.logs()
+    );
+    // The delete reached every node.
+    live.wait(
+        "vm-101-disk-0 removed everywhere",
+        Duration::from_secs(30),
+        |l| {
+            ["n1", "n2", "n3"]
+                .iter()
+                .all(|n| l.leftovers(n, "vm-101-disk-0").is_empty())
+        },
+    );
+}
