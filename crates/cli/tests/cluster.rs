@@ -518,3 +518,46 @@ fn python_linstor_spawns_on_a_live_cluster_and_reaches_up_to_date() {
         },
     );
 }
+
+#[test]
+fn a_volume_definition_grown_online_grows_every_replica_without_closing_clients() {
+    require("qemu-io", "qemu-utils");
+    let mut live = Live::new();
+    live.create_cluster();
+    live.ok(&["resource-group", "spawn-resources", "grp", "g1", "64M"]);
+    live.wait("replicated", Duration::from_secs(30), |l| {
+        l.replicated("g1")
+    });
+    let disk = live.diskful("g1");
+    let uri = nbd_uri(live.node(&disk[0]), "g1");
+    run("qemu-io", &["-f", "raw", "-c", "write -P 0x77 0 1M", &uri]);
+    let before: Vec<u64> = live.nodes.iter().map(|n| n.blockd.size("g1", 0)).collect();
+    assert!(before.iter().all(|s| *s >= 64 << 20), "{before:?}");
+    live.ok(&["volume-definition", "set-size", "g1", "0", "128M"]);
+    live.wait("every node at the new size", Duration::from_secs(30), |l| {
+        l.nodes.iter().all(|n| n.blockd.size("g1", 0) >= 128 << 20)
+    });
+    // The data stayed, the new area reads as zeros, and it is all in sync.
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0x77 0 1M",
+            "-c",
+            "read -P 0 100M 1M",
+            &uri,
+        ],
+    );
+    live.wait("replicated after the grow", Duration::from_secs(30), |l| {
+        l.replicated("g1")
+    });
+    // blockd recorded the new size instead of closing the volume.
+    for n in &live.nodes {
+        let log = n.sat.logs();
+        assert!(log.contains("g1/0: new size recorded"), "{log}");
+        assert!(!log.contains("g1/0: reopened"), "{log}");
+    }
+    let _ = live.node_mut(&disk[0]);
+}

@@ -91,13 +91,20 @@ pub struct Reconciler {
     capacity_at: Option<Instant>,
     /// Files changed and blockd has not applied them yet.
     adjust_pending: bool,
+    /// When a grow was last asked for, per resource.
+    grow_tried: BTreeMap<String, Instant>,
 }
 
 /// What one pass decided for one resource.
 struct Prepared {
     file: Option<String>,
     error: Option<String>,
+    /// Backing bytes each diskful volume here should have: (volume, size).
+    sizes: Vec<(u32, u64)>,
 }
+
+/// A grow is tried again at most this often.
+const GROW_RETRY: Duration = Duration::from_secs(10);
 
 impl Reconciler {
     pub fn new(paths: Paths, runner: Arc<dyn Runner>) -> Result<Self, String> {
@@ -111,6 +118,7 @@ impl Reconciler {
             capacity: BTreeMap::new(),
             capacity_at: None,
             adjust_pending: true,
+            grow_tried: BTreeMap::new(),
         })
     }
 
@@ -193,13 +201,15 @@ impl Reconciler {
         let mut prepared: BTreeMap<String, Prepared> = BTreeMap::new();
         for r in &wanted {
             let p = match self.prepare(r, &pools) {
-                Ok(text) => Prepared {
+                Ok((text, sizes)) => Prepared {
                     file: Some(text),
                     error: None,
+                    sizes,
                 },
                 Err(e) => Prepared {
                     file: None,
                     error: Some(e),
+                    sizes: Vec::new(),
                 },
             };
             prepared.insert(r.name.clone(), p);
@@ -249,7 +259,12 @@ impl Reconciler {
                 &Request::Adjust { resource: None },
                 ADMIN_TIMEOUT,
             ) {
-                Ok(a) if a.ok => self.adjust_pending = false,
+                Ok(a) if a.ok => {
+                    self.adjust_pending = false;
+                    for line in a.message.iter().flat_map(|m| m.lines()) {
+                        tracing::info!("blockd adjust: {line}");
+                    }
+                }
                 Ok(a) => obs.errors.push(format!(
                     "blockd refused to adjust: {}",
                     a.error.unwrap_or_default()
@@ -268,10 +283,21 @@ impl Reconciler {
             }
         };
 
-        // 4. Delete backing volumes of resources that are gone, once blockd let go.
+        // 4. Grow volumes whose definition grew (the coordinating node asks blockd).
+        if let Some(st) = &status {
+            for r in &wanted {
+                if let Some(p) = prepared.get_mut(&r.name)
+                    && p.error.is_none()
+                {
+                    p.error = self.grow(r, &p.sizes, st);
+                }
+            }
+        }
+
+        // 5. Delete backing volumes of resources that are gone, once blockd let go.
         obs.removing = self.remove_unwanted(&prepared, status.as_ref());
 
-        // 5. Describe.
+        // 6. Describe.
         for r in &wanted {
             let p = prepared.get(&r.name);
             obs.resources
@@ -289,7 +315,7 @@ impl Reconciler {
         &mut self,
         r: &DesiredResource,
         pools: &BTreeMap<&str, &DesiredPool>,
-    ) -> Result<String, String> {
+    ) -> Result<(String, Vec<(u32, u64)>), String> {
         blockd::config::check_name(&r.name)?;
         // Checked before anything is created for it.
         let path = self.file_of(&r.name);
@@ -311,6 +337,7 @@ impl Reconciler {
             })?;
         let my_id = me.id;
         let mut vols = Vec::new();
+        let mut sizes = Vec::new();
         for v in &r.volumes {
             let usable = v.size_kib.saturating_mul(1024);
             let size = blockd::volume::backing_size_for(usable, MAX_PEERS)
@@ -324,6 +351,7 @@ impl Reconciler {
                             v.number
                         )
                     })?;
+                    sizes.push((v.number, size));
                     Some(self.ensure_volume(r, my_id, v.number, pool, size)?)
                 }
             };
@@ -335,7 +363,70 @@ impl Reconciler {
         }
         let text = render::resource_file(&self.paths.node, r, &vols);
         render::check(&self.file_of(&r.name), &text)?;
-        Ok(text)
+        Ok((text, sizes))
+    }
+
+    /// Online grow when the desired size is above what blockd serves: the diskful node
+    /// with the lowest node id asks its blockd to `resize`, which grows every diskful
+    /// node together (docs/replication.md, "Online grow"); the others wait for it.
+    /// Returns why the resource is not at its size yet, if it is not.
+    fn grow(&mut self, r: &DesiredResource, sizes: &[(u32, u64)], st: &Status) -> Option<String> {
+        let rs = st.resources.iter().find(|x| x.name == r.name)?;
+        let coordinator = r
+            .nodes
+            .iter()
+            .filter(|n| !n.diskless)
+            .min_by_key(|n| n.id)?;
+        for &(number, want) in sizes {
+            let v = rs.volumes.iter().find(|v| v.number == number)?;
+            let have = v.backing_size?;
+            if have >= want || !v.open {
+                continue;
+            }
+            if coordinator.name != self.paths.node {
+                return Some(format!(
+                    "volume {number} grows to {want} backing bytes when node {} runs the grow",
+                    coordinator.name
+                ));
+            }
+            let ready = v.disk_state.as_deref() == Some("UpToDate")
+                && v.peers.iter().filter(|p| !p.diskless).all(|p| {
+                    p.connection == "Connected" && p.disk_state.as_deref() == Some("UpToDate")
+                });
+            if !ready {
+                return Some(format!(
+                    "volume {number} grows to {want} backing bytes once every diskful node is connected and UpToDate"
+                ));
+            }
+            if self
+                .grow_tried
+                .get(&r.name)
+                .is_some_and(|t| t.elapsed() < GROW_RETRY)
+            {
+                return Some(format!("volume {number}: growing to {want} backing bytes"));
+            }
+            self.grow_tried.insert(r.name.clone(), Instant::now());
+            let req = Request::Resize {
+                resource: r.name.clone(),
+                size: want,
+                volume: Some(number),
+            };
+            match admin::call(&self.paths.admin_socket, &req, ADMIN_TIMEOUT) {
+                Ok(a) if a.ok => {
+                    tracing::info!(resource = %r.name, volume = number, size = want, "grown");
+                    self.grow_tried.remove(&r.name);
+                }
+                Ok(a) => {
+                    return Some(format!(
+                        "growing volume {number} to {want} backing bytes failed (tried again in {}s): {}",
+                        GROW_RETRY.as_secs(),
+                        a.error.unwrap_or_default()
+                    ));
+                }
+                Err(e) => return Some(format!("growing volume {number}: {e}")),
+            }
+        }
+        None
     }
 
     fn ensure_volume(
