@@ -53,21 +53,22 @@ pub fn resource_file(node: &str, r: &DesiredResource, volumes: &[LocalVolume]) -
         "{HEADER} node {node}; edits here are overwritten. Change the resource with `tandem resource-definition ...` or `tandem resource ...` instead."
     );
     let _ = writeln!(s, "name = {}", quote(&r.name));
-    // A resource placed on one node only is a local volume: no peers, no secret.
+    // A resource placed on one node only is a local volume: no peers, no secret and
+    // no replication options (blockd refuses them there).
     let replicated = r.nodes.len() >= 2;
     if replicated {
         let _ = writeln!(s, "secret = {}", quote(&r.secret));
+        let _ = writeln!(s, "protocol = {}", quote(&r.protocol));
+        let _ = writeln!(s, "quorum = {}", quote(&r.quorum));
+        let _ = writeln!(s, "on-no-quorum = {}", quote(&r.on_no_quorum));
+        let _ = writeln!(s, "allow-two-primaries = {}", r.allow_two_primaries);
+        let _ = writeln!(s, "split-brain = {}", quote(&r.split_brain));
+        let rate = r
+            .resync_rate
+            .map_or_else(|| "unlimited".to_owned(), |b| b.to_string());
+        let _ = writeln!(s, "resync-rate = {}", quote(&rate));
+        let _ = writeln!(s, "verify-alg = {}", quote(&r.verify_alg));
     }
-    let _ = writeln!(s, "protocol = {}", quote(&r.protocol));
-    let _ = writeln!(s, "quorum = {}", quote(&r.quorum));
-    let _ = writeln!(s, "on-no-quorum = {}", quote(&r.on_no_quorum));
-    let _ = writeln!(s, "allow-two-primaries = {}", r.allow_two_primaries);
-    let _ = writeln!(s, "split-brain = {}", quote(&r.split_brain));
-    let rate = r
-        .resync_rate
-        .map_or_else(|| "unlimited".to_owned(), |b| b.to_string());
-    let _ = writeln!(s, "resync-rate = {}", quote(&rate));
-    let _ = writeln!(s, "verify-alg = {}", quote(&r.verify_alg));
     for v in volumes {
         let _ = writeln!(s, "\n[[volume]]\nnumber = {}", v.number);
         if let Some(b) = &v.backing {
@@ -168,6 +169,21 @@ mod tests {
             &resource_file("n3", &r, &diskless),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_resource_on_one_node_is_a_local_volume() {
+        let mut r = res();
+        r.nodes.truncate(1);
+        let vols = [LocalVolume {
+            number: 0,
+            backing: Some("/p/a.img".into()),
+            size: 1 << 30,
+        }];
+        let text = resource_file("n1", &r, &vols);
+        let cfg =
+            blockd::config::parse_resource(Path::new("/x/vm-100-disk-0.toml"), &text).unwrap();
+        assert!(cfg.repl.is_none(), "{text}");
     }
 
     #[test]
