@@ -413,6 +413,7 @@ impl Playground {
             &["read -P 0xab 0 8M".into(), "read -P 0xcd 8M 4M".into()],
         )?;
         println!("[demo] verified: n1 has the data written before and during its outage");
+        self.wait_state(&[2], &["Diskless"], "n3 reconnecting to n1")?;
         Ok(())
     }
 }

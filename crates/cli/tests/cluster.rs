@@ -357,9 +357,11 @@ fn deletes_reach_a_node_that_was_away_and_lost_nodes_are_cleaned() {
         Duration::from_secs(30),
         |l| l.leftovers(&away, "r1").is_empty(),
     );
-    for n in ["n1", "n2", "n3"] {
-        assert!(live.leftovers(n, "r1").is_empty(), "{n}");
-    }
+    live.wait("r1 removed everywhere", Duration::from_secs(30), |l| {
+        ["n1", "n2", "n3"]
+            .iter()
+            .all(|n| l.leftovers(n, "r1").is_empty())
+    });
     // A node declared lost while its satellite is down is cleaned when it returns.
     let lost = live.diskful("r2")[0].clone();
     live.node_mut(&lost).sat.kill9();

@@ -173,7 +173,11 @@ fn desired_state_becomes_a_replicated_volume_and_goes_away_again() {
     ns[0].sat.kill9();
     ns[0].sat.start();
     let out = qemu.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success() && !text.contains("failed"), "{text}");
     wait(&ns[0], "settling after the restart", |o| {
         settled(o, "UpToDate")
