@@ -993,6 +993,23 @@ impl Daemon {
             if old == new && old_cfg.repl == cfg.repl {
                 continue;
             }
+            // An open volume's size comes from its metadata (or, diskless, from its
+            // peers) and changes only by `resize`: a new `size` alone is recorded for
+            // the next open instead of closing the volume and its clients.
+            if let (Some(o), Some(nw)) = (old, new)
+                && o.size != nw.size
+                && (VolumeConfig {
+                    size: nw.size,
+                    ..o.clone()
+                }) == *nw
+                && old_cfg.repl == cfg.repl
+                && r.volumes.contains_key(&n)
+            {
+                report.push(format!(
+                    "{name}/{n}: new size recorded for the next open (an open volume grows with `resize`)"
+                ));
+                continue;
+            }
             // Changed replication settings of an unchanged volume apply live.
             if old == new
                 && let (Some(_), Some(repl)) = (&old_cfg.repl, &cfg.repl)

@@ -32,6 +32,9 @@ use crate::peer::{self, Offer};
 use crate::replmd::MdStore;
 use crate::volume::LocalVolume;
 
+/// How long an NBD client's open keeps trying to promote before it is refused (DRBD's
+/// auto-promote-timeout default).
+pub const AUTO_PROMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Bytes per block of the core (one bitmap bit).
 pub const BLOCK: u64 = 4096;
 const INPUT_QUEUE: usize = 1024;
@@ -491,10 +494,20 @@ impl ReplVolume {
     pub fn open_for_client(self: &Arc<Self>) -> Result<Arc<ReplDevice>, String> {
         let snap = self.snapshot().ok_or("volume is shutting down")?;
         if snap.status.role != Role::Primary {
-            // Called from an NBD connection thread, never from the runtime.
-            self.rt
-                .block_on(self.promote(false))
-                .map_err(|e| format!("cannot become primary: {e}"))?;
+            // Called from an NBD connection thread, never from the runtime. A refusal
+            // is often brief (a peer still handshaking, another node's client just
+            // left and it is demoting): like DRBD's auto-promote-timeout, retry for a
+            // while before the client is refused.
+            let deadline = std::time::Instant::now() + AUTO_PROMOTE_TIMEOUT;
+            loop {
+                match self.rt.block_on(self.promote(false)) {
+                    Ok(()) => break,
+                    Err(e) if std::time::Instant::now() >= deadline => {
+                        return Err(format!("cannot become primary: {e}"));
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                }
+            }
             self.auto_promoted.store(true, Ordering::SeqCst);
         }
         self.opens.fetch_add(1, Ordering::SeqCst);

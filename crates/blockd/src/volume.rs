@@ -202,6 +202,29 @@ pub fn peek(path: &Path) -> Result<Superblock, VolumeError> {
 /// not exist and the config gives a size. Refuses to overwrite valid metadata unless
 /// `force`.
 pub fn create_md(cfg: &VolumeConfig, force: bool) -> Result<Superblock, VolumeError> {
+    create_md_open(cfg, force).map(|(_, sb)| sb)
+}
+
+/// Initialises metadata on a backing volume that was just created and reads as zeros
+/// on every node that holds the resource (thin or sparse volumes made together for a
+/// new resource): the volume starts UpToDate as node `node_id`'s replica of
+/// `generation`, with clear bitmaps, so peers seeded alike need no initial sync.
+/// Refuses a volume that already has metadata: seeding is for new volumes only.
+pub fn seed_md(
+    cfg: &VolumeConfig,
+    node_id: u8,
+    generation: u64,
+) -> Result<Superblock, VolumeError> {
+    let (file, sb) = create_md_open(cfg, false)?;
+    let mut seeded = sb.next();
+    seeded.node_id = u32::from(node_id);
+    seeded.disk_state = md::DiskState::UpToDate;
+    seeded.current_uuid = generation;
+    write_sb(&file, &cfg.backing, &seeded)?;
+    Ok(seeded)
+}
+
+fn create_md_open(cfg: &VolumeConfig, force: bool) -> Result<(File, Superblock), VolumeError> {
     let path = &cfg.backing;
     let file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
@@ -269,7 +292,26 @@ pub fn create_md(cfg: &VolumeConfig, force: bool) -> Result<Superblock, VolumeEr
     let generation = u64::from_le_bytes(random_bytes::<8>().map_err(io_err(path, "random"))?) | 1;
     let sb = Superblock::new(layout, uuid, generation);
     write_sb(&file, path, &sb)?;
-    Ok(sb)
+    Ok((file, sb))
+}
+
+/// The smallest backing size, a multiple of 4 MiB (LVM's default extent, so every
+/// provider allocates exactly this much), whose data area holds `usable` bytes with
+/// `max_peers` peer slots.
+pub fn backing_size_for(usable: u64, max_peers: u32) -> Result<u64, MdError> {
+    const GRAIN: u64 = 4 << 20;
+    let round = |v: u64| v.div_ceil(GRAIN).saturating_mul(GRAIN);
+    let usable = usable.max(md::MIN_DATA_SIZE);
+    let mut size = round(usable);
+    // Each step adds at least the metadata the previous size lacked; a few suffice.
+    for _ in 0..16 {
+        let layout = Layout::compute(size, max_peers, md::DEFAULT_AL_SLOTS)?;
+        if layout.data_size >= usable {
+            return Ok(size);
+        }
+        size = round(size.saturating_add(usable - layout.data_size));
+    }
+    Err(MdError::Corrupt("volume size out of range"))
 }
 
 /// The layout after growing `old` to `new_size` bytes: the new metadata area must lie
@@ -835,6 +877,46 @@ mod tests {
         let mut b = [0u8; 4];
         v.read_at(&mut b, 0).unwrap();
         assert_eq!(b, [7; 4]);
+    }
+
+    #[test]
+    fn seeded_metadata_is_an_up_to_date_replica_of_the_given_generation() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path(), None);
+        std::fs::File::create(&c.backing)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let sb = seed_md(&c, 2, 0xabcd).unwrap();
+        assert_eq!(sb.node_id, 2);
+        assert_eq!(sb.disk_state, md::DiskState::UpToDate);
+        assert_eq!(sb.current_uuid, 0xabcd);
+        let v = LocalVolume::open(&c, "r0").unwrap();
+        let back = v.superblock().unwrap();
+        assert_eq!((back.node_id, back.current_uuid), (2, 0xabcd));
+        assert_eq!(back.disk_state, md::DiskState::UpToDate);
+        drop(v);
+        // A volume with metadata is never seeded again.
+        assert!(matches!(
+            seed_md(&c, 2, 0xabcd),
+            Err(VolumeError::HasMetadata { .. })
+        ));
+    }
+
+    #[test]
+    fn backing_size_holds_the_usable_size_in_whole_4mib_steps() {
+        for usable in [1u64 << 20, 4 << 20, 1 << 30, (1 << 30) + 1, 100 << 30] {
+            let b = backing_size_for(usable, 7).unwrap();
+            assert_eq!(b % (4 << 20), 0);
+            let l = Layout::compute(b, 7, md::DEFAULT_AL_SLOTS).unwrap();
+            assert!(l.data_size >= usable, "{usable}: {l:?}");
+            // Not more than one step above what is needed.
+            let smaller = Layout::compute(b - (4 << 20), 7, md::DEFAULT_AL_SLOTS);
+            assert!(
+                smaller.is_err() || smaller.unwrap().data_size < usable,
+                "{usable}"
+            );
+        }
     }
 
     #[test]

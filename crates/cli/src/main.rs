@@ -9,6 +9,7 @@ use blockd::daemon::{Daemon, Options};
 use clap::{Parser, Subcommand};
 
 mod client;
+mod playground;
 
 const DEFAULT_RUN_DIR: &str = "/run/tandem";
 const DEFAULT_CONFIG_DIR: &str = "/etc/tandem/resources";
@@ -73,15 +74,40 @@ enum Cmd {
         #[arg(long, default_value = controller::DEFAULT_DB, env = "TANDEM_CONTROLLER_DB")]
         db: PathBuf,
     },
-    /// Start a three-node replicated cluster on this machine (two disks and a diskless
-    /// tiebreaker, each its own blockd) in a scratch directory and print how to attach.
+    /// Start a controller and three nodes (satellite + blockd each) on this machine,
+    /// spawn a volume replicated on two of them with the third as tiebreaker, and print
+    /// how to attach to it and a live status. Ctrl-C tears everything down.
     Playground {
-        /// Directory to use (default: a new temporary directory).
+        /// Directory for state and logs, kept afterwards and reused when given again
+        /// (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Size of the example volume's backing file on each node.
-        #[arg(long, default_value = "256MiB")]
+        /// Size of the example volume.
+        #[arg(long, default_value = "1G")]
         size: String,
+        /// Also write data, kill the primary's node, read the data through another
+        /// node, restart the killed node and wait for its resync (needs qemu-io).
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Run the satellite: applies the controller's desired state to this node
+    /// (storage volumes, blockd resource files) and reports what it observes.
+    Satellite {
+        /// This node's name, as the controller knows it (default: the host name).
+        #[arg(long, env = "TANDEM_NODE")]
+        node: Option<String>,
+        /// Address the controller reaches the satellite on.
+        #[arg(long, default_value = satellite::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// Where the satellite keeps the desired state and its ledger of volumes.
+        #[arg(long, default_value = satellite::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// blockd's resource directory, where the satellite writes resource files.
+        #[arg(long, default_value = DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+        /// blockd's admin socket.
+        #[arg(long, default_value = "/run/tandem/admin.sock")]
+        admin_socket: PathBuf,
     },
     /// The LINSTOR client's commands, against the controller's REST API (docs/cli.md).
     #[command(flatten)]
@@ -231,9 +257,29 @@ fn run(cli: Cli) -> Result<()> {
             init_logs(&cli.log)?;
             Ok(controller::run(controller::Options { listen, db })?)
         }
-        Cmd::Playground { dir, size } => {
+        Cmd::Playground { dir, size, demo } => {
             init_logs(&cli.log)?;
-            playground(dir, &size, &cli.log)
+            playground::run(dir, &size, demo, &cli.log)
+        }
+        Cmd::Satellite {
+            node,
+            listen,
+            state_dir,
+            config_dir,
+            admin_socket,
+        } => {
+            init_logs(&cli.log)?;
+            let opts = satellite::Options {
+                node: node.unwrap_or_else(blockd::daemon::hostname),
+                listen,
+                state_dir,
+                config_dir,
+                admin_socket,
+            };
+            Ok(satellite::run(
+                opts,
+                std::sync::Arc::new(storage::SystemRunner),
+            )?)
         }
     }
 }
@@ -450,213 +496,6 @@ fn print_status(s: &Status) {
             println!("  {} is down: {e}", r.name);
         }
     }
-}
-
-/// The playground's nodes: two with a disk and a diskless tiebreaker.
-const PLAYGROUND_NODES: [(&str, bool); 3] = [("n0", false), ("n1", false), ("n2", true)];
-
-/// Child blockd processes of the playground; stopped (SIGTERM, then waited for) when
-/// the playground ends, however it ends.
-struct Children(Vec<std::process::Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &self.0 {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_child(c),
-                rustix::process::Signal::TERM,
-            );
-        }
-        for c in &mut self.0 {
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A free TCP port on 127.0.0.1 (the port is released before blockd binds it).
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr().context("finding a free port")?.port())
-}
-
-/// Writes the playground's resource file for every node, unless they exist already
-/// (a playground directory can be reused).
-fn playground_config(dir: &std::path::Path, bytes: u64) -> Result<()> {
-    if dir.join("n0/resources/demo.toml").exists() {
-        return Ok(());
-    }
-    let mut nodes = String::new();
-    for (i, (name, diskless)) in PLAYGROUND_NODES.iter().enumerate() {
-        nodes.push_str(&format!(
-            "[[node]]\nname = \"{name}\"\nid = {i}\naddress = \"127.0.0.1:{}\"\ndiskless = {diskless}\n\n",
-            free_port()?
-        ));
-    }
-    for (name, diskless) in PLAYGROUND_NODES {
-        let conf = dir.join(name).join("resources");
-        let data = dir.join(name).join("data");
-        for d in [&conf, &data] {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
-        let mut text = format!(
-            "# The playground's example resource, replicated on n0 and n1 with n2 as a\n\
-             # diskless tiebreaker, all on this machine.\n\
-             name = \"demo\"\nsecret = \"playground-secret\"\n\n{nodes}[[volume]]\nnumber = 0\nsize = {bytes}\n"
-        );
-        if !diskless {
-            text.push_str(&format!(
-                "backing = \"{}\"\n",
-                data.join("demo-0.img").display()
-            ));
-        }
-        let file = conf.join("demo.toml");
-        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-    }
-    Ok(())
-}
-
-/// A new playground has no UpToDate data: once the peers are connected, n0's empty
-/// volume is made the data (primary --force, then secondary), which starts the
-/// initial sync to n1.
-fn playground_first_sync(admin: PathBuf) {
-    use blockd::admin::{Request, call};
-    let timeout = std::time::Duration::from_secs(30);
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let Ok(resp) = call(&admin, &Request::Status {}, timeout) else {
-            return;
-        };
-        let Some(v) = resp
-            .status
-            .as_ref()
-            .and_then(|s| s.resources.first())
-            .and_then(|r| r.volumes.first())
-            .cloned()
-        else {
-            return;
-        };
-        if v.current_uuid.as_deref() != Some("0000000000000000") {
-            return; // the playground ran before: its data is there
-        }
-        if v.peers.iter().all(|p| p.connection == "Connected") {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            eprintln!("the playground's nodes did not connect within 30 s; see the logs");
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    for req in [
-        Request::Primary {
-            resource: "demo".into(),
-            force: true,
-        },
-        Request::Secondary {
-            resource: "demo".into(),
-            force: false,
-        },
-    ] {
-        match call(&admin, &req, timeout) {
-            Ok(r) if r.ok => {}
-            Ok(r) => {
-                eprintln!("{req:?}: {}", r.error.unwrap_or_default());
-                return;
-            }
-            Err(e) => {
-                eprintln!("{req:?}: {e}");
-                return;
-            }
-        }
-    }
-    println!("initial sync n0 -> n1 started; `status` shows its progress");
-}
-
-fn playground(dir: Option<PathBuf>, size: &str, log: &str) -> Result<()> {
-    let bytes = blockd::config::parse_size(size).map_err(anyhow::Error::msg)?;
-    let dir = match dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("tandem-playground-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = std::path::absolute(&dir).context("resolving the playground directory")?;
-    playground_config(&dir, bytes)?;
-    let exe = std::env::current_exe().context("finding the tandem binary")?;
-    let mut children = Children(Vec::new());
-    for (name, _) in &PLAYGROUND_NODES[1..] {
-        let node = dir.join(name);
-        let logfile = std::fs::File::create(node.join("blockd.log"))
-            .with_context(|| format!("creating {}", node.join("blockd.log").display()))?;
-        let child = std::process::Command::new(&exe)
-            .args(["--log", log, "blockd", "--node", name, "--config-dir"])
-            .arg(node.join("resources"))
-            .arg("--run-dir")
-            .arg(node.join("run"))
-            .stdout(logfile.try_clone().context("opening the log")?)
-            .stderr(logfile)
-            .spawn()
-            .with_context(|| format!("starting blockd for {name}"))?;
-        children.0.push(child);
-    }
-    let mut opts = Options::new(dir.join("n0/resources"), dir.join("n0/run"), None);
-    opts.node = "n0".into();
-    let admin = opts.admin_socket.clone();
-    let ready = Box::new(move |d: &Daemon| {
-        let status = d.status();
-        println!("tandem playground in {}", dir.display());
-        println!("resource demo: n0 and n1 hold the data, n2 is a diskless tiebreaker;");
-        println!(
-            "n0 runs in this process, n1 and n2 log to {}/n*/blockd.log",
-            dir.display()
-        );
-        for r in &status.resources {
-            if let Some(e) = &r.error {
-                println!("resource {} is down: {e}", r.name);
-            }
-            for v in r.volumes.iter().filter(|v| v.open) {
-                println!(
-                    "volume {}/{} ({}) on n0 is served at (a client makes n0 primary):",
-                    r.name,
-                    v.number,
-                    human_size(v.size.unwrap_or(0))
-                );
-                println!("{}", v.nbd_uri);
-                println!("Attach with, for example:");
-                println!("  nbdinfo '{}'", v.nbd_uri);
-                println!(
-                    "  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' '{}'",
-                    v.nbd_uri
-                );
-                println!(
-                    "  touch /tmp/disk; nbdfuse /tmp/disk '{}' & losetup -f --show /tmp/disk",
-                    v.nbd_uri
-                );
-            }
-        }
-        for (name, _) in PLAYGROUND_NODES {
-            println!(
-                "Status of {name}: tandem local --admin-socket {} status",
-                dir.join(name).join("run/admin.sock").display()
-            );
-        }
-        let n0 = dir.join("n0/run/admin.sock");
-        println!("Try a failover: write through n0's URI, then");
-        println!("  tandem local --admin-socket {} down demo", n0.display());
-        println!(
-            "  and read it back through n1: nbd+unix:///demo/0?socket={}",
-            dir.join("n1/run/nbd/demo-0.sock").display()
-        );
-        println!(
-            "  (`tandem local --admin-socket {} up demo` brings n0 back; it catches up)",
-            n0.display()
-        );
-        println!("Stop with Ctrl-C.");
-        let admin = admin.clone();
-        std::thread::spawn(move || playground_first_sync(admin));
-    });
-    let r = run_blockd(opts, Some(ready));
-    drop(children);
-    r
 }
 
 #[cfg(test)]

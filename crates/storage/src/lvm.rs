@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::error::{Cause, command_line};
 use crate::props::check_lvm_name;
-use crate::runner::{failure, run};
+use crate::runner::{args, failure, run};
 use crate::{Capacity, CmdOutput, Provider, Runner, StorageError, VolumeInfo, check_volume_name};
 
 const LVS_FIELDS: &str = "lv_name,lv_size,pool_lv,lv_attr,vg_extent_size";
@@ -60,10 +60,6 @@ enum Failure {
     NoSpace,
     Busy,
     Other,
-}
-
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| (*s).to_owned()).collect()
 }
 
 impl LvmProvider {

@@ -51,6 +51,11 @@ impl Runner for SystemRunner {
 /// kept them open is not waited for longer).
 const PIPE_GRACE: Duration = Duration::from_secs(5);
 
+/// A command's arguments as the [`Runner`] takes them.
+pub(crate) fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| (*s).to_owned()).collect()
+}
+
 pub(crate) fn run_bounded(
     program: &str,
     args: &[String],

@@ -20,7 +20,7 @@ use model::ProviderKind;
 
 use crate::error::{Cause, command_line};
 use crate::props::check_zfs_dataset;
-use crate::runner::{failure, run};
+use crate::runner::{args, failure, run};
 use crate::{Capacity, CmdOutput, Provider, Runner, StorageError, VolumeInfo, check_volume_name};
 
 const GRANULARITY: u64 = 1 << 20;
@@ -43,10 +43,6 @@ enum Failure {
     Busy,
     HasDependents,
     Other,
-}
-
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| (*s).to_owned()).collect()
 }
 
 impl ZfsProvider {

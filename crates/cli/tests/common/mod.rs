@@ -780,3 +780,107 @@ impl Drop for FailingDisk {
         }
     }
 }
+
+/// A real `tandem satellite` beside a [`Blockd`]: it writes into the blockd's `conf/`
+/// and talks to its admin socket; its own state is in `sat-state/`.
+pub struct Satellite {
+    pub node: String,
+    pub port: u16,
+    pub state_dir: PathBuf,
+    pub conf: PathBuf,
+    pub admin: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Satellite {
+    pub fn new(b: &Blockd, node: &str) -> Self {
+        Satellite {
+            node: node.to_owned(),
+            port: free_port(),
+            state_dir: b.path("sat-state"),
+            conf: b.path("conf"),
+            admin: b.admin(),
+            log: b.path("satellite.log"),
+            child: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(TANDEM)
+            .args(["satellite", "--node", &self.node, "--listen"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--config-dir")
+            .arg(&self.conf)
+            .arg("--admin-socket")
+            .arg(&self.admin)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        while ureq::get(&self.url("/health")).call().is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "satellite did not come up; log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// PUTs a desired state; returns the HTTP status and the answer.
+    pub fn push(&self, body: &str) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut r = agent
+            .put(&self.url("/v1/satellite/desired"))
+            .header("content-type", "application/json")
+            .send(body)
+            .unwrap();
+        let status = r.status().as_u16();
+        let v = r.body_mut().read_json::<Value>().unwrap_or_default();
+        (status, v)
+    }
+
+    pub fn observed(&self) -> Value {
+        ureq::get(&self.url("/v1/satellite/observed"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json::<Value>()
+            .unwrap()
+    }
+}
+
+impl Drop for Satellite {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
