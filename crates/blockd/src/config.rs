@@ -66,6 +66,8 @@ pub struct ReplConfig {
     pub timeout_ms: u64,
     /// Resync bytes per second, over all peers (None: unlimited).
     pub resync_rate: Option<u64>,
+    /// Checksum-based resync (`csums-alg = "sha256"`).
+    pub resync_csums: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +131,7 @@ struct RawResource {
     on_no_quorum: Option<Spanned<String>>,
     allow_two_primaries: Option<Spanned<bool>>,
     verify_alg: Option<Spanned<String>>,
+    csums_alg: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,6 +305,7 @@ pub fn parse_resource(path: &Path, text: &str) -> Result<ResourceConfig, ConfigE
         on_no_quorum: raw.on_no_quorum,
         allow_two_primaries: raw.allow_two_primaries,
         verify_alg: raw.verify_alg,
+        csums_alg: raw.csums_alg,
     };
     let mut volumes = BTreeMap::new();
     for v in raw.volume {
@@ -411,6 +415,7 @@ struct RawRepl {
     on_no_quorum: Option<Spanned<String>>,
     allow_two_primaries: Option<Spanned<bool>>,
     verify_alg: Option<Spanned<String>>,
+    csums_alg: Option<Spanned<String>>,
 }
 
 fn parse_repl(
@@ -438,6 +443,7 @@ fn parse_repl(
                 .as_ref()
                 .map(|s| ("allow-two-primaries", s.span())),
             raw.verify_alg.as_ref().map(|s| ("verify-alg", s.span())),
+            raw.csums_alg.as_ref().map(|s| ("csums-alg", s.span())),
         ];
         if let Some((key, span)) = stray.into_iter().flatten().next() {
             return Err(at(
@@ -629,6 +635,19 @@ fn parse_repl(
             ),
         ));
     }
+    let resync_csums = match &raw.csums_alg {
+        None => false,
+        Some(v) if v.get_ref() == "sha256" => true,
+        Some(v) => {
+            return Err(at(
+                v.span(),
+                format!(
+                    "csums-alg {:?} is not supported: checksum-based resync compares SHA-256 digests; use \"sha256\", or leave it out to copy every out-of-sync block",
+                    v.get_ref()
+                ),
+            ));
+        }
+    };
     Ok(Some(ReplConfig {
         nodes,
         secret,
@@ -637,6 +656,7 @@ fn parse_repl(
         split_brain,
         timeout_ms,
         resync_rate,
+        resync_csums,
     }))
 }
 

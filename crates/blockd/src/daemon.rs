@@ -1163,6 +1163,7 @@ impl Daemon {
             node: None,
             current_uuid: None,
             resync_left_bytes: 0,
+            resync_same_bytes: 0,
             peers: Vec::new(),
             detached: None,
             hint: None,
@@ -1281,6 +1282,7 @@ fn repl_status(st: &mut VolumeStatus, v: &ReplVolume) {
     st.node = Some(v.me.name.clone());
     st.current_uuid = Some(format!("{:016X}", s.current));
     st.resync_left_bytes = snap.resync_left_blocks * repl::BLOCK;
+    st.resync_same_bytes = s.resync_same_blocks * repl::BLOCK;
     let mut hints = Vec::new();
     for p in &s.peers {
         let cfg = v.cfg();

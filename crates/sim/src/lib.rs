@@ -111,6 +111,8 @@ pub struct Shape {
     /// A node that starts without data (needs a full initial sync).
     pub fresh_node: Option<NodeId>,
     pub quorum: QuorumPolicy,
+    /// Checksum-based resync.
+    pub csums: bool,
 }
 
 impl Shape {
@@ -137,6 +139,7 @@ impl Shape {
             protocol,
             fresh_node,
             quorum: QuorumPolicy::Majority,
+            csums: false,
         }
     }
 }
@@ -390,7 +393,10 @@ pub fn run(seed: u64, opts: &Options) -> Result<Outcome, Violation> {
 impl Sim {
     fn new(seed: u64, opts: &Options) -> Sim {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let shape = Shape::random(&mut rng);
+        let mut shape = Shape::random(&mut rng);
+        // Half the seeds resync by checksums; chosen from the seed without drawing
+        // from the generator, so every seed's schedule stays what it was.
+        shape.csums = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 63 == 1;
         let mut sim = Sim::build(rng, shape, opts);
         sim.schedule(50 * MS, Ev::Client);
         sim.schedule(500 * MS, Ev::Chaos);
@@ -407,6 +413,7 @@ impl Sim {
             protocol,
             fresh_node,
             quorum,
+            csums,
         } = shape;
         let confs: Vec<NodeConf> = (0..(diskful + diskless))
             .map(|i| NodeConf {
@@ -431,6 +438,7 @@ impl Sim {
                 promote_timeout_ms: 2000,
                 grant_lease_ms: 1000,
                 max_queued: 256,
+                resync_csums: csums,
             };
             let md = if !c.diskful || fresh_node == Some(c.id) {
                 Persistent::new_fresh(&cfg)
@@ -1650,13 +1658,29 @@ impl Scenario {
         protocol: Protocol,
         quorum: QuorumPolicy,
     ) -> Scenario {
-        let shape = Shape {
+        Self::with_shape(Shape {
             diskful,
             diskless,
             protocol,
             fresh_node: None,
             quorum,
-        };
+            csums: false,
+        })
+    }
+
+    /// Nodes that resync by checksums (protocol C, quorum by majority).
+    pub fn with_csums(diskful: usize, diskless: usize) -> Scenario {
+        Self::with_shape(Shape {
+            diskful,
+            diskless,
+            protocol: Protocol::C,
+            fresh_node: None,
+            quorum: QuorumPolicy::Majority,
+            csums: true,
+        })
+    }
+
+    fn with_shape(shape: Shape) -> Scenario {
         let opts = Options {
             trace: true,
             ..Options::default()

@@ -129,6 +129,7 @@ mod tests {
             promote_timeout_ms: 1000,
             grant_lease_ms: 1000,
             max_queued: 64,
+            resync_csums: false,
         }
     }
 
