@@ -172,6 +172,10 @@ pub struct VolumeStatus {
     /// Bytes this node still has to receive from its sync source.
     #[serde(default)]
     pub resync_left_bytes: u64,
+    /// Checksum-based resync: bytes this node, as sync target, found equal to its
+    /// source's and did not need copied (since the volume came up).
+    #[serde(default)]
+    pub resync_same_bytes: u64,
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
     /// Why the local disk was detached (it failed an I/O); the node then works

@@ -66,6 +66,8 @@ pub struct ReplConfig {
     pub timeout_ms: u64,
     /// Resync bytes per second, over all peers (None: unlimited).
     pub resync_rate: Option<u64>,
+    /// Checksum-based resync (`csums-alg = "sha256"`).
+    pub resync_csums: bool,
     /// What a primary does with I/O while it has no quorum.
     pub on_no_quorum: OnNoQuorumOpt,
 }
@@ -139,6 +141,7 @@ struct RawResource {
     on_no_quorum: Option<Spanned<String>>,
     allow_two_primaries: Option<Spanned<bool>>,
     verify_alg: Option<Spanned<String>>,
+    csums_alg: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,6 +315,7 @@ pub fn parse_resource(path: &Path, text: &str) -> Result<ResourceConfig, ConfigE
         on_no_quorum: raw.on_no_quorum,
         allow_two_primaries: raw.allow_two_primaries,
         verify_alg: raw.verify_alg,
+        csums_alg: raw.csums_alg,
     };
     let mut volumes = BTreeMap::new();
     for v in raw.volume {
@@ -421,6 +425,7 @@ struct RawRepl {
     on_no_quorum: Option<Spanned<String>>,
     allow_two_primaries: Option<Spanned<bool>>,
     verify_alg: Option<Spanned<String>>,
+    csums_alg: Option<Spanned<String>>,
 }
 
 fn parse_repl(
@@ -448,6 +453,7 @@ fn parse_repl(
                 .as_ref()
                 .map(|s| ("allow-two-primaries", s.span())),
             raw.verify_alg.as_ref().map(|s| ("verify-alg", s.span())),
+            raw.csums_alg.as_ref().map(|s| ("csums-alg", s.span())),
         ];
         if let Some((key, span)) = stray.into_iter().flatten().next() {
             return Err(at(
@@ -642,6 +648,19 @@ fn parse_repl(
             ),
         ));
     }
+    let resync_csums = match &raw.csums_alg {
+        None => false,
+        Some(v) if v.get_ref() == "sha256" => true,
+        Some(v) => {
+            return Err(at(
+                v.span(),
+                format!(
+                    "csums-alg {:?} is not supported: checksum-based resync compares SHA-256 digests; use \"sha256\", or leave it out to copy every out-of-sync block",
+                    v.get_ref()
+                ),
+            ));
+        }
+    };
     Ok(Some(ReplConfig {
         nodes,
         secret,
@@ -650,6 +669,7 @@ fn parse_repl(
         split_brain,
         timeout_ms,
         resync_rate,
+        resync_csums,
         on_no_quorum,
     }))
 }

@@ -1197,6 +1197,7 @@ impl Daemon {
             node: None,
             current_uuid: None,
             resync_left_bytes: 0,
+            resync_same_bytes: 0,
             peers: Vec::new(),
             detached: None,
             hint: None,
@@ -1318,6 +1319,7 @@ fn repl_status(st: &mut VolumeStatus, v: &ReplVolume) {
     st.node = Some(v.me.name.clone());
     st.current_uuid = Some(format!("{:016X}", s.current));
     st.resync_left_bytes = snap.resync_left_blocks * repl::BLOCK;
+    st.resync_same_bytes = s.resync_same_blocks * repl::BLOCK;
     st.suspended = s.suspended.map(|w| repl::suspended_name(w).to_owned());
     st.held_requests = s.held_requests as u64;
     st.held_bytes = s.held_bytes;

@@ -236,6 +236,7 @@ fn core_config(me: &NodeConfig, cfg: &ReplConfig, size: u64) -> Config {
         promote_timeout_ms: cfg.timeout_ms + 1000,
         grant_lease_ms: 1000,
         max_queued: 1024,
+        resync_csums: cfg.resync_csums,
         on_no_quorum: match cfg.on_no_quorum {
             OnNoQuorumOpt::IoError => OnNoQuorum::IoError,
             OnNoQuorumOpt::SuspendIo => OnNoQuorum::SuspendIo,

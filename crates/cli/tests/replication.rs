@@ -733,3 +733,55 @@ fn resync_rate_bounds_a_resync_shows_its_rate_and_adjust_lifts_it_live() {
     c.wait_in_sync(1, RES);
     assert_same_data(&c, 0, 1);
 }
+
+#[test]
+fn checksum_resync_copies_only_blocks_that_differ() {
+    require("qemu-io", "qemu-utils");
+    // Both new files hold zeros: with checksums the initial sync copies nothing.
+    let c = three_nodes("csums-alg = \"sha256\"");
+    let size = data_size(&c, 0);
+    let received = |c: &Cluster| {
+        let v = c.nodes[1].volume(RES, 0);
+        (
+            peer(&v, "n0")["resync_received_bytes"].as_u64().unwrap(),
+            v["resync_same_bytes"].as_u64().unwrap(),
+        )
+    };
+    let (got, same) = received(&c);
+    assert_eq!(got, 0, "the initial sync copied data");
+    // (A block compared again after a round restarted counts again.)
+    assert!(same >= size, "{same} < {size}");
+    let uri0 = c.nodes[0].uri(RES, 0);
+    qemu_io(&uri0, &["write -P 0x5d 0 4M", "flush"]);
+    c.wait_in_sync(1, RES);
+    // One block changes behind blockd on node 1; a full resync finds and copies it.
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(c.nodes[1].path(&format!("data/{RES}.img")))
+            .unwrap();
+        f.seek(SeekFrom::Start(3 << 20)).unwrap();
+        f.write_all(&[0x99; 100]).unwrap();
+        f.sync_all().unwrap();
+    }
+    c.local_ok(1, &["invalidate", RES]);
+    c.wait_in_sync(1, RES);
+    c.wait_in_sync(0, RES);
+    let (got2, same2) = received(&c);
+    assert_eq!(got2 - got, 4096, "only the changed block is copied");
+    assert!(
+        same2 - same >= size - 4096,
+        "{} < {}",
+        same2 - same,
+        size - 4096
+    );
+    assert_same_data(&c, 0, 1);
+    // A value blockd cannot honour is refused with what to use.
+    let bad = c.resource_text(0, RES, "64MiB", "test-secret-1234", "csums-alg = \"md5\"");
+    c.nodes[0].write_conf(RES, &bad);
+    let out = c.nodes[0].local(&["adjust"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sha256"), "{err}");
+}

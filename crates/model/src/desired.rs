@@ -257,6 +257,7 @@ fn desired_resource(
         verify_alg: o
             .verify_alg
             .unwrap_or_else(|| DEFAULT_VERIFY_ALG.to_owned()),
+        csums_alg: o.csums_alg,
         volumes,
         nodes,
         initial_generation,

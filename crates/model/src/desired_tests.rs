@@ -137,14 +137,16 @@ fn options_map_to_blockd_words() {
     rd_prop(&mut c, options::KEY_QUORUM, "off");
     rd_prop(&mut c, options::KEY_ON_NO_QUORUM, "suspend-io");
     rd_prop(&mut c, options::KEY_RESYNC_RATE, "100M");
-    rd_prop(&mut c, options::KEY_VERIFY_ALG, "sha256");
+    rd_prop(&mut c, options::KEY_VERIFY_ALG, "crc32c");
+    rd_prop(&mut c, options::KEY_CSUMS_ALG, "sha256");
     rd_prop(&mut c, options::KEY_AFTER_SB_0PRI, "discard-zero-changes");
     let r = &desired_state(&c, "n1", 1).unwrap().resources[0];
     assert_eq!(r.protocol, "A");
     assert_eq!(r.quorum, "off");
     assert_eq!(r.on_no_quorum, "suspend-io");
     assert_eq!(r.resync_rate, Some(100 * 1024 * 1024));
-    assert_eq!(r.verify_alg, "sha256");
+    assert_eq!(r.verify_alg, "crc32c");
+    assert_eq!(r.csums_alg.as_deref(), Some("sha256"));
     assert_eq!(r.split_brain, "discard-zero-changes");
     // A rate below blockd's minimum is raised to it.
     rd_prop(&mut c, options::KEY_RESYNC_RATE, "1");

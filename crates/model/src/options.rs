@@ -21,6 +21,7 @@ pub const KEY_AFTER_SB_0PRI: &str = "DrbdOptions/Net/after-sb-0pri";
 pub const KEY_AFTER_SB_1PRI: &str = "DrbdOptions/Net/after-sb-1pri";
 pub const KEY_AFTER_SB_2PRI: &str = "DrbdOptions/Net/after-sb-2pri";
 pub const KEY_VERIFY_ALG: &str = "DrbdOptions/Net/verify-alg";
+pub const KEY_CSUMS_ALG: &str = "DrbdOptions/Net/csums-alg";
 pub const KEY_QUORUM: &str = "DrbdOptions/Resource/quorum";
 pub const KEY_ON_NO_QUORUM: &str = "DrbdOptions/Resource/on-no-quorum";
 pub const KEY_RESYNC_RATE: &str = "DrbdOptions/PeerDevice/resync-rate";
@@ -39,7 +40,9 @@ pub const RESYNC_RATE_MAX_KIB: u64 = 8_388_608;
 pub const RESYNC_RATE_DEFAULT_KIB: u64 = 250;
 
 /// Digests tandem can compute for online verify.
-pub const VERIFY_ALGS: [&str; 2] = ["crc32c", "sha256"];
+pub const VERIFY_ALGS: [&str; 1] = ["crc32c"];
+/// Digests for checksum-based resync.
+pub const CSUMS_ALGS: [&str; 1] = ["sha256"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Protocol {
@@ -253,6 +256,20 @@ fn parse_resync_rate(key: &str, v: &str) -> Result<u64, ModelError> {
     Ok(kib)
 }
 
+fn parse_csums_alg(key: &str, v: &str) -> Result<String, ModelError> {
+    let t = v.trim().to_ascii_lowercase();
+    if CSUMS_ALGS.contains(&t.as_str()) {
+        Ok(t)
+    } else {
+        Err(bad(
+            key,
+            v,
+            "tandem cannot compute this digest for checksum-based resync",
+            &one_of(CSUMS_ALGS.into_iter()),
+        ))
+    }
+}
+
 fn parse_verify_alg(key: &str, v: &str) -> Result<String, ModelError> {
     let t = v.trim().to_ascii_lowercase();
     if VERIFY_ALGS.contains(&t.as_str()) {
@@ -331,6 +348,7 @@ pub fn check_known_prop(key: &str, value: &str) -> Result<(), ModelError> {
         KEY_AFTER_SB_1PRI => AfterSb1Pri::parse(key, value).map(drop),
         KEY_AFTER_SB_2PRI => AfterSb2Pri::parse(key, value).map(drop),
         KEY_VERIFY_ALG => parse_verify_alg(key, value).map(drop),
+        KEY_CSUMS_ALG => parse_csums_alg(key, value).map(drop),
         KEY_QUORUM => parse_quorum(key, value).map(drop),
         KEY_ON_NO_QUORUM => parse_on_no_quorum(key, value).map(drop),
         KEY_RESYNC_RATE => parse_resync_rate(key, value).map(drop),
@@ -360,6 +378,8 @@ pub struct ResourceOptions {
     pub after_sb_2pri: AfterSb2Pri,
     pub resync_rate_kib: u64,
     pub verify_alg: Option<String>,
+    /// Checksum-based resync's digest; None: copy every out-of-sync block.
+    pub csums_alg: Option<String>,
     /// Where each option's value came from, keyed by the property key.
     pub sources: Vec<(String, PropSource)>,
     /// `DrbdOptions/...` keys that are set but mean nothing to tandem.
@@ -424,6 +444,9 @@ impl ResourceOptions {
         let verify_alg = get(KEY_VERIFY_ALG)
             .map(|v| parse_verify_alg(KEY_VERIFY_ALG, &v))
             .transpose()?;
+        let csums_alg = get(KEY_CSUMS_ALG)
+            .map(|v| parse_csums_alg(KEY_CSUMS_ALG, &v))
+            .transpose()?;
         if allow_two_primaries && protocol != Protocol::C {
             return Err(bad(
                 KEY_ALLOW_TWO_PRIMARIES,
@@ -442,6 +465,7 @@ impl ResourceOptions {
             KEY_AFTER_SB_2PRI,
             KEY_RESYNC_RATE,
             KEY_VERIFY_ALG,
+            KEY_CSUMS_ALG,
         ];
         let mut ignored: Vec<String> = keys
             .into_iter()
@@ -464,6 +488,7 @@ impl ResourceOptions {
             after_sb_2pri,
             resync_rate_kib,
             verify_alg,
+            csums_alg,
             sources,
             ignored,
         })
@@ -553,7 +578,9 @@ mod tests {
             (KEY_RESYNC_RATE, "9G", "1..=8388608"),
             (KEY_RESYNC_RATE, "fast", "KiB/s"),
             (KEY_RESYNC_RATE, "10T", "K, M or G"),
-            (KEY_VERIFY_ALG, "md5", "crc32c, sha256"),
+            (KEY_VERIFY_ALG, "md5", "crc32c"),
+            (KEY_VERIFY_ALG, "sha256", "crc32c"),
+            (KEY_CSUMS_ALG, "md5", "sha256"),
         ];
         for (k, v, hint) in cases {
             let e = opts(&[(k, v)], false).unwrap_err();

@@ -84,6 +84,9 @@ pub struct DesiredResource {
     #[serde(default)]
     pub resync_rate: Option<u64>,
     pub verify_alg: String,
+    /// Checksum-based resync (`csums-alg`); None: off.
+    #[serde(default)]
+    pub csums_alg: Option<String>,
     pub volumes: Vec<DesiredVolume>,
     /// Every node of the resource, this one included.
     pub nodes: Vec<DesiredNode>,

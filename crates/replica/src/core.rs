@@ -89,6 +89,9 @@ pub struct Config {
     pub grant_lease_ms: u64,
     /// Client requests queued before new ones are refused.
     pub max_queued: usize,
+    /// Checksum-based resync: the source sends a digest of each out-of-sync block
+    /// first and its data only when the target's block differs.
+    pub resync_csums: bool,
     /// What a primary does with client I/O while it has no quorum.
     pub on_no_quorum: OnNoQuorum,
     /// While I/O is suspended: client requests held, and bytes of write data held,
@@ -352,6 +355,17 @@ struct SourceState {
     inflight: BTreeSet<u64>,
     /// Disk reads for resync: tag -> (block, invalidated by a newer local write).
     reading: BTreeMap<u64, (u64, bool)>,
+    /// Checksum mode: blocks whose digest was sent, with the `seq` and data read and
+    /// whether a newer local write made that data stale, until the target acks them
+    /// or asks for the data (at most the in-flight window).
+    held: BTreeMap<u64, (u64, Vec<u8>, bool)>,
+}
+
+/// The digest of checksum-based resync (SHA-256: a false match would leave a block
+/// different, so a CRC is not enough here).
+fn block_digest(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
 }
 
 #[derive(Debug)]
@@ -438,6 +452,14 @@ enum Work {
         history: Vec<u64>,
         last_seq: u64,
     },
+    /// Checksum-based resync: compare this block with the source's digest.
+    ResyncCheck {
+        from: NodeId,
+        round: u32,
+        block: u64,
+        seq: u64,
+        digest: [u8; 32],
+    },
 }
 
 impl Work {
@@ -446,7 +468,7 @@ impl Work {
             Work::Client { block, count, .. } | Work::Peer { block, count, .. } => {
                 Some((*block, u64::from(*count)))
             }
-            Work::Resync { block, .. } => Some((*block, 1)),
+            Work::Resync { block, .. } | Work::ResyncCheck { block, .. } => Some((*block, 1)),
             _ => None,
         }
     }
@@ -503,6 +525,14 @@ enum DiskOp {
     ResyncDoneFlush(Box<ResyncDone>),
     ResyncRead {
         peer: NodeId,
+    },
+    /// Checksum-based resync (target side): the block to compare with a digest.
+    ResyncCheckRead {
+        from: NodeId,
+        round: u32,
+        block: u64,
+        seq: u64,
+        digest: [u8; 32],
     },
     AlFlush {
         mark: u64,
@@ -574,6 +604,8 @@ struct Promotion {
 #[derive(Debug)]
 pub struct Replica {
     cfg: Config,
+    /// Checksum-based resync: blocks found equal on this target (not copied).
+    resync_same_blocks: u64,
     md: Persistent,
     now: u64,
     rng: u64,
@@ -691,6 +723,9 @@ pub struct Status {
     /// An online grow to this many blocks runs (coordinated here, or this node's
     /// backing grows for one).
     pub resizing: Option<u64>,
+    /// Checksum-based resync: blocks this node, as target, found equal to the
+    /// source's and did not copy (since it started).
+    pub resync_same_blocks: u64,
     /// Client I/O is suspended: requests are held, neither completed nor failed,
     /// until quorum returns or the node is demoted (`core/suspend.rs`).
     pub suspended: Option<Suspended>,
@@ -759,6 +794,7 @@ impl Replica {
             pinned: BTreeSet::new(),
             peer_acked: 0,
             fresh: None,
+            resync_same_blocks: 0,
             resync_budget: 0,
             promotion: None,
             reservation: None,
@@ -866,6 +902,7 @@ impl Replica {
             detached: self.detached.clone(),
             size_blocks: self.io_blocks,
             resizing: self.resize.as_ref().map(|r| r.size_blocks()),
+            resync_same_blocks: self.resync_same_blocks,
             suspended: self.suspended(),
             held_requests: if self.suspended {
                 self.held.len()
@@ -889,6 +926,9 @@ impl Replica {
                 from, round, block, ..
             } => format!("resync from n{from} r{round} @{block}"),
             Work::ResyncDone { from, round, .. } => format!("resync done from n{from} r{round}"),
+            Work::ResyncCheck {
+                from, round, block, ..
+            } => format!("resync check from n{from} r{round} @{block}"),
         });
         let sources: Vec<String> = self
             .peers
@@ -2195,6 +2235,7 @@ impl Replica {
                 cursor: 0,
                 inflight: BTreeSet::new(),
                 reading: BTreeMap::new(),
+                held: BTreeMap::new(),
             });
         } else {
             p.repl = Repl::SyncTarget;
@@ -2520,9 +2561,45 @@ impl Replica {
                     });
                 }
             }
+            Msg::ResyncDigest { block, seq, digest } => {
+                if let Some(round) = self.target_round(from) {
+                    self.queue.push_back(Work::ResyncCheck {
+                        from,
+                        round,
+                        block,
+                        seq,
+                        digest,
+                    });
+                }
+            }
+            Msg::ResyncNeedData { block } => {
+                let held = self
+                    .peers
+                    .get_mut(&from)
+                    .filter(|p| p.repl == Repl::SyncSource)
+                    .and_then(|p| p.source.as_mut())
+                    .and_then(|s| s.held.remove(&block));
+                match held {
+                    Some((seq, data, false)) => {
+                        self.send(from, Msg::ResyncData { block, seq, data });
+                    }
+                    Some((_, _, true)) => {
+                        // Written here since it was read: the write went to the
+                        // target after the digest, so the data read then must not
+                        // follow it. Read the block again.
+                        if let Some(s) = self.peers.get_mut(&from).and_then(|p| p.source.as_mut()) {
+                            s.inflight.remove(&block);
+                            s.cursor = s.cursor.min(block);
+                        }
+                        self.resync_step(from);
+                    }
+                    None => {}
+                }
+            }
             Msg::ResyncAck { block, ok } => {
                 if let Some(src) = self.peers.get_mut(&from).and_then(|p| p.source.as_mut()) {
                     src.inflight.remove(&block);
+                    src.held.remove(&block);
                     if ok && let Some(bm) = self.md.bitmaps.get_mut(&from) {
                         bm.clear(block);
                     }
@@ -2973,13 +3050,17 @@ impl Replica {
         for e in self.extents(block, count) {
             *self.extent_inflight.entry(e).or_insert(0) += 1;
         }
-        // A resync read of these blocks in flight now returns stale data.
+        // A resync read of these blocks in flight now returns stale data, and data
+        // held for checksum resync is stale.
         for p in self.peers.values_mut() {
             if let Some(src) = &mut p.source {
                 for (b, stale) in src.reading.values_mut() {
                     if *b >= block && *b < block + count {
                         *stale = true;
                     }
+                }
+                for (_, (_, _, stale)) in src.held.range_mut(block..block + count) {
+                    *stale = true;
                 }
             }
         }
@@ -3017,6 +3098,8 @@ impl Replica {
         while let Some(head) = self.queue.front() {
             let range = head.range();
             let barrier = matches!(head, Work::PeerFlush { .. } | Work::ResyncDone { .. });
+            // A digest comparison only reads: no activity-log extent for it.
+            let checks = matches!(head, Work::ResyncCheck { .. });
             if barrier {
                 // Everything before it must be done locally.
                 let from = match head {
@@ -3065,7 +3148,7 @@ impl Replica {
                         self.rotate();
                     }
                 }
-                if self.md.disk != Disk::Diskless && !self.ensure_al(b, c) {
+                if self.md.disk != Disk::Diskless && !checks && !self.ensure_al(b, c) {
                     break;
                 }
             }
@@ -3243,6 +3326,36 @@ impl Replica {
                 let tag = self.tag(DiskOp::PeerFlush { from, seq, mark });
                 self.out.push(Action::DiskFlush { tag });
             }
+            Work::ResyncCheck {
+                from,
+                round,
+                block,
+                seq,
+                digest,
+            } => {
+                if !self.current_target_round(from, round) {
+                    return;
+                }
+                if self.fresher_than(from, round, block, seq) {
+                    if let Some(bm) = self.md.bitmaps.get_mut(&from) {
+                        bm.clear(block);
+                    }
+                    self.send(from, Msg::ResyncAck { block, ok: true });
+                    return;
+                }
+                let tag = self.tag(DiskOp::ResyncCheckRead {
+                    from,
+                    round,
+                    block,
+                    seq,
+                    digest,
+                });
+                self.out.push(Action::DiskRead {
+                    tag,
+                    block,
+                    count: 1,
+                });
+            }
             Work::Resync {
                 from,
                 round,
@@ -3253,9 +3366,7 @@ impl Replica {
                 if !self.current_target_round(from, round) {
                     return; // from a round that ended: the new one resends what is needed
                 }
-                if self.fresh.as_ref().is_some_and(|(f, r, m)| {
-                    *f == from && *r == round && m.get(&block).is_some_and(|s| *s > seq)
-                }) {
+                if self.fresher_than(from, round, block, seq) {
                     // A replicated write to this block arrived during this round and
                     // is applied in arrival order: it is what the block must hold.
                     if let Some(bm) = self.md.bitmaps.get_mut(&from) {
@@ -3518,9 +3629,41 @@ impl Replica {
                 } else if let Some(data) = data {
                     src.inflight.insert(block);
                     let seq = self.last_seq;
-                    self.send(peer, Msg::ResyncData { block, seq, data });
+                    if self.cfg.resync_csums {
+                        let digest = block_digest(&data);
+                        src.held.insert(block, (seq, data, false));
+                        self.send(peer, Msg::ResyncDigest { block, seq, digest });
+                    } else {
+                        self.send(peer, Msg::ResyncData { block, seq, data });
+                    }
                 }
                 self.resync_step(peer);
+            }
+            DiskOp::ResyncCheckRead {
+                from,
+                round,
+                block,
+                seq,
+                digest,
+            } => {
+                if !ok {
+                    self.detach(format!("local disk read of resync block {block} failed"));
+                }
+                if self.diskless() || !self.current_target_round(from, round) {
+                    return;
+                }
+                // Equal, or overwritten meanwhile by a newer replicated write: in sync.
+                let same = data.is_some_and(|d| block_digest(&d) == digest)
+                    || self.fresher_than(from, round, block, seq);
+                if same {
+                    if let Some(bm) = self.md.bitmaps.get_mut(&from) {
+                        bm.clear(block);
+                    }
+                    self.resync_same_blocks = self.resync_same_blocks.saturating_add(1);
+                    self.send(from, Msg::ResyncAck { block, ok: true });
+                } else {
+                    self.send(from, Msg::ResyncNeedData { block });
+                }
             }
             DiskOp::AlFlush { mark } => {
                 if ok {
@@ -3857,6 +4000,14 @@ impl Replica {
 
     fn current_target_round(&self, from: NodeId, round: u32) -> bool {
         self.target_round(from) == Some(round)
+    }
+
+    /// A replicated write newer than the source's read (`seq`) reached `block` during
+    /// this round: the block holds what it must, whatever the source read.
+    fn fresher_than(&self, from: NodeId, round: u32, block: u64, seq: u64) -> bool {
+        self.fresh.as_ref().is_some_and(|(f, r, m)| {
+            *f == from && *r == round && m.get(&block).is_some_and(|s| *s > seq)
+        })
     }
 
     fn finish_source(&mut self, id: NodeId) {

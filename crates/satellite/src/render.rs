@@ -68,6 +68,9 @@ pub fn resource_file(node: &str, r: &DesiredResource, volumes: &[LocalVolume]) -
             .map_or_else(|| "unlimited".to_owned(), |b| b.to_string());
         let _ = writeln!(s, "resync-rate = {}", quote(&rate));
         let _ = writeln!(s, "verify-alg = {}", quote(&r.verify_alg));
+        if let Some(c) = &r.csums_alg {
+            let _ = writeln!(s, "csums-alg = {}", quote(c));
+        }
     }
     for v in volumes {
         let _ = writeln!(s, "\n[[volume]]\nnumber = {}", v.number);
@@ -114,6 +117,7 @@ mod tests {
             split_brain: "disconnect".into(),
             resync_rate: Some(100 << 20),
             verify_alg: "crc32c".into(),
+            csums_alg: Some("sha256".into()),
             volumes: vec![],
             nodes: vec![
                 DesiredNode {

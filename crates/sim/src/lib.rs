@@ -120,6 +120,8 @@ pub struct Shape {
     /// A node that starts without data (needs a full initial sync).
     pub fresh_node: Option<NodeId>,
     pub quorum: QuorumPolicy,
+    /// Checksum-based resync.
+    pub csums: bool,
     pub on_no_quorum: OnNoQuorum,
 }
 
@@ -147,6 +149,7 @@ impl Shape {
             protocol,
             fresh_node,
             quorum: QuorumPolicy::Majority,
+            csums: false,
             on_no_quorum: OnNoQuorum::IoError,
         }
     }
@@ -412,6 +415,9 @@ impl Sim {
     fn new(seed: u64, opts: &Options) -> Sim {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut shape = Shape::random(&mut rng);
+        // Half the seeds resync by checksums; chosen from the seed without drawing
+        // from the generator, so every seed's schedule stays what it was.
+        shape.csums = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 63 == 1;
         if suspend_io_seed(seed, opts.suspend_io_percent) {
             shape.on_no_quorum = OnNoQuorum::SuspendIo;
         }
@@ -431,6 +437,7 @@ impl Sim {
             protocol,
             fresh_node,
             quorum,
+            csums,
             on_no_quorum,
         } = shape;
         let confs: Vec<NodeConf> = (0..(diskful + diskless))
@@ -456,6 +463,7 @@ impl Sim {
                 promote_timeout_ms: 2000,
                 grant_lease_ms: 1000,
                 max_queued: 256,
+                resync_csums: csums,
                 on_no_quorum,
                 max_held: 64,
                 max_held_bytes: 64 * 4096,
@@ -525,7 +533,7 @@ impl Sim {
             resizes: BTreeMap::new(),
         };
         sim.log(format!(
-            "cluster: {diskful} diskful + {diskless} diskless, protocol {protocol:?}, fresh node {fresh_node:?}, on-no-quorum {on_no_quorum:?}"
+            "cluster: {diskful} diskful + {diskless} diskless, protocol {protocol:?}, fresh node {fresh_node:?}, csums {csums}, on-no-quorum {on_no_quorum:?}"
         ));
         for n in 0..sim.nodes.len() {
             let at = sim.rng.range(0, 100 * MS);
@@ -1729,7 +1737,28 @@ impl Scenario {
         protocol: Protocol,
         quorum: QuorumPolicy,
     ) -> Scenario {
-        Scenario::with_policies(diskful, diskless, protocol, quorum, OnNoQuorum::IoError)
+        Self::with_shape(Shape {
+            diskful,
+            diskless,
+            protocol,
+            fresh_node: None,
+            quorum,
+            on_no_quorum: OnNoQuorum::IoError,
+            csums: false,
+        })
+    }
+
+    /// Nodes that resync by checksums (protocol C, quorum by majority).
+    pub fn with_csums(diskful: usize, diskless: usize) -> Scenario {
+        Self::with_shape(Shape {
+            diskful,
+            diskless,
+            protocol: Protocol::C,
+            fresh_node: None,
+            quorum: QuorumPolicy::Majority,
+            on_no_quorum: OnNoQuorum::IoError,
+            csums: true,
+        })
     }
 
     /// With quorum (majority) and the given on-no-quorum policy on every node.
@@ -1739,30 +1768,18 @@ impl Scenario {
         protocol: Protocol,
         on_no_quorum: OnNoQuorum,
     ) -> Scenario {
-        Scenario::with_policies(
-            diskful,
-            diskless,
-            protocol,
-            QuorumPolicy::Majority,
-            on_no_quorum,
-        )
-    }
-
-    fn with_policies(
-        diskful: usize,
-        diskless: usize,
-        protocol: Protocol,
-        quorum: QuorumPolicy,
-        on_no_quorum: OnNoQuorum,
-    ) -> Scenario {
-        let shape = Shape {
+        Self::with_shape(Shape {
             diskful,
             diskless,
             protocol,
             fresh_node: None,
-            quorum,
+            quorum: QuorumPolicy::Majority,
             on_no_quorum,
-        };
+            csums: false,
+        })
+    }
+
+    fn with_shape(shape: Shape) -> Scenario {
         let opts = Options {
             trace: true,
             ..Options::default()

@@ -480,6 +480,31 @@ fn a_peer_lost_during_the_grow_fails_it_and_a_retry_finishes_it() {
 }
 
 #[test]
+fn checksum_resync_copies_only_the_blocks_that_differ() {
+    // As in primary_crash_and_return_resyncs_only_the_hot_extents, with checksums: the
+    // crashed primary's hot extents (2 x 8 blocks) are compared, not copied.
+    let mut sc = Scenario::with_csums(2, 1);
+    sc.promote(0, false).unwrap();
+    for b in [3u64, 5, 100, 101] {
+        assert!(sc.write(0, b, 1, true));
+    }
+    sc.crash(0);
+    sc.run_ms(2000);
+    sc.promote(1, false).unwrap();
+    assert!(sc.write(1, 200, 2, true));
+    let before = sc.resync_blocks();
+    sc.restart(0);
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    let copied = sc.resync_blocks() - before;
+    // Only the two blocks node 1 wrote while node 0 was down differ.
+    assert_eq!(copied, 2, "copied {copied} blocks\n{}", sc.trace());
+    let same = sc.status(0).unwrap().resync_same_blocks;
+    assert_eq!(same, 2 * 8, "blocks found equal");
+    assert!(sc.differing_from(1).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
 fn suspend_io_holds_writes_until_quorum_returns_then_they_complete_on_the_peers() {
     // Two data nodes and a tiebreaker, on-no-quorum suspend-io.
     let mut sc = Scenario::with_on_no_quorum(2, 1, Protocol::C, OnNoQuorum::SuspendIo);

@@ -139,6 +139,19 @@ pub enum Msg {
         block: u64,
         ok: bool,
     },
+    /// Checksum-based resync: the source's digest (SHA-256) of one block instead of
+    /// its data. The target answers `ResyncAck` when its block has the same digest,
+    /// `ResyncNeedData` when not.
+    ResyncDigest {
+        block: u64,
+        /// As in `ResyncData`.
+        seq: u64,
+        digest: [u8; 32],
+    },
+    /// The target's block differs from the source's digest: send the data.
+    ResyncNeedData {
+        block: u64,
+    },
     /// The source finished; the target adopts these generations and this rank.
     ResyncDone {
         current: u64,
@@ -317,6 +330,11 @@ impl<'a> R<'a> {
         }
         Ok(d)
     }
+    fn digest(&mut self) -> Result<[u8; 32], DecodeError> {
+        self.bytes()?
+            .try_into()
+            .map_err(|_| DecodeError::Malformed(self.what))
+    }
     fn text(&mut self) -> Result<String, DecodeError> {
         let b = self.bytes()?;
         if b.len() > MAX_REASON {
@@ -383,6 +401,8 @@ impl Msg {
             Msg::Resize { .. } => 28,
             Msg::ResizeDone { .. } => 29,
             Msg::ResizeCommit { .. } => 30,
+            Msg::ResyncDigest { .. } => 31,
+            Msg::ResyncNeedData { .. } => 32,
         }
     }
 
@@ -480,6 +500,12 @@ impl Msg {
                 w.u64(*block);
                 w.bool(*ok);
             }
+            Msg::ResyncDigest { block, seq, digest } => {
+                w.u64(*block);
+                w.u64(*seq);
+                w.bytes(digest);
+            }
+            Msg::ResyncNeedData { block } => w.u64(*block),
             Msg::ResyncDone {
                 current,
                 history,
@@ -573,6 +599,7 @@ impl Msg {
             4..=24 | 25 | 27 => "control",
             28..=30 => "resize",
             26 => "read reply",
+            31 | 32 => "resync digest",
             k => return Err(DecodeError::Kind(k)),
         };
         let mut r = R { b, what: name };
@@ -657,6 +684,12 @@ impl Msg {
                 block: r.u64()?,
                 ok: r.bool()?,
             },
+            31 => Msg::ResyncDigest {
+                block: r.u64()?,
+                seq: r.u64()?,
+                digest: r.digest()?,
+            },
+            32 => Msg::ResyncNeedData { block: r.u64()? },
             16 => Msg::ResyncDone {
                 current: r.u64()?,
                 history: r.u64s()?,
@@ -821,6 +854,9 @@ mod tests {
             any::<u32>().prop_map(|mask| Msg::InSync { mask }),
             any::<u64>().prop_map(|size_blocks| Msg::Resize { size_blocks }),
             any::<u64>().prop_map(|size_blocks| Msg::ResizeCommit { size_blocks }),
+            (any::<u64>(), any::<u64>(), any::<[u8; 32]>())
+                .prop_map(|(block, seq, digest)| Msg::ResyncDigest { block, seq, digest }),
+            any::<u64>().prop_map(|block| Msg::ResyncNeedData { block }),
             (any::<u64>(), any::<bool>(), "[a-z0-9 ]{0,60}").prop_map(
                 |(size_blocks, ok, reason)| Msg::ResizeDone {
                     size_blocks,

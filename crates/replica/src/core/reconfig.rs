@@ -131,6 +131,7 @@ mod tests {
             promote_timeout_ms: 1000,
             grant_lease_ms: 1000,
             max_queued: 64,
+            resync_csums: false,
             on_no_quorum: OnNoQuorum::IoError,
             max_held: 64,
             max_held_bytes: 1 << 20,

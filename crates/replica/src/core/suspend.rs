@@ -318,6 +318,7 @@ mod tests {
             promote_timeout_ms: 1000,
             grant_lease_ms: 1000,
             max_queued: 64,
+            resync_csums: false,
             on_no_quorum: policy,
             max_held: 2,
             max_held_bytes: 3 * 4096,
