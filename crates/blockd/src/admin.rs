@@ -39,8 +39,13 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Give up the primary role; `force` also while NBD clients hold the volume open:
+    /// their requests, those held while I/O is suspended included, fail with an I/O
+    /// error (the way out of a suspension).
     Secondary {
         resource: String,
+        #[serde(default)]
+        force: bool,
     },
     /// Allow connecting to `peer` (a node name; all peers when absent) again.
     Connect {
@@ -180,6 +185,15 @@ pub struct VolumeStatus {
     /// What to run when the state needs a human.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Why client I/O is suspended ("no quorum", under on-no-quorum suspend-io):
+    /// requests are held, neither completed nor failed; null when it is not.
+    #[serde(default)]
+    pub suspended: Option<String>,
+    /// While suspended: client requests held, and the bytes of write data held.
+    #[serde(default)]
+    pub held_requests: u64,
+    #[serde(default)]
+    pub held_bytes: u64,
 }
 
 /// One peer of a replicated volume as this node sees it.
@@ -299,6 +313,15 @@ mod tests {
         );
         let r: Request = serde_json::from_str(r#"{"command":"up"}"#).unwrap();
         assert_eq!(r, Request::Up { resource: None });
+        let r: Request =
+            serde_json::from_str(r#"{"command":"secondary","resource":"r0"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Secondary {
+                resource: "r0".into(),
+                force: false
+            }
+        );
         assert!(serde_json::from_str::<Request>(r#"{"command":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"command":"status","x":1}"#).is_err());
     }

@@ -68,6 +68,16 @@ pub struct ReplConfig {
     pub resync_rate: Option<u64>,
     /// Checksum-based resync (`csums-alg = "sha256"`).
     pub resync_csums: bool,
+    /// What a primary does with I/O while it has no quorum.
+    pub on_no_quorum: OnNoQuorumOpt,
+}
+
+/// `on-no-quorum`: a primary without quorum fails I/O, or holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnNoQuorumOpt {
+    #[default]
+    IoError,
+    SuspendIo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -603,19 +613,22 @@ fn parse_repl(
                 })?,
         ),
     };
-    if let Some(o) = &raw.on_no_quorum
-        && o.get_ref() != "io-error"
+    let on_no_quorum = match raw
+        .on_no_quorum
+        .as_ref()
+        .map(|o| (o.get_ref().as_str(), o.span()))
     {
-        let msg = if o.get_ref() == "suspend-io" {
-            "on-no-quorum \"suspend-io\" is not supported yet: use \"io-error\" (I/O fails while quorum is lost)".to_owned()
-        } else {
-            format!(
-                "on-no-quorum {:?} is unknown: use \"io-error\"",
-                o.get_ref()
-            )
-        };
-        return Err(at(o.span(), msg));
-    }
+        None | Some(("io-error", _)) => OnNoQuorumOpt::IoError,
+        Some(("suspend-io", _)) => OnNoQuorumOpt::SuspendIo,
+        Some((other, span)) => {
+            return Err(at(
+                span,
+                format!(
+                    "on-no-quorum {other:?} is unknown: use \"io-error\" (I/O fails while quorum is lost) or \"suspend-io\" (I/O waits for quorum)"
+                ),
+            ));
+        }
+    };
     if let Some(a) = &raw.allow_two_primaries
         && *a.get_ref()
     {
@@ -657,6 +670,7 @@ fn parse_repl(
         timeout_ms,
         resync_rate,
         resync_csums,
+        on_no_quorum,
     }))
 }
 
@@ -829,13 +843,18 @@ size = 1048576
             )
         };
         let ok = parse(&repl("resync-rate = \"100M\"\non-no-quorum = \"io-error\"\nallow-two-primaries = false\nverify-alg = \"crc32c\"")).unwrap();
-        assert_eq!(ok.repl.unwrap().resync_rate, Some(100 << 20));
-        assert_eq!(parse(&repl("")).unwrap().repl.unwrap().resync_rate, None);
+        let ok = ok.repl.unwrap();
+        assert_eq!(ok.resync_rate, Some(100 << 20));
+        assert_eq!(ok.on_no_quorum, OnNoQuorumOpt::IoError);
+        let default = parse(&repl("")).unwrap().repl.unwrap();
+        assert_eq!(default.resync_rate, None);
+        assert_eq!(default.on_no_quorum, OnNoQuorumOpt::IoError);
+        let suspend = parse(&repl("on-no-quorum = \"suspend-io\"")).unwrap();
+        assert_eq!(suspend.repl.unwrap().on_no_quorum, OnNoQuorumOpt::SuspendIo);
         for (opts, what) in [
             ("resync-rate = \"fast\"", "not a rate"),
             ("resync-rate = \"1K\"", "at least 64K"),
-            ("on-no-quorum = \"suspend-io\"", "not supported yet"),
-            ("on-no-quorum = \"panic\"", "unknown"),
+            ("on-no-quorum = \"panic\"", "unknown: use \"io-error\""),
             ("allow-two-primaries = true", "not supported yet"),
             ("verify-alg = \"md5\"", "crc32c"),
         ] {

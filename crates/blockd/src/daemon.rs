@@ -407,23 +407,46 @@ impl Daemon {
                 self.rt.block_on(v.promote(force))?;
                 Ok(format!("{resource}: primary"))
             }),
-            Request::Secondary { resource } => {
+            Request::Secondary { resource, force } => {
                 // A client that just disconnected may not be reaped yet: give it a
                 // moment before refusing.
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
                 let mut conns = self.nbd_clients(&resource);
-                while conns > 0 && std::time::Instant::now() < deadline {
+                while !force && conns > 0 && std::time::Instant::now() < deadline {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                     conns = self.nbd_clients(&resource);
                 }
                 self.with_repl(&resource, |v| {
-                    if conns > 0 {
+                    let held = v
+                        .snapshot()
+                        .filter(|s| s.status.suspended.is_some())
+                        .map(|s| s.status.held_requests);
+                    if conns > 0 && !force {
+                        let suspended = match held {
+                            Some(n) => format!(
+                                "; I/O is suspended ({n} request(s) held until quorum returns): `tandem local secondary {resource} --force` demotes now and fails them with an I/O error"
+                            ),
+                            None => format!(
+                                "; `tandem local secondary {resource} --force` demotes now and fails their requests with an I/O error"
+                            ),
+                        };
                         return Err(format!(
-                            "{resource} is held open by {conns} NBD client(s); stop them (the last one to leave demotes the node) and try again"
+                            "{resource} is held open by {conns} NBD client(s); stop them (the last one to leave demotes the node) and try again{suspended}"
                         ));
                     }
                     self.rt.block_on(v.admin(replica::core::Admin::Secondary))?;
-                    Ok(format!("{resource}: secondary"))
+                    let mut msg = format!("{resource}: secondary");
+                    if let Some(n) = held {
+                        msg.push_str(&format!(
+                            "; I/O was suspended: {n} held request(s) failed with an I/O error"
+                        ));
+                    }
+                    if conns > 0 {
+                        msg.push_str(&format!(
+                            "; {conns} NBD client(s) still connected get an I/O error for every request until they reconnect"
+                        ));
+                    }
+                    Ok(msg)
                 })
             }
             Request::Connect {
@@ -784,6 +807,17 @@ impl Daemon {
             d.stop_io();
         }
         v.conns.shutdown_all();
+        // Requests held while I/O is suspended would keep their connections open
+        // until quorum returns: going down ends the suspension, failing them.
+        if let Dev::Repl(r) = &v.dev
+            && r.snapshot().is_some_and(|s| s.status.suspended.is_some())
+        {
+            tracing::warn!(
+                resource = res,
+                "down while I/O is suspended: the held requests fail"
+            );
+            let _ = self.rt.block_on(r.admin(replica::core::Admin::Secondary));
+        }
         let start = Instant::now();
         while v.conns.count() > 0 {
             if start.elapsed() > DRAIN_TIMEOUT {
@@ -1167,6 +1201,9 @@ impl Daemon {
             peers: Vec::new(),
             detached: None,
             hint: None,
+            suspended: None,
+            held_requests: 0,
+            held_bytes: 0,
         };
         match rt.map(|r| &r.dev) {
             Some(Dev::Local(_)) => {
@@ -1283,7 +1320,16 @@ fn repl_status(st: &mut VolumeStatus, v: &ReplVolume) {
     st.current_uuid = Some(format!("{:016X}", s.current));
     st.resync_left_bytes = snap.resync_left_blocks * repl::BLOCK;
     st.resync_same_bytes = s.resync_same_blocks * repl::BLOCK;
+    st.suspended = s.suspended.map(|w| repl::suspended_name(w).to_owned());
+    st.held_requests = s.held_requests as u64;
+    st.held_bytes = s.held_bytes;
     let mut hints = Vec::new();
+    if s.suspended.is_some() {
+        hints.push(format!(
+            "I/O is suspended (no quorum, on-no-quorum suspend-io): {} request(s) held, neither completed nor failed; they complete once enough peers are connected again (see the peers below), or run `tandem local secondary {res} --force` to fail them with an I/O error and give up the primary role here",
+            s.held_requests
+        ));
+    }
     for p in &s.peers {
         let cfg = v.cfg();
         let Some(node) = cfg.node_by_id(p.id) else {

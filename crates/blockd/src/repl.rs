@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use nbd::{BlockDevice, DeviceError};
 use replica::core::{
-    Action, Admin, Config, ConnState, Event, IoError, NodeConf, Persistent, Protocol, Repl,
-    Replica, StateChange, Status,
+    Action, Admin, Config, ConnState, Event, IoError, NodeConf, OnNoQuorum, Persistent, Protocol,
+    Repl, Replica, StateChange, Status, Suspended,
 };
 use replica::decide::SplitBrainPolicy;
 use replica::quorum::QuorumPolicy;
@@ -25,7 +25,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use wire::{Msg, NodeId, Role};
 
-use crate::config::{NodeConfig, ProtocolOpt, ReplConfig, SplitBrainOpt, VolumeConfig};
+use crate::config::{
+    NodeConfig, OnNoQuorumOpt, ProtocolOpt, ReplConfig, SplitBrainOpt, VolumeConfig,
+};
 use crate::peer::{self, Offer};
 use crate::replmd::MdStore;
 use crate::volume::LocalVolume;
@@ -48,6 +50,11 @@ const EVENT_BACKLOG: usize = 1024;
 const ZERO_CHUNK: u64 = 1 << 20;
 /// Longest the published status lags the core while inputs keep coming.
 const REFRESH_EVERY: Duration = Duration::from_millis(5);
+/// While I/O is suspended (on-no-quorum suspend-io): client requests held, and bytes
+/// of write data held, before new requests fail. Each NBD connection has at most
+/// `nbd::Limits::workers` requests in flight, so clients are held back long before.
+pub const MAX_HELD: usize = 1024;
+pub const MAX_HELD_BYTES: u64 = 256 << 20;
 
 type ClientReply = oneshot::Sender<Result<Option<Vec<u8>>, IoError>>;
 
@@ -169,6 +176,9 @@ fn map_err(e: IoError) -> DeviceError {
         IoError::NoData => "no UpToDate data reachable",
         IoError::Disk => "the local disk failed",
         IoError::Busy => "too many requests queued",
+        IoError::SuspendedFull => {
+            "I/O is suspended (no quorum) and too many requests are held already"
+        }
         IoError::OutOfRange => return DeviceError::NoSpace,
     };
     DeviceError::Io(std::io::Error::other(msg))
@@ -227,6 +237,19 @@ fn core_config(me: &NodeConfig, cfg: &ReplConfig, size: u64) -> Config {
         grant_lease_ms: 1000,
         max_queued: 1024,
         resync_csums: cfg.resync_csums,
+        on_no_quorum: match cfg.on_no_quorum {
+            OnNoQuorumOpt::IoError => OnNoQuorum::IoError,
+            OnNoQuorumOpt::SuspendIo => OnNoQuorum::SuspendIo,
+        },
+        max_held: MAX_HELD,
+        max_held_bytes: MAX_HELD_BYTES,
+    }
+}
+
+/// How status and events name a suspension.
+pub fn suspended_name(s: Suspended) -> &'static str {
+    match s {
+        Suspended::NoQuorum => "no quorum",
     }
 }
 
@@ -891,6 +914,7 @@ impl Driver {
             || old.timeout_ms != cfg.timeout_ms
             || old.secret != cfg.secret
             || old.resync_rate != cfg.resync_rate
+            || old.on_no_quorum != cfg.on_no_quorum
         {
             changes.push("options changed".into());
         }
@@ -1206,7 +1230,8 @@ impl Driver {
             && self.failed.is_none()
             && self.core.role() == Role::Primary
             && self.core.disk() == wire::Disk::UpToDate
-            && self.core.has_quorum();
+            && self.core.has_quorum()
+            && self.core.suspended().is_none();
         self.shared.direct_reads.store(fast, Ordering::SeqCst);
         self.stale = true;
     }
@@ -1364,6 +1389,10 @@ impl Driver {
                 self.shared.size.store(blocks * BLOCK, Ordering::SeqCst);
                 ("size", serde_json::json!({ "size": blocks * BLOCK }))
             }
+            StateChange::Suspended(s) => (
+                "suspended",
+                serde_json::json!({ "suspended": s.map(suspended_name) }),
+            ),
             StateChange::Peer { peer, conn, repl } => {
                 if matches!(repl, Repl::SyncSource) {
                     let total = self

@@ -313,6 +313,9 @@ mod tests {
             grant_lease_ms: 1000,
             max_queued: 16,
             resync_csums: false,
+            on_no_quorum: replica::core::OnNoQuorum::IoError,
+            max_held: 16,
+            max_held_bytes: 1 << 20,
         };
         (vol, cfg)
     }

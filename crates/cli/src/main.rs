@@ -141,8 +141,16 @@ enum LocalCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Make this node secondary (refused while NBD clients hold the volume open).
-    Secondary { resource: String },
+    /// Make this node secondary (refused while NBD clients hold the volume open,
+    /// unless --force).
+    Secondary {
+        resource: String,
+        /// Also while NBD clients hold the volume open: their requests fail with an
+        /// I/O error, including those held while I/O is suspended for lack of quorum
+        /// (the way out of on-no-quorum suspend-io).
+        #[arg(long)]
+        force: bool,
+    },
     /// Allow connecting to the peers again (after disconnect or a split brain).
     Connect {
         resource: String,
@@ -342,7 +350,7 @@ fn local(socket: &Path, cmd: LocalCmd) -> Result<()> {
         LocalCmd::Adjust { resource } => Request::Adjust { resource },
         LocalCmd::CreateMd { resource, force } => Request::CreateMd { resource, force },
         LocalCmd::Primary { resource, force } => Request::Primary { resource, force },
-        LocalCmd::Secondary { resource } => Request::Secondary { resource },
+        LocalCmd::Secondary { resource, force } => Request::Secondary { resource, force },
         LocalCmd::Connect {
             resource,
             peer,
@@ -440,6 +448,13 @@ fn print_status(s: &Status) {
             }
             if let Some(d) = &v.detached {
                 println!("    disk detached: {d}");
+            }
+            if let Some(why) = &v.suspended {
+                println!(
+                    "    I/O suspended: {why} ({} request(s), {} held)",
+                    v.held_requests,
+                    human_size(v.held_bytes)
+                );
             }
             if v.resync_left_bytes > 0 {
                 println!("    to receive: {}", human_size(v.resync_left_bytes));

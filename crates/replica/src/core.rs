@@ -41,6 +41,10 @@ use crate::quorum::{QuorumPolicy, View, has_quorum};
 
 mod reconfig;
 mod resize;
+mod suspend;
+
+use suspend::Held;
+pub use suspend::{OnNoQuorum, Suspended};
 
 pub const HISTORY_LEN: usize = 8;
 /// Blocks a resync target remembers as written during one resync round.
@@ -88,6 +92,12 @@ pub struct Config {
     /// Checksum-based resync: the source sends a digest of each out-of-sync block
     /// first and its data only when the target's block differs.
     pub resync_csums: bool,
+    /// What a primary does with client I/O while it has no quorum.
+    pub on_no_quorum: OnNoQuorum,
+    /// While I/O is suspended: client requests held, and bytes of write data held,
+    /// before new ones fail with `IoError::SuspendedFull`.
+    pub max_held: usize,
+    pub max_held_bytes: u64,
 }
 
 impl Config {
@@ -174,6 +184,9 @@ pub enum IoError {
     /// Too many requests queued.
     Busy,
     OutOfRange,
+    /// I/O is suspended (no quorum, suspend-io) and the held requests are at their
+    /// bound (`Config::max_held`, `Config::max_held_bytes`).
+    SuspendedFull,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,6 +321,8 @@ pub enum StateChange {
     Generation(u64),
     /// Clients may now use this many blocks (after an online grow).
     Size(u64),
+    /// Client I/O is suspended (held, neither completed nor failed), or no longer.
+    Suspended(Option<Suspended>),
     Peer {
         peer: NodeId,
         conn: ConnState,
@@ -549,6 +564,10 @@ struct PendingWrite {
     /// An UpToDate peer acknowledged it: what a node without a disk needs before it
     /// may complete the write.
     peer_ok: bool,
+    /// The data, kept until the write completes by a node without a disk or under
+    /// suspend-io: a write a suspension held is sent anew when it ends (see
+    /// `core/suspend.rs`).
+    data: Option<Vec<u8>>,
 }
 
 /// A client read a diskless node forwarded to a peer.
@@ -649,6 +668,11 @@ pub struct Replica {
     /// the backing has grown but not every diskful node confirmed.
     io_blocks: u64,
     resize: Option<resize::ResizeRun>,
+    /// Client I/O is suspended (on-no-quorum suspend-io; `core/suspend.rs`).
+    suspended: bool,
+    /// Client requests held while suspended, in arrival order, and their write bytes.
+    held: VecDeque<Held>,
+    held_bytes: u64,
     out: Vec<Action>,
     summary: Summary,
 }
@@ -660,6 +684,7 @@ struct Summary {
     disk: Option<Disk>,
     quorum: Option<bool>,
     size: Option<u64>,
+    suspended: Option<bool>,
     peers: BTreeMap<NodeId, (ConnState, Repl)>,
 }
 
@@ -701,6 +726,13 @@ pub struct Status {
     /// Checksum-based resync: blocks this node, as target, found equal to the
     /// source's and did not copy (since it started).
     pub resync_same_blocks: u64,
+    /// Client I/O is suspended: requests are held, neither completed nor failed,
+    /// until quorum returns or the node is demoted (`core/suspend.rs`).
+    pub suspended: Option<Suspended>,
+    /// Client requests not completed while suspended (held, or issued before and
+    /// waiting), and the write bytes held.
+    pub held_requests: usize,
+    pub held_bytes: u64,
 }
 
 fn mask(n: NodeId) -> u32 {
@@ -775,6 +807,9 @@ impl Replica {
             detached: None,
             io_blocks: 0,
             resize: None,
+            suspended: false,
+            held: VecDeque::new(),
+            held_bytes: 0,
             out: Vec::new(),
             summary: Summary::default(),
         };
@@ -860,11 +895,24 @@ impl Replica {
                     verify_oos_blocks: p.verify.oos,
                 })
                 .collect(),
-            pending_writes: self.writes.len() + self.queue.len() + self.reads.len(),
+            pending_writes: self.writes.len()
+                + self.queue.len()
+                + self.reads.len()
+                + self.held.len(),
             detached: self.detached.clone(),
             size_blocks: self.io_blocks,
             resizing: self.resize.as_ref().map(|r| r.size_blocks()),
             resync_same_blocks: self.resync_same_blocks,
+            suspended: self.suspended(),
+            held_requests: if self.suspended {
+                self.held.len()
+                    + self.writes.values().filter(|w| !w.completed).count()
+                    + self.flushes.len()
+                    + self.reads.len()
+            } else {
+                0
+            },
+            held_bytes: self.held_bytes,
         }
     }
 
@@ -908,7 +956,15 @@ impl Replica {
             })
             .collect();
         format!(
-            "writes [{}], uuid waiting {:?}, role {:?}, quorum {}; queue {} (head {:?}), disk ops {}, al {}/{} (flush {}), unacked extents {}, window {}, busy blocks {}, sources [{}], rounds {:?}",
+            "suspended {} (held {}, {} bytes), flushes [{}], writes [{}], uuid waiting {:?}, role {:?}, quorum {}; queue {} (head {:?}), disk ops {}, al {}/{} (flush {}), unacked extents {}, window {}, busy blocks {}, sources [{}], rounds {:?}",
+            self.suspended,
+            self.held.len(),
+            self.held_bytes,
+            self.flushes
+                .iter()
+                .map(|f| format!("{}: local {} waiting {:?}", f.id, f.local_done, f.waiting))
+                .collect::<Vec<_>>()
+                .join("; "),
             writes.join("; "),
             self.uuid_waiting,
             self.role,
@@ -953,6 +1009,7 @@ impl Replica {
                 result,
             } => self.grow_done(size_blocks, result),
         }
+        self.maybe_resume();
         self.pump();
         self.emit_changes();
         // The activity log is only worth anything if every extent written to is in
@@ -1058,13 +1115,30 @@ impl Replica {
     }
 
     fn update_quorum(&mut self) {
+        let q = has_quorum(self.cfg.quorum, self.quorum_view(false));
+        self.quorum = q;
+        self.had_quorum = q;
+    }
+
+    /// What quorum is computed from: peers connected (in their handshake or past
+    /// it), or with `live_only` only those past it and replicating (in sync or
+    /// resyncing, so that writes reach them), and then without the tiebreaker's keep
+    /// rule.
+    fn quorum_view(&self, live_only: bool) -> View {
+        let counts = |p: &Peer| {
+            if live_only {
+                p.live() && p.repl != Repl::Off
+            } else {
+                p.connected()
+            }
+        };
         let diskful_self = self.cfg.diskful(self.cfg.node);
         let voters = self.cfg.nodes.iter().filter(|n| n.diskful).count();
         let present = usize::from(diskful_self && self.md.disk != Disk::Diskless)
             + self
                 .peers
                 .values()
-                .filter(|p| p.diskful && p.connected())
+                .filter(|p| p.diskful && counts(p))
                 .count();
         let absent_outdated = self
             .peers
@@ -1080,21 +1154,16 @@ impl Replica {
         let diskless_present = self
             .peers
             .values()
-            .filter(|p| !p.diskful && p.connected())
+            .filter(|p| !p.diskful && counts(p))
             .count();
-        let q = has_quorum(
-            self.cfg.quorum,
-            View {
-                voters,
-                present,
-                absent_outdated,
-                diskless_total,
-                diskless_present,
-                had_quorum: self.had_quorum,
-            },
-        );
-        self.quorum = q;
-        self.had_quorum = q;
+        View {
+            voters,
+            present,
+            absent_outdated,
+            diskless_total,
+            diskless_present,
+            had_quorum: self.had_quorum && !live_only,
+        }
     }
 
     fn emit_changes(&mut self) {
@@ -1104,6 +1173,7 @@ impl Replica {
             disk: Some(self.md.disk),
             quorum: Some(self.quorum),
             size: Some(self.io_blocks),
+            suspended: Some(self.suspended),
             peers: self
                 .peers
                 .values()
@@ -1151,6 +1221,10 @@ impl Replica {
         if now.quorum != self.summary.quorum {
             self.out
                 .push(Action::State(StateChange::Quorum(self.quorum)));
+        }
+        if now.suspended != self.summary.suspended && self.summary.suspended.is_some() {
+            self.out
+                .push(Action::State(StateChange::Suspended(self.suspended())));
         }
         for (id, st) in &now.peers {
             if self.summary.peers.get(id) != Some(st) {
@@ -1264,6 +1338,8 @@ impl Replica {
                 self.role = Role::Secondary;
                 self.md.primary = false;
                 self.persist();
+                // The way out of a suspension: what was held fails.
+                self.end_suspension(IoError::NotPrimary);
                 self.fail_queued_client(IoError::NotPrimary);
                 self.broadcast_role();
                 self.rehandshake_secondaries();
@@ -1503,6 +1579,19 @@ impl Replica {
 
     /// Sends client read `rid` to an UpToDate peer it has not tried yet, or fails it.
     fn forward_read(&mut self, rid: u64) {
+        if !self.reads.contains_key(&rid) {
+            return;
+        }
+        if self.io_suspended() {
+            if let Some(r) = self.reads.remove(&rid) {
+                self.hold(Held::Read {
+                    id: r.client,
+                    block: r.block,
+                    count: r.count,
+                });
+            }
+            return;
+        }
         let Some(r) = self.reads.get(&rid) else {
             return;
         };
@@ -1592,6 +1681,7 @@ impl Replica {
         self.role = Role::Secondary;
         self.md.primary = false;
         self.persist();
+        self.end_suspension(IoError::NotPrimary);
         self.fail_queued_client(IoError::NotPrimary);
         self.broadcast_role();
         self.rehandshake_all();
@@ -2316,7 +2406,16 @@ impl Replica {
                 let Some(client) = expected else {
                     return;
                 };
-                if ok {
+                if ok && self.io_suspended() {
+                    // Read again once the suspension ends.
+                    if let Some(r) = self.reads.remove(&id) {
+                        self.hold(Held::Read {
+                            id: r.client,
+                            block: r.block,
+                            count: r.count,
+                        });
+                    }
+                } else if ok {
                     self.reads.remove(&id);
                     let result = match self.client_ok() {
                         Err(e) => Err(e),
@@ -2391,7 +2490,9 @@ impl Replica {
                 if current == self.md.current {
                     self.uuid_waiting.remove(&from);
                 }
+                // Writes and flushes both wait for the new generation's acks.
                 self.check_writes();
+                self.check_flushes();
             }
             Msg::RoleChanged { role } => {
                 let was = self.peers.get(&from).map(|p| p.role);
@@ -2699,6 +2800,15 @@ impl Replica {
     }
 
     fn client_write(&mut self, id: u64, block: u64, count: u32, data: Vec<u8>, fua: bool) {
+        if self.io_suspended() {
+            return self.hold_new(Held::Write {
+                id,
+                block,
+                count,
+                data,
+                fua,
+            });
+        }
         if let Err(e) = self.admit(block, count) {
             return self.fail(id, e);
         }
@@ -2715,6 +2825,9 @@ impl Replica {
     }
 
     fn client_read(&mut self, id: u64, block: u64, count: u32) {
+        if self.io_suspended() {
+            return self.hold_new(Held::Read { id, block, count });
+        }
         if let Err(e) = self.admit(block, count) {
             return self.fail(id, e);
         }
@@ -2726,6 +2839,9 @@ impl Replica {
     }
 
     fn client_flush(&mut self, id: u64) {
+        if self.io_suspended() {
+            return self.hold_new(Held::Flush { id });
+        }
         if let Err(e) = self.client_ok() {
             return self.fail(id, e);
         }
@@ -2977,6 +3093,8 @@ impl Replica {
 
     /// Runs queued work in order while it can start.
     fn pump(&mut self) {
+        // Suspended: queued client writes move to the held requests.
+        self.io_suspended();
         while let Some(head) = self.queue.front() {
             let range = head.range();
             let barrier = matches!(head, Work::PeerFlush { .. } | Work::ResyncDone { .. });
@@ -3119,6 +3237,7 @@ impl Replica {
                             waiting: targets.into_iter().collect(),
                             completed: false,
                             peer_ok: false,
+                            data: Some(data),
                         },
                     );
                     self.check_writes();
@@ -3130,6 +3249,9 @@ impl Replica {
                     block,
                     count: u64::from(count),
                 });
+                // Under suspend-io a write not completed when a suspension ends is
+                // sent anew, so its data stays until it completes.
+                let keep = (self.cfg.on_no_quorum == OnNoQuorum::SuspendIo).then(|| data.clone());
                 self.out.push(Action::DiskWrite {
                     tag,
                     block,
@@ -3152,6 +3274,7 @@ impl Replica {
                         waiting: targets.into_iter().collect(),
                         completed: false,
                         peer_ok: false,
+                        data: keep,
                     },
                 );
             }
@@ -3430,6 +3553,10 @@ impl Replica {
                         return self.read_via_peer(id, block, count);
                     }
                 }
+                if self.io_suspended() {
+                    // Read again once the suspension ends.
+                    return self.hold(Held::Read { id, block, count });
+                }
                 let result = if ok { Ok(data) } else { Err(IoError::Disk) };
                 // A read served after quorum was lost is refused like a write.
                 let result = match self.client_ok() {
@@ -3588,6 +3715,8 @@ impl Replica {
 
     fn check_writes(&mut self) {
         self.settle_rotation();
+        // Suspended: client writes are not completed (see core/suspend.rs).
+        let suspended = self.io_suspended();
         // Protocol A acknowledges once the local copy is written; a node without a
         // disk has no local copy, so it waits for its peers as with protocol C.
         let diskless = self.diskless();
@@ -3595,9 +3724,10 @@ impl Replica {
         let uuid_ok = self.uuid_waiting.is_empty();
         let mut done = Vec::new();
         for (seq, w) in self.writes.iter_mut() {
-            if w.completed || !w.local_done {
+            if w.completed || !w.local_done || (suspended && w.client.is_some()) {
                 continue;
             }
+
             let peers_ok = w.waiting.is_empty() || (proto_a && !w.fua);
             #[cfg(feature = "bug-early-ack")]
             let peers_ok = {
@@ -3606,6 +3736,7 @@ impl Replica {
             };
             if peers_ok && uuid_ok {
                 w.completed = true;
+                w.data = None;
                 done.push((*seq, w.client, w.local_ok, w.peer_ok));
             }
         }
@@ -3658,6 +3789,9 @@ impl Replica {
     }
 
     fn check_flushes(&mut self) {
+        if self.io_suspended() {
+            return;
+        }
         let mut i = 0;
         while i < self.flushes.len() {
             let f = &self.flushes[i];
@@ -4015,7 +4149,7 @@ impl Replica {
         }
         self.update_quorum();
         self.settle_rotation();
-        if self.role == Role::Primary && !self.quorum {
+        if self.role == Role::Primary && !self.quorum && !self.io_suspended() {
             self.fail_queued_client(IoError::NoQuorum);
         }
     }

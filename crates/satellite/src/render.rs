@@ -161,7 +161,18 @@ mod tests {
         assert_eq!(repl.nodes.len(), 3);
         assert!(repl.nodes[2].diskless);
         assert_eq!(repl.resync_rate, Some(100 << 20));
+        assert_eq!(repl.on_no_quorum, blockd::config::OnNoQuorumOpt::IoError);
         assert_eq!(cfg.volumes[&0].size, Some(1 << 30));
+        // DrbdOptions/Resource/on-no-quorum suspend-io reaches blockd as such.
+        let mut suspend = r.clone();
+        suspend.on_no_quorum = "suspend-io".into();
+        let text = resource_file("n1", &suspend, &vols);
+        let cfg =
+            blockd::config::parse_resource(Path::new("/x/vm-100-disk-0.toml"), &text).unwrap();
+        assert_eq!(
+            cfg.repl.unwrap().on_no_quorum,
+            blockd::config::OnNoQuorumOpt::SuspendIo
+        );
         // A diskless node's file has no backing and parses too.
         let diskless = [LocalVolume {
             number: 0,
@@ -193,7 +204,7 @@ mod tests {
     #[test]
     fn values_blockd_refuses_are_caught_before_writing() {
         let mut r = res();
-        r.on_no_quorum = "suspend-io".into();
+        r.allow_two_primaries = true;
         let vols = [LocalVolume {
             number: 0,
             backing: Some("/p/a.img".into()),
@@ -204,6 +215,6 @@ mod tests {
             &resource_file("n1", &r, &vols),
         )
         .unwrap_err();
-        assert!(e.contains("suspend-io"), "{e}");
+        assert!(e.contains("allow-two-primaries"), "{e}");
     }
 }

@@ -14,13 +14,18 @@
 //!    a promotion of data that is not UpToDate;
 //! 4. after healing and quiescence, every replica is UpToDate, byte-identical, and no
 //!    bitmap bit is set;
-//! 5. liveness: that state is reached within a bounded simulated time after healing.
+//! 5. liveness: that state is reached within a bounded simulated time after healing;
+//! 6. suspended I/O (on-no-quorum suspend-io, some seeds): a node whose I/O is
+//!    suspended completes no client request, neither with success nor with an error
+//!    (only a request refused on arrival may fail), and once healed every request has
+//!    completed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use replica::core::{
-    Action, Admin, Config, ConnState, Event, NodeConf, Persistent, Protocol, Repl, Replica,
+    Action, Admin, Config, ConnState, Event, IoError, NodeConf, OnNoQuorum, Persistent, Protocol,
+    Repl, Replica,
 };
 use replica::decide::SplitBrainPolicy;
 use replica::quorum::QuorumPolicy;
@@ -44,6 +49,9 @@ pub struct Options {
     pub diskless_primaries: bool,
     /// Chaos may fail the disk of a diskful node (it detaches).
     pub disk_failures: bool,
+    /// Percentage of seeds whose cluster runs with on-no-quorum suspend-io (chosen
+    /// from the seed alone, so the other seeds replay as before).
+    pub suspend_io_percent: u64,
 }
 
 impl Default for Options {
@@ -54,6 +62,7 @@ impl Default for Options {
             heal_bound_us: 120_000 * MS,
             diskless_primaries: false,
             disk_failures: false,
+            suspend_io_percent: 25,
         }
     }
 }
@@ -113,6 +122,7 @@ pub struct Shape {
     pub quorum: QuorumPolicy,
     /// Checksum-based resync.
     pub csums: bool,
+    pub on_no_quorum: OnNoQuorum,
 }
 
 impl Shape {
@@ -140,8 +150,19 @@ impl Shape {
             fresh_node,
             quorum: QuorumPolicy::Majority,
             csums: false,
+            on_no_quorum: OnNoQuorum::IoError,
         }
     }
+}
+
+/// Whether `seed` runs with suspend-io: from a hash of the seed, not from the run's
+/// random stream, which stays as it was.
+fn suspend_io_seed(seed: u64, percent: u64) -> bool {
+    let mut x = seed ^ 0x5D5E_4D10_0C0F_FEE5;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    x % 100 < percent
 }
 
 struct Rng(u64);
@@ -397,6 +418,9 @@ impl Sim {
         // Half the seeds resync by checksums; chosen from the seed without drawing
         // from the generator, so every seed's schedule stays what it was.
         shape.csums = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 63 == 1;
+        if suspend_io_seed(seed, opts.suspend_io_percent) {
+            shape.on_no_quorum = OnNoQuorum::SuspendIo;
+        }
         let mut sim = Sim::build(rng, shape, opts);
         sim.schedule(50 * MS, Ev::Client);
         sim.schedule(500 * MS, Ev::Chaos);
@@ -414,6 +438,7 @@ impl Sim {
             fresh_node,
             quorum,
             csums,
+            on_no_quorum,
         } = shape;
         let confs: Vec<NodeConf> = (0..(diskful + diskless))
             .map(|i| NodeConf {
@@ -439,6 +464,9 @@ impl Sim {
                 grant_lease_ms: 1000,
                 max_queued: 256,
                 resync_csums: csums,
+                on_no_quorum,
+                max_held: 64,
+                max_held_bytes: 64 * 4096,
             };
             let md = if !c.diskful || fresh_node == Some(c.id) {
                 Persistent::new_fresh(&cfg)
@@ -505,7 +533,7 @@ impl Sim {
             resizes: BTreeMap::new(),
         };
         sim.log(format!(
-            "cluster: {diskful} diskful + {diskless} diskless, protocol {protocol:?}, fresh node {fresh_node:?}"
+            "cluster: {diskful} diskful + {diskless} diskless, protocol {protocol:?}, fresh node {fresh_node:?}, csums {csums}, on-no-quorum {on_no_quorum:?}"
         ));
         for n in 0..sim.nodes.len() {
             let at = sim.rng.range(0, 100 * MS);
@@ -1362,6 +1390,23 @@ impl Sim {
             );
             return;
         }
+        let refused_on_arrival =
+            matches!(result, Err(IoError::OutOfRange | IoError::SuspendedFull));
+        let suspended = self.nodes[node as usize]
+            .core
+            .as_ref()
+            .and_then(|c| c.suspended());
+        if let Some(why) = suspended
+            && !refused_on_arrival
+        {
+            self.violate(
+                6,
+                format!(
+                    "n{node} completed request {id} ({result:?}) while its I/O is suspended ({why:?})"
+                ),
+            );
+            return;
+        }
         let ok = result.is_ok();
         self.results.insert(id, ok);
         match op {
@@ -1507,6 +1552,10 @@ impl Sim {
                 ));
                 break;
             }
+            if let Some(s) = st.suspended {
+                why = Some(format!("n{} has its I/O suspended ({s:?})", n.id));
+                break;
+            }
             for p in &st.peers {
                 if p.conn != ConnState::Connected
                     || !matches!(p.repl, Repl::Established | Repl::Deferred)
@@ -1529,6 +1578,7 @@ impl Sim {
         match why {
             None => {
                 self.out.healed_after_us = self.now - start;
+                self.check_all_answered();
                 self.final_checks();
                 self.done = true;
             }
@@ -1573,6 +1623,35 @@ impl Sim {
                 );
             }
             Some(_) => self.schedule(500 * MS, Ev::Check),
+        }
+    }
+
+    /// Invariant 6: once healed, every request sent to a node that is still up has
+    /// been answered (a held request completes when its suspension ends).
+    fn check_all_answered(&mut self) {
+        let open: Vec<String> = self
+            .inflight
+            .iter()
+            .filter(|(_, (n, _))| self.nodes[*n as usize].core.is_some())
+            .map(|(id, (n, op))| format!("{op:?} {id} on n{n}"))
+            .collect();
+        if !open.is_empty() {
+            let internals: Vec<String> = self
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    n.core
+                        .as_ref()
+                        .map(|c| format!("n{}: {}", n.id, c.debug_summary()))
+                })
+                .collect();
+            for l in internals {
+                self.log(l);
+            }
+            self.violate(
+                6,
+                format!("requests never answered after healing: {}", open.join(", ")),
+            );
         }
     }
 
@@ -1664,6 +1743,7 @@ impl Scenario {
             protocol,
             fresh_node: None,
             quorum,
+            on_no_quorum: OnNoQuorum::IoError,
             csums: false,
         })
     }
@@ -1676,7 +1756,26 @@ impl Scenario {
             protocol: Protocol::C,
             fresh_node: None,
             quorum: QuorumPolicy::Majority,
+            on_no_quorum: OnNoQuorum::IoError,
             csums: true,
+        })
+    }
+
+    /// With quorum (majority) and the given on-no-quorum policy on every node.
+    pub fn with_on_no_quorum(
+        diskful: usize,
+        diskless: usize,
+        protocol: Protocol,
+        on_no_quorum: OnNoQuorum,
+    ) -> Scenario {
+        Self::with_shape(Shape {
+            diskful,
+            diskless,
+            protocol,
+            fresh_node: None,
+            quorum: QuorumPolicy::Majority,
+            on_no_quorum,
+            csums: false,
         })
     }
 
@@ -1767,10 +1866,50 @@ impl Scenario {
 
     /// Writes `count` blocks from `block` on `node` and waits for the answer.
     pub fn write(&mut self, node: NodeId, block: u64, count: u32, fua: bool) -> bool {
+        let id = self.submit_write(node, block, count, fua);
+        self.wait(id)
+    }
+
+    /// Submits a write without waiting; the request id is also the value written to
+    /// each of its blocks.
+    pub fn submit_write(&mut self, node: NodeId, block: u64, count: u32, fua: bool) -> u64 {
         let id = self.sim.next_id;
         self.sim.next_id += 1;
         self.sim.submit_write(id, node, block, count, fua);
-        self.wait(id)
+        id
+    }
+
+    /// Submits a flush without waiting.
+    pub fn submit_flush(&mut self, node: NodeId) -> u64 {
+        let id = self.sim.next_id;
+        self.sim.next_id += 1;
+        self.sim.inflight.insert(
+            id,
+            (
+                node,
+                ClientOp::Flush {
+                    submitted: self.sim.now,
+                },
+            ),
+        );
+        self.sim.feed(node, Event::ClientFlush { id });
+        id
+    }
+
+    /// The outcome of request `id` (success or failure), once it has one.
+    pub fn result(&self, id: u64) -> Option<bool> {
+        self.sim.results.get(&id).copied()
+    }
+
+    /// Waits up to `ms` for request `id`: its outcome, or None if still unanswered.
+    pub fn wait_for(&mut self, id: u64, ms: u64) -> Option<bool> {
+        for _ in 0..ms / 10 {
+            if let Some(ok) = self.result(id) {
+                return Some(ok);
+            }
+            self.run_ms(10);
+        }
+        self.result(id)
     }
 
     /// Submits a read of `count` blocks from `block` on `node` without waiting.
@@ -1831,18 +1970,7 @@ impl Scenario {
     }
 
     pub fn flush(&mut self, node: NodeId) -> bool {
-        let id = self.sim.next_id;
-        self.sim.next_id += 1;
-        self.sim.inflight.insert(
-            id,
-            (
-                node,
-                ClientOp::Flush {
-                    submitted: self.sim.now,
-                },
-            ),
-        );
-        self.sim.feed(node, Event::ClientFlush { id });
+        let id = self.submit_flush(node);
         self.wait(id)
     }
 

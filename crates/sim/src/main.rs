@@ -32,16 +32,24 @@ fn main() -> ExitCode {
         println!(
             "       --disk-failures       chaos also fails disks, which detach (not in CI yet)"
         );
+        println!(
+            "       --suspend-io PERCENT  share of seeds run with on-no-quorum suspend-io (default 25)"
+        );
         return ExitCode::SUCCESS;
     }
     let parsed = (|| {
+        let suspend = number(&args, "--suspend-io")?;
+        if suspend.is_some_and(|p| p > 100) {
+            return Err("--suspend-io wants a percentage, 0 to 100".to_owned());
+        }
         Ok::<_, String>((
             number(&args, "--seed")?,
             number(&args, "--seeds")?,
             number(&args, "--start")?,
+            suspend,
         ))
     })();
-    let (seed, seeds, start) = match parsed {
+    let (seed, seeds, start, suspend) = match parsed {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");
@@ -53,6 +61,7 @@ fn main() -> ExitCode {
         trace,
         diskless_primaries: args.iter().any(|a| a == "--diskless-primaries"),
         disk_failures: args.iter().any(|a| a == "--disk-failures"),
+        suspend_io_percent: suspend.unwrap_or(sim::Options::default().suspend_io_percent),
         ..sim::Options::default()
     };
     if let Some(seed) = seed {

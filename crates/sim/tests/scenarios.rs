@@ -1,7 +1,7 @@
 //! Named scenarios, scripted step by step (no random faults), on the simulator's
 //! network, disks and oracle.
 
-use replica::core::{Admin, ConnState, Protocol};
+use replica::core::{Admin, ConnState, OnNoQuorum, Protocol, Suspended};
 use replica::quorum::QuorumPolicy;
 use sim::Scenario;
 use wire::{Disk, Role};
@@ -501,5 +501,175 @@ fn checksum_resync_copies_only_the_blocks_that_differ() {
     let same = sc.status(0).unwrap().resync_same_blocks;
     assert_eq!(same, 2 * 8, "blocks found equal");
     assert!(sc.differing_from(1).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn suspend_io_holds_writes_until_quorum_returns_then_they_complete_on_the_peers() {
+    // Two data nodes and a tiebreaker, on-no-quorum suspend-io.
+    let mut sc = Scenario::with_on_no_quorum(2, 1, Protocol::C, OnNoQuorum::SuspendIo);
+    sc.promote(0, false).unwrap();
+    assert!(sc.write(0, 3, 1, true));
+    // A write in flight when the primary is cut from everyone: written locally, its
+    // replication lost with the links.
+    let in_flight = sc.submit_write(0, 10, 2, false);
+    sc.isolate(0);
+    sc.run_ms(2000);
+    let st = sc.status(0).unwrap();
+    assert!(!st.quorum);
+    assert_eq!(st.suspended, Some(Suspended::NoQuorum), "{st:?}");
+    assert_eq!(st.role, Role::Primary);
+    // New requests are held too: neither completed nor failed.
+    let w1 = sc.submit_write(0, 20, 1, false);
+    let w2 = sc.submit_write(0, 30, 3, true);
+    let f = sc.submit_flush(0);
+    let r = sc.submit_read(0, 3, 1);
+    sc.run_ms(5000);
+    for id in [in_flight, w1, w2, f, r] {
+        assert_eq!(
+            sc.result(id),
+            None,
+            "request {id} was answered while suspended"
+        );
+    }
+    let st = sc.status(0).unwrap();
+    assert_eq!(st.held_requests, 5, "{st:?}");
+    assert_eq!(
+        st.held_bytes,
+        4 * 8,
+        "the two new writes' data (8 bytes a block here)"
+    );
+    // Quorum returns: everything completes, in order, successfully.
+    sc.heal_all();
+    for id in [in_flight, w1, w2, f, r] {
+        assert_eq!(
+            sc.wait_for(id, 10_000),
+            Some(true),
+            "request {id}\n{}",
+            sc.trace()
+        );
+    }
+    let st = sc.status(0).unwrap();
+    assert_eq!((st.suspended, st.held_requests), (None, 0));
+    assert_eq!(sc.read(0, 3, 1), Some(vec![sc.block(0, 3)]));
+    // ... and the data is on the peer.
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    for (b, id) in [
+        (10, in_flight),
+        (11, in_flight),
+        (20, w1),
+        (30, w2),
+        (32, w2),
+    ] {
+        assert_eq!(sc.block(1, b), id, "block {b} on node 1");
+    }
+    assert!(sc.differing_from(0).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn suspend_io_way_out_demoting_the_primary_fails_what_was_held() {
+    // Three data nodes: the isolated primary holds its I/O, the others go on.
+    let mut sc = Scenario::with_on_no_quorum(3, 0, Protocol::C, OnNoQuorum::SuspendIo);
+    sc.promote(0, false).unwrap();
+    assert!(sc.write(0, 5, 1, true));
+    let in_flight = sc.submit_write(0, 40, 1, false);
+    sc.isolate(0);
+    sc.run_ms(2000);
+    let held = sc.submit_write(0, 41, 1, true);
+    let flush = sc.submit_flush(0);
+    sc.run_ms(3000);
+    assert_eq!(sc.status(0).unwrap().suspended, Some(Suspended::NoQuorum));
+    assert_eq!((sc.result(in_flight), sc.result(held)), (None, None));
+    // The administrator gives up on node 0: its held I/O fails with an error.
+    sc.demote(0);
+    for id in [in_flight, held, flush] {
+        assert_eq!(sc.result(id), Some(false), "request {id}");
+    }
+    let st = sc.status(0).unwrap();
+    assert_eq!(
+        (st.role, st.suspended, st.held_requests),
+        (Role::Secondary, None, 0)
+    );
+    // Node 1 takes over with the quorum of the other two.
+    sc.promote(1, false).unwrap();
+    assert!(sc.write(1, 41, 1, true));
+    sc.heal_all();
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert!(sc.differing_from(1).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn a_suspended_primary_that_meets_newer_data_steps_down_and_fails_what_was_held() {
+    let mut sc = Scenario::with_on_no_quorum(3, 0, Protocol::C, OnNoQuorum::SuspendIo);
+    sc.promote(0, false).unwrap();
+    assert!(sc.write(0, 5, 1, true));
+    sc.isolate(0);
+    sc.run_ms(2000);
+    let held = sc.submit_write(0, 6, 1, true);
+    // The majority side promotes and writes while node 0 waits.
+    sc.promote(1, false).unwrap();
+    assert!(sc.write(1, 7, 1, true));
+    sc.heal_all();
+    assert_eq!(sc.wait_for(held, 10_000), Some(false), "{}", sc.trace());
+    let st = sc.status(0).unwrap();
+    assert_eq!((st.role, st.suspended), (Role::Secondary, None));
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert!(sc.differing_from(1).is_empty());
+    assert_eq!(sc.block(0, 7), sc.block(1, 7));
+    assert_clean(&sc);
+}
+
+#[test]
+fn suspend_io_refuses_requests_beyond_its_bound_and_never_regains_quorum_through_the_tiebreaker() {
+    let mut sc = Scenario::with_on_no_quorum(2, 1, Protocol::C, OnNoQuorum::SuspendIo);
+    sc.promote(0, false).unwrap();
+    sc.isolate(0);
+    sc.run_ms(2000);
+    // The simulator holds at most 64 requests (and 64 blocks of data).
+    let ids: Vec<u64> = (0..70).map(|i| sc.submit_write(0, i, 1, false)).collect();
+    sc.run_ms(100);
+    let refused: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|id| sc.result(*id) == Some(false))
+        .collect();
+    assert_eq!(refused, ids[64..].to_vec());
+    // The tiebreaker alone does not bring quorum back.
+    sc.heal(0, 2);
+    sc.run_ms(3000);
+    assert_eq!(sc.status(0).unwrap().suspended, Some(Suspended::NoQuorum));
+    assert!(ids[..64].iter().all(|id| sc.result(*id).is_none()));
+    sc.heal_all();
+    for id in &ids[..64] {
+        assert_eq!(sc.wait_for(*id, 10_000), Some(true));
+    }
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert!(sc.differing_from(0).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn a_diskless_primary_with_suspend_io_sends_unconfirmed_writes_again_after_the_suspension() {
+    // Two data nodes and a diskless primary (node 2).
+    let mut sc = Scenario::with_on_no_quorum(2, 1, Protocol::C, OnNoQuorum::SuspendIo);
+    sc.promote(2, false).unwrap();
+    assert!(sc.write(2, 1, 1, true));
+    let lost = sc.submit_write(2, 50, 2, false);
+    sc.isolate(2);
+    sc.run_ms(2000);
+    assert_eq!(sc.status(2).unwrap().suspended, Some(Suspended::NoQuorum));
+    let held = sc.submit_write(2, 60, 1, false);
+    sc.run_ms(2000);
+    assert_eq!((sc.result(lost), sc.result(held)), (None, None));
+    sc.heal_all();
+    for id in [lost, held] {
+        assert_eq!(sc.wait_for(id, 10_000), Some(true), "{}", sc.trace());
+    }
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    for n in 0..2 {
+        assert_eq!((sc.block(n, 50), sc.block(n, 60)), (lost, held), "node {n}");
+    }
     assert_clean(&sc);
 }

@@ -4,7 +4,8 @@
     feature = "bug-forget-al"
 )))]
 
-//! The simulator in CI: 2,000 seeds, every one checked against all five invariants.
+//! The simulator in CI: 2,000 seeds, every one checked against all six invariants (a
+//! quarter of them run with on-no-quorum suspend-io; `sim::Options`).
 //!
 //! Seeds in `KNOWN_FAILURES` still violate an invariant (see docs/replication.md,
 //! "Known failures"); the test also asserts they still do, so the list can only
@@ -14,12 +15,25 @@ use sim::{Options, run};
 
 const SEEDS: u64 = 2000;
 /// Every seed below 2,000 that violates an invariant today, with the invariant.
-/// (5 of 2,000. When half the seeds began to resync by checksums, their message flow
+/// (6 of 2,000. When half the seeds began to resync by checksums, their message flow
 /// and so their timing changed: 4, 82, 121, 294, 1085 and 1412 stopped failing, 762
 /// and 1687 started; over 8,000 seeds, 13 seeds without checksums and 11 with them
 /// fail, the known causes in docs/replication.md. Seed 1687 sends no digest for the
-/// block it reports: a bitmap failure of the known kind, not the checksum path.)
-const KNOWN_FAILURES: &[(u64, u8)] = &[(22, 4), (762, 5), (1197, 5), (1687, 1), (1870, 5)];
+/// block it reports: a bitmap failure of the known kind, not the checksum path.
+/// Then a flush that waited only for a new generation's acknowledgements stopped
+/// hanging until some unrelated event, and a quarter of the seeds began to run with
+/// on-no-quorum suspend-io: 1870 passes now, 1353 (a split brain left standing after
+/// healing) and 1710 (a node resynced from a peer of the same generation that lacked
+/// a write it held, then served a stale read) fail, as known causes do; both fail
+/// the same with suspend-io off.)
+const KNOWN_FAILURES: &[(u64, u8)] = &[
+    (22, 4),
+    (762, 5),
+    (1197, 5),
+    (1353, 5),
+    (1687, 1),
+    (1710, 2),
+];
 
 fn check_range(from: u64, to: u64) {
     let opts = Options::default();

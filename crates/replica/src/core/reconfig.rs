@@ -70,6 +70,8 @@ impl Replica {
             }
         }
         self.update_quorum();
+        // The policy may have changed: io-error ends a suspension without quorum.
+        self.maybe_resume();
         self.persist();
         self.check_writes();
         self.check_flushes();
@@ -130,6 +132,9 @@ mod tests {
             grant_lease_ms: 1000,
             max_queued: 64,
             resync_csums: false,
+            on_no_quorum: OnNoQuorum::IoError,
+            max_held: 64,
+            max_held_bytes: 1 << 20,
         }
     }
 
