@@ -17,7 +17,11 @@
 //! the size and both nonces: a replayed or redirected handshake does not verify. After
 //! the handshake both sides exchange `wire` frames.
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -257,31 +261,160 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     .map_err(|_| PeerError::Timeout)?
 }
 
-/// Reads one frame. `Ok(None)` at a clean end of stream between frames.
-pub async fn read_msg<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<Msg>, PeerError> {
-    let mut buf = vec![0u8; HEADER_LEN];
-    match s.read_exact(&mut buf).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+/// Reads frames from a connection. Frames are read into one shared buffer, many at a
+/// time when they are small; a `Write`'s data is a slice of that buffer, so it reaches
+/// the disk without another copy.
+#[derive(Debug)]
+pub struct FrameReader<S> {
+    s: S,
+    buf: BytesMut,
+    chunk: usize,
+}
+
+impl<S: AsyncRead + Unpin> FrameReader<S> {
+    /// `chunk`: how much is asked of the socket at once (a frame larger than that is
+    /// read whole).
+    pub fn new(s: S, chunk: usize) -> Self {
+        FrameReader {
+            s,
+            buf: BytesMut::new(),
+            chunk,
+        }
     }
-    if buf[0] != wire::VERSION {
-        return Err(PeerError::Frame(format!(
-            "frame of protocol version {}, expected {}",
-            buf[0],
-            wire::VERSION
-        )));
+
+    /// Reads until the buffer holds `n` bytes; false at the end of the stream.
+    async fn fill(&mut self, n: usize) -> std::io::Result<bool> {
+        while self.buf.len() < n {
+            // Room for the rest of this frame, and for more frames behind it.
+            self.buf.reserve((n - self.buf.len()).max(self.chunk));
+            if self.s.read_buf(&mut self.buf).await? == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
-    let len = u32::from_le_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
-    if len > MAX_PAYLOAD {
-        return Err(PeerError::Frame(format!(
-            "frame of {len} bytes is too large"
-        )));
+
+    /// Reads one frame. `Ok(None)` at a clean end of stream between frames.
+    pub async fn next(&mut self) -> Result<Option<Msg>, PeerError> {
+        if !self.fill(HEADER_LEN).await? {
+            return if self.buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
+            };
+        }
+        let b = &self.buf;
+        if b[0] != wire::VERSION {
+            return Err(PeerError::Frame(format!(
+                "frame of protocol version {}, expected {}",
+                b[0],
+                wire::VERSION
+            )));
+        }
+        let len = u32::from_le_bytes([b[2], b[3], b[4], b[5]]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(PeerError::Frame(format!(
+                "frame of {len} bytes is too large"
+            )));
+        }
+        if !self.fill(HEADER_LEN + len).await? {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        let frame = self.buf.split_to(HEADER_LEN + len).freeze();
+        let (msg, _) = Msg::decode_shared(&frame).map_err(|e| PeerError::Frame(e.to_string()))?;
+        Ok(Some(msg))
     }
-    buf.resize(HEADER_LEN + len, 0);
-    s.read_exact(&mut buf[HEADER_LEN..]).await?;
-    let (msg, _) = Msg::decode(&buf).map_err(|e| PeerError::Frame(e.to_string()))?;
-    Ok(Some(msg))
+}
+
+/// Writes frames to a connection: the small ones gathered in one buffer, a `Write`'s
+/// data sent from where it lies, all of it with vectored writes.
+#[derive(Debug)]
+pub struct FrameWriter<S> {
+    s: S,
+    /// Encoded bytes not yet part of `out`.
+    small: BytesMut,
+    scratch: Vec<u8>,
+    out: VecDeque<Bytes>,
+    queued: usize,
+}
+
+/// Segments handed to one vectored write.
+const MAX_IOV: usize = 64;
+
+impl<S: AsyncWrite + Unpin> FrameWriter<S> {
+    pub fn new(s: S) -> Self {
+        FrameWriter {
+            s,
+            small: BytesMut::new(),
+            scratch: Vec::with_capacity(256),
+            out: VecDeque::new(),
+            queued: 0,
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued + self.small.len()
+    }
+
+    /// Queues one frame; nothing is written before `flush`.
+    pub fn push(&mut self, msg: &Msg) {
+        self.scratch.clear();
+        let tail = msg.encode_into(&mut self.scratch);
+        self.small.extend_from_slice(&self.scratch);
+        if let Some(data) = tail {
+            self.seal();
+            self.queued += data.len();
+            self.out.push_back(data);
+        }
+    }
+
+    fn seal(&mut self) {
+        if !self.small.is_empty() {
+            let b = self.small.split().freeze();
+            self.queued += b.len();
+            self.out.push_back(b);
+        }
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.seal();
+        while !self.out.is_empty() {
+            let mut n = {
+                let iov: Vec<IoSlice<'_>> = self
+                    .out
+                    .iter()
+                    .take(MAX_IOV)
+                    .map(|b| IoSlice::new(b))
+                    .collect();
+                self.s.write_vectored(&iov).await?
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.queued -= n;
+            while n > 0 {
+                let Some(front) = self.out.front_mut() else {
+                    break;
+                };
+                if n >= front.len() {
+                    n -= front.len();
+                    self.out.pop_front();
+                } else {
+                    *front = front.slice(n..);
+                    n = 0;
+                }
+            }
+        }
+        self.s.flush().await
+    }
+
+    /// Flushes, then shuts the write side down.
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.flush().await?;
+        self.s.shutdown().await
+    }
 }
 
 #[cfg(test)]
@@ -362,17 +495,58 @@ mod tests {
 
     #[tokio::test]
     async fn frames_roundtrip_and_bad_frames_are_errors() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let m = Msg::WriteAck { seq: 5, ok: true };
-        a.write_all(&m.encode()).await.unwrap();
-        assert_eq!(read_msg(&mut b).await.unwrap(), Some(m));
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (mut w, mut r) = (FrameWriter::new(a), FrameReader::new(b, 100));
+        let msgs = vec![
+            Msg::WriteAck { seq: 5, ok: true },
+            Msg::Write {
+                seq: 6,
+                block: 1,
+                count: 1,
+                fua: false,
+                targets: 3,
+                data: vec![7u8; 4096].into(),
+            },
+            Msg::Ping,
+            Msg::Write {
+                seq: 7,
+                block: 2,
+                count: 100,
+                fua: true,
+                targets: 3,
+                data: (0..409_600u32).map(|i| i as u8).collect::<Vec<u8>>().into(),
+            },
+            Msg::FlushAck { seq: 8, ok: true },
+        ];
+        let reading = async {
+            let mut got = Vec::new();
+            for _ in 0..msgs.len() {
+                got.push(r.next().await.unwrap().unwrap());
+            }
+            got
+        };
+        let writing = async {
+            for m in &msgs {
+                w.push(m);
+            }
+            w.flush().await.unwrap();
+        };
+        let (got, ()) = tokio::join!(reading, writing);
+        assert_eq!(got, msgs);
+        assert_eq!(w.queued(), 0);
+        let mut a = w.s;
         let mut huge = vec![wire::VERSION, 3];
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         a.write_all(&huge).await.unwrap();
-        assert!(read_msg(&mut b).await.is_err());
-        drop(a);
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        assert!(r.next().await.is_err());
+        let (mut a, b) = tokio::io::duplex(1 << 16);
         a.shutdown().await.unwrap();
-        assert_eq!(read_msg(&mut b).await.unwrap(), None);
+        assert_eq!(FrameReader::new(b, 4096).next().await.unwrap(), None);
+        // A frame cut short by the end of the stream is an error.
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let bytes = Msg::WriteAck { seq: 1, ok: true }.encode();
+        a.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
+        a.shutdown().await.unwrap();
+        assert!(FrameReader::new(b, 4096).next().await.is_err());
     }
 }

@@ -19,7 +19,6 @@ use replica::core::{
 };
 use replica::decide::SplitBrainPolicy;
 use replica::quorum::QuorumPolicy;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -42,6 +41,8 @@ const TICK: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const IO_BUF: usize = 256 << 10;
+/// Bytes gathered for one round of writes to a peer.
+const WRITE_BATCH: usize = 4 << 20;
 /// State-change events kept for slow `events` readers.
 const EVENT_BACKLOG: usize = 1024;
 /// Largest piece a zeroing request is split into.
@@ -547,16 +548,39 @@ impl ReplVolume {
     }
 
     fn write_any(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
+        if Self::aligned(buf.len(), offset) {
+            return self.write_owned(buf.to_vec(), offset, fua);
+        }
+        self.write_unaligned(buf, offset, fua)
+    }
+
+    fn aligned(len: usize, offset: u64) -> bool {
+        offset.is_multiple_of(BLOCK) && (len as u64).is_multiple_of(BLOCK)
+    }
+
+    /// A write whose buffer the core may keep: whole blocks go on without a copy.
+    fn write_owned(&self, data: Vec<u8>, offset: u64, fua: bool) -> Result<(), DeviceError> {
+        if !Self::aligned(data.len(), offset) {
+            return self.write_unaligned(&data, offset, fua);
+        }
+        offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= self.size())
+            .ok_or(DeviceError::NoSpace)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let _g = self.rmw.read().map_err(|_| DeviceError::Shutdown)?;
+        self.write_blocks(offset / BLOCK, data, fua)
+    }
+
+    fn write_unaligned(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
         let end = offset
             .checked_add(buf.len() as u64)
             .filter(|e| *e <= self.size())
             .ok_or(DeviceError::NoSpace)?;
         if buf.is_empty() {
             return Ok(());
-        }
-        if offset.is_multiple_of(BLOCK) && (buf.len() as u64).is_multiple_of(BLOCK) {
-            let _g = self.rmw.read().map_err(|_| DeviceError::Shutdown)?;
-            return self.write_blocks(offset / BLOCK, buf.to_vec(), fua);
         }
         let _g = self.rmw.write().map_err(|_| DeviceError::Shutdown)?;
         let first = offset / BLOCK;
@@ -607,6 +631,10 @@ impl BlockDevice for ReplDevice {
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
         self.vol.write_any(buf, offset, fua)
+    }
+
+    fn write_vec(&self, data: Vec<u8>, offset: u64, fua: bool) -> Result<(), DeviceError> {
+        self.vol.write_owned(data, offset, fua)
     }
 
     fn flush(&self) -> Result<(), DeviceError> {
@@ -1058,9 +1086,9 @@ impl Driver {
         let tx = self.tx.clone();
         let pong = mtx.clone();
         let reader = self.rt.spawn(async move {
-            let mut rd = BufReader::with_capacity(IO_BUF, rd);
+            let mut rd = peer::FrameReader::new(rd, IO_BUF);
             let why = loop {
-                match tokio::time::timeout(timeout, peer::read_msg(&mut rd)).await {
+                match tokio::time::timeout(timeout, rd.next()).await {
                     Err(_) => break format!("no message for {} ms", timeout.as_millis()),
                     Ok(Err(e)) => break e.to_string(),
                     Ok(Ok(None)) => break "the peer closed the connection".to_owned(),
@@ -1093,29 +1121,23 @@ impl Driver {
         });
         let tx = self.tx.clone();
         let writer = self.rt.spawn(async move {
-            let mut w = BufWriter::with_capacity(IO_BUF, wr);
+            let mut w = peer::FrameWriter::new(wr);
             let why = loop {
                 let msg = match tokio::time::timeout(ping, mrx.recv()).await {
                     Err(_) => Msg::Ping,
                     Ok(Some(m)) => m,
                     Ok(None) => {
-                        let _ = w.flush().await;
                         let _ = w.shutdown().await;
                         return;
                     }
                 };
-                if let Err(e) = w.write_all(&msg.encode()).await {
-                    break e.to_string();
-                }
-                let mut failed = None;
-                while let Ok(m) = mrx.try_recv() {
-                    if let Err(e) = w.write_all(&m.encode()).await {
-                        failed = Some(e.to_string());
-                        break;
-                    }
-                }
-                if let Some(e) = failed {
-                    break e;
+                w.push(&msg);
+                // Whatever else is queued goes out in the same vectored writes, up to
+                // a bound so that the first bytes leave early under a steady stream.
+                while w.queued() < WRITE_BATCH
+                    && let Ok(m) = mrx.try_recv()
+                {
+                    w.push(&m);
                 }
                 if let Err(e) = w.flush().await {
                     break e.to_string();

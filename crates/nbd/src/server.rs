@@ -53,6 +53,11 @@ pub trait BlockDevice: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError>;
     /// With `fua`, the data is on stable storage when this returns.
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError>;
+    /// `write_at` with a buffer the device may keep (a device that passes the data
+    /// on saves copying it).
+    fn write_vec(&self, data: Vec<u8>, offset: u64, fua: bool) -> Result<(), DeviceError> {
+        self.write_at(&data, offset, fua)
+    }
     /// Everything completed before this call is on stable storage when it returns.
     fn flush(&self) -> Result<(), DeviceError>;
     /// Hint that the range is unused; reads of it may return anything afterwards.
@@ -401,6 +406,8 @@ where
 
 enum Next {
     Request(Request),
+    /// A write to carry out, with its payload.
+    Write(Request, Vec<u8>),
     /// Reply with an error; no data to carry out.
     Reject(Request, u32),
     Stop,
@@ -493,6 +500,18 @@ where
                 return Next::Stop;
             }
         };
+        if wants_payload && matches!(verdict, Verdict::Run) {
+            // Its own buffer, handed to the device with the request.
+            let mut data = vec![0u8; req.length as usize];
+            if let Err(e) = r.read_exact(&mut data) {
+                self.end(
+                    Outcome::Dropped(format!("client vanished mid-write: {e}")),
+                    true,
+                );
+                return Next::Stop;
+            }
+            return Next::Write(req, data);
+        }
         if wants_payload {
             buf.resize(REPLY_HDR + req.length as usize, 0);
             if let Err(e) = r.read_exact(&mut buf[REPLY_HDR..]) {
@@ -577,8 +596,20 @@ where
                 buf.resize(REPLY_HDR, 0);
                 conn.reply(&mut buf, errno, req.cookie, 0);
             }
-            Next::Request(req) => {
-                let (errno, data_len) = match conn.execute(&req, &mut buf) {
+            next @ (Next::Request(_) | Next::Write(..)) => {
+                let (req, result) = match next {
+                    Next::Write(req, data) => {
+                        let fua = req.flags & CMD_FLAG_FUA != 0;
+                        let r = conn.device.write_vec(data, req.offset, fua).map(|()| 0);
+                        (req, r)
+                    }
+                    Next::Request(req) => {
+                        let r = conn.execute(&req, &mut buf);
+                        (req, r)
+                    }
+                    _ => continue,
+                };
+                let (errno, data_len) = match result {
                     Ok(n) => (0, n),
                     Err(e) => {
                         tracing::warn!(

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use wire::{Disk, Hello, Msg, NodeId, Role};
+use wire::{Bytes, Disk, Hello, Msg, NodeId, Role};
 
 use crate::bitmap::Bitmap;
 use crate::decide::{Decision, SplitBrainPolicy, decide};
@@ -259,7 +259,8 @@ pub enum Action {
         tag: u64,
         block: u64,
         count: u32,
-        data: Vec<u8>,
+        /// Shared with the `Msg::Write`s of the same write (no copy).
+        data: Bytes,
         fua: bool,
     },
     DiskRead {
@@ -391,7 +392,7 @@ enum Work {
         id: u64,
         block: u64,
         count: u32,
-        data: Vec<u8>,
+        data: Bytes,
         fua: bool,
     },
     /// A write replicated from the primary.
@@ -400,7 +401,7 @@ enum Work {
         seq: u64,
         block: u64,
         count: u32,
-        data: Vec<u8>,
+        data: Bytes,
         fua: bool,
         targets: u32,
     },
@@ -2632,7 +2633,7 @@ impl Replica {
             id,
             block,
             count,
-            data,
+            data: Bytes::from(data),
             fua,
         });
     }
@@ -3147,7 +3148,7 @@ impl Replica {
                     tag,
                     block,
                     count: 1,
-                    data,
+                    data: Bytes::from(data),
                     fua: false,
                 });
             }
