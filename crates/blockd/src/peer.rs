@@ -269,7 +269,16 @@ pub struct FrameReader<S> {
     s: S,
     buf: BytesMut,
     chunk: usize,
+    /// Large buffers read before, kept for reuse once every frame in them is dropped:
+    /// a fresh allocation of a MiB costs more in page faults than filling it.
+    spare: Vec<(BytesMut, usize)>,
+    /// Size of `buf`'s allocation.
+    alloc: usize,
 }
+
+/// Buffers at least this large are kept for reuse (at most `SPARE` of them).
+const SPARE_MIN: usize = 1 << 20;
+const SPARE: usize = 2;
 
 impl<S: AsyncRead + Unpin> FrameReader<S> {
     /// `chunk`: how much is asked of the socket at once (a frame larger than that is
@@ -279,14 +288,38 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
             s,
             buf: BytesMut::new(),
             chunk,
+            spare: Vec::new(),
+            alloc: 0,
+        }
+    }
+
+    /// Makes room for `need` more bytes, and if that takes a new buffer, for more
+    /// frames behind them.
+    fn make_room(&mut self, need: usize) {
+        if self.buf.capacity() - self.buf.len() >= need || self.buf.try_reclaim(need) {
+            return;
+        }
+        let want = self.buf.len() + need.max(self.chunk);
+        let (mut next, alloc) = match self.spare.iter_mut().position(|(b, _)| b.try_reclaim(want)) {
+            Some(i) => self.spare.swap_remove(i),
+            None => (BytesMut::with_capacity(want), want),
+        };
+        // The part of a frame read so far moves along.
+        next.extend_from_slice(&self.buf);
+        let mut old = std::mem::replace(&mut self.buf, next);
+        let old_alloc = std::mem::replace(&mut self.alloc, alloc);
+        old.clear();
+        // The old buffer is still shared with frames in use (else it would have been
+        // reclaimed): it can be reused once they are dropped.
+        if self.spare.len() < SPARE && old_alloc >= SPARE_MIN {
+            self.spare.push((old, old_alloc));
         }
     }
 
     /// Reads until the buffer holds `n` bytes; false at the end of the stream.
     async fn fill(&mut self, n: usize) -> std::io::Result<bool> {
         while self.buf.len() < n {
-            // Room for the rest of this frame, and for more frames behind it.
-            self.buf.reserve((n - self.buf.len()).max(self.chunk));
+            self.make_room(n - self.buf.len());
             if self.s.read_buf(&mut self.buf).await? == 0 {
                 return Ok(false);
             }
