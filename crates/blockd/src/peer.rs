@@ -359,47 +359,41 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
     }
 }
 
-/// Writes frames to a connection: the small ones gathered in one buffer, a `Write`'s
-/// data sent from where it lies, all of it with vectored writes.
-#[derive(Debug)]
-pub struct FrameWriter<S> {
-    s: S,
+/// Frames queued for one connection, not yet written. Small frames are gathered in one
+/// buffer, a `Write`'s data is sent from where it lies, all of it with vectored writes.
+/// Whoever holds the outbox may write: the volume's task without waiting (which saves
+/// the hop to a writer task for each message), the writer task when the socket is full.
+#[derive(Debug, Default)]
+pub struct Outbox {
     /// Encoded bytes not yet part of `out`.
     small: BytesMut,
     scratch: Vec<u8>,
     out: VecDeque<Bytes>,
+    /// Bytes in `out`.
     queued: usize,
+    /// Stream offsets where the frames not yet written end.
+    ends: VecDeque<u64>,
+    pushed: u64,
+    written: u64,
 }
 
 /// Segments handed to one vectored write.
 const MAX_IOV: usize = 64;
 
-impl<S: AsyncWrite + Unpin> FrameWriter<S> {
-    pub fn new(s: S) -> Self {
-        FrameWriter {
-            s,
-            small: BytesMut::new(),
-            scratch: Vec::with_capacity(256),
-            out: VecDeque::new(),
-            queued: 0,
-        }
-    }
-
-    /// Bytes queued and not yet written.
-    pub fn queued(&self) -> usize {
-        self.queued + self.small.len()
-    }
-
-    /// Queues one frame; nothing is written before `flush`.
+impl Outbox {
+    /// Queues one frame.
     pub fn push(&mut self, msg: &Msg) {
         self.scratch.clear();
         let tail = msg.encode_into(&mut self.scratch);
         self.small.extend_from_slice(&self.scratch);
+        self.pushed += self.scratch.len() as u64;
         if let Some(data) = tail {
             self.seal();
+            self.pushed += data.len() as u64;
             self.queued += data.len();
             self.out.push_back(data);
         }
+        self.ends.push_back(self.pushed);
     }
 
     fn seal(&mut self) {
@@ -410,23 +404,45 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         }
     }
 
-    /// Writes everything queued.
-    pub async fn flush(&mut self) -> std::io::Result<()> {
+    /// Frames not yet written (whole or in part).
+    pub fn frames(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Bytes not yet written.
+    pub fn bytes(&self) -> usize {
+        self.queued + self.small.len()
+    }
+
+    /// Writes with `write` (a non-blocking vectored write) until everything is written
+    /// (`Ok(true)`) or the socket takes no more (`Ok(false)`).
+    pub fn write_with(
+        &mut self,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> std::io::Result<usize>,
+    ) -> std::io::Result<bool> {
         self.seal();
         while !self.out.is_empty() {
-            let mut n = {
+            let r = {
                 let iov: Vec<IoSlice<'_>> = self
                     .out
                     .iter()
                     .take(MAX_IOV)
                     .map(|b| IoSlice::new(b))
                     .collect();
-                self.s.write_vectored(&iov).await?
+                write(&iov)
             };
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
+            let mut n = match r {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
             self.queued -= n;
+            self.written += n as u64;
+            while self.ends.front().is_some_and(|e| *e <= self.written) {
+                self.ends.pop_front();
+            }
             while n > 0 {
                 let Some(front) = self.out.front_mut() else {
                     break;
@@ -440,13 +456,7 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
                 }
             }
         }
-        self.s.flush().await
-    }
-
-    /// Flushes, then shuts the write side down.
-    pub async fn shutdown(&mut self) -> std::io::Result<()> {
-        self.flush().await?;
-        self.s.shutdown().await
+        Ok(true)
     }
 }
 
@@ -528,8 +538,6 @@ mod tests {
 
     #[tokio::test]
     async fn frames_roundtrip_and_bad_frames_are_errors() {
-        let (a, b) = tokio::io::duplex(1 << 16);
-        let (mut w, mut r) = (FrameWriter::new(a), FrameReader::new(b, 100));
         let msgs = vec![
             Msg::WriteAck { seq: 5, ok: true },
             Msg::Write {
@@ -551,23 +559,44 @@ mod tests {
             },
             Msg::FlushAck { seq: 8, ok: true },
         ];
-        let reading = async {
-            let mut got = Vec::new();
-            for _ in 0..msgs.len() {
-                got.push(r.next().await.unwrap().unwrap());
+        let mut o = Outbox::default();
+        for m in &msgs {
+            o.push(m);
+        }
+        assert_eq!(o.frames(), msgs.len());
+        // A socket that takes at most 1000 bytes per call, and is full every third.
+        let mut sent = Vec::new();
+        let mut calls = 0;
+        let mut write = |iov: &[IoSlice<'_>]| {
+            calls += 1;
+            if calls % 3 == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
             }
-            got
-        };
-        let writing = async {
-            for m in &msgs {
-                w.push(m);
+            let mut n = 0;
+            for s in iov {
+                let k = s.len().min(1000 - n);
+                sent.extend_from_slice(&s[..k]);
+                n += k;
+                if n == 1000 {
+                    break;
+                }
             }
-            w.flush().await.unwrap();
+            Ok(n)
         };
-        let (got, ()) = tokio::join!(reading, writing);
-        assert_eq!(got, msgs);
-        assert_eq!(w.queued(), 0);
-        let mut a = w.s;
+        let mut rounds = 0;
+        while !o.write_with(&mut write).unwrap() {
+            rounds += 1;
+            assert!(o.frames() <= msgs.len());
+        }
+        assert!(rounds > 10);
+        assert_eq!((o.frames(), o.bytes()), (0, 0));
+        let mut r = FrameReader::new(&sent[..], 100);
+        for m in &msgs {
+            assert_eq!(r.next().await.unwrap().as_ref(), Some(m));
+        }
+        assert_eq!(r.next().await.unwrap(), None);
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(b, 4096);
         let mut huge = vec![wire::VERSION, 3];
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         a.write_all(&huge).await.unwrap();

@@ -41,8 +41,10 @@ const TICK: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const IO_BUF: usize = 256 << 10;
-/// Bytes gathered for one round of writes to a peer.
-const WRITE_BATCH: usize = 4 << 20;
+/// Queued bytes the volume's task writes to a peer itself; more go to the writer task.
+const DIRECT_WRITE_MAX: usize = 64 << 10;
+/// Inputs handled before queued peer messages are written, under a steady stream.
+const WRITE_EVERY: u32 = 32;
 /// State-change events kept for slow `events` readers.
 const EVENT_BACKLOG: usize = 1024;
 /// Largest piece a zeroing request is split into.
@@ -320,6 +322,7 @@ impl ReplVolume {
             failed: None,
             stale: true,
             refreshed: Instant::now(),
+            inputs_unwritten: 0,
         };
         let handle = rt.spawn(async move {
             driver.feed(Event::Tick { now: 0 });
@@ -676,9 +679,102 @@ impl BlockDevice for ReplDevice {
 #[derive(Debug)]
 struct Conn {
     id: u64,
-    tx: mpsc::Sender<Msg>,
+    link: Arc<Link>,
+    /// Messages were queued since the last `write_peers`.
+    unwritten: bool,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
+}
+
+/// The sending side of one peer connection. The volume's task queues messages in the
+/// outbox and, once its inputs run out, writes them itself when the socket takes them
+/// at once; whatever is left (and large data) the writer task writes, waiting for the
+/// socket. Both write through the outbox's lock, so frames go out whole and in order.
+#[derive(Debug)]
+struct Link {
+    outbox: Mutex<peer::Outbox>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    /// Wakes the writer task.
+    wake: tokio::sync::Notify,
+    /// Write what is queued, then close.
+    closing: AtomicBool,
+    /// A write failed: the writer task reports it and ends.
+    failed: Mutex<Option<String>>,
+    last_push: Mutex<Instant>,
+}
+
+impl Link {
+    /// Queues a message; `Err` when the connection is stuck (SEND_QUEUE frames unsent).
+    fn push(&self, msg: &Msg) -> Result<(), ()> {
+        let mut o = self.outbox.lock().map_err(|_| ())?;
+        if o.frames() >= SEND_QUEUE {
+            return Err(());
+        }
+        o.push(msg);
+        drop(o);
+        if let Ok(mut t) = self.last_push.lock() {
+            *t = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes now. True when nothing is left for the writer task.
+    fn write_now(&self) -> bool {
+        let Ok(mut o) = self.outbox.lock() else {
+            return false;
+        };
+        match o.write_with(|iov| self.wr.try_write_vectored(iov)) {
+            Ok(done) => done,
+            Err(e) => {
+                if let Ok(mut f) = self.failed.lock() {
+                    f.get_or_insert(e.to_string());
+                }
+                false
+            }
+        }
+    }
+
+    /// Called by the volume's task after queueing: small amounts are written here at
+    /// once, the rest (and large data, whose copy would hold up the task) by the writer.
+    fn kick(&self) {
+        let small = self
+            .outbox
+            .lock()
+            .is_ok_and(|o| o.bytes() <= DIRECT_WRITE_MAX);
+        if !(small && self.write_now()) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The writer task: writes whatever is queued, waiting for the socket as needed,
+    /// sends a ping when nothing was queued for `ping`. Ends `Ok` after a close once
+    /// everything queued is written, `Err` when the connection fails.
+    async fn run(&self, ping: Duration) -> Result<(), String> {
+        loop {
+            if tokio::time::timeout(ping, self.wake.notified())
+                .await
+                .is_err()
+                && self.last_push.lock().is_ok_and(|t| t.elapsed() >= ping)
+            {
+                let _ = self.push(&Msg::Ping);
+            }
+            loop {
+                if let Some(e) = self.failed.lock().ok().and_then(|f| f.clone()) {
+                    return Err(e);
+                }
+                if self.write_now() {
+                    break;
+                }
+                if self.failed.lock().is_ok_and(|f| f.is_some()) {
+                    continue;
+                }
+                self.wr.writable().await.map_err(|e| e.to_string())?;
+            }
+            if self.closing.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -712,6 +808,8 @@ struct Driver {
     /// The published snapshot lags the core.
     stale: bool,
     refreshed: Instant,
+    /// Inputs handled since queued peer messages were last written.
+    inputs_unwritten: u32,
 }
 
 impl Driver {
@@ -728,6 +826,10 @@ impl Driver {
                         break;
                     }
                     self.input(input);
+                    self.inputs_unwritten += 1;
+                    if self.rx.is_empty() || self.inputs_unwritten >= WRITE_EVERY {
+                        self.write_peers();
+                    }
                     // Status is republished when the inputs run out, and at least
                     // every REFRESH_EVERY under a steady stream of them.
                     if self.stale
@@ -739,6 +841,7 @@ impl Driver {
                 _ = tick.tick() => {
                     let now = self.start.elapsed().as_millis() as u64;
                     self.feed(Event::Tick { now });
+                    self.write_peers();
                     self.dial();
                     self.measure_rates();
                     self.refresh();
@@ -1080,11 +1183,18 @@ impl Driver {
         let id = self.next_conn;
         self.next_conn += 1;
         let (rd, wr) = stream.into_split();
-        let (mtx, mut mrx) = mpsc::channel::<Msg>(SEND_QUEUE);
+        let link = Arc::new(Link {
+            outbox: Mutex::new(peer::Outbox::default()),
+            wr,
+            wake: tokio::sync::Notify::new(),
+            closing: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            last_push: Mutex::new(Instant::now()),
+        });
         let timeout = Duration::from_millis(self.shared.cfg().timeout_ms);
         let ping = timeout / 4;
         let tx = self.tx.clone();
-        let pong = mtx.clone();
+        let pong = link.clone();
         let reader = self.rt.spawn(async move {
             let mut rd = peer::FrameReader::new(rd, IO_BUF);
             let why = loop {
@@ -1093,7 +1203,9 @@ impl Driver {
                     Ok(Err(e)) => break e.to_string(),
                     Ok(Ok(None)) => break "the peer closed the connection".to_owned(),
                     Ok(Ok(Some(Msg::Ping))) => {
-                        let _ = pong.try_send(Msg::Pong);
+                        if pong.push(&Msg::Pong).is_ok() {
+                            pong.wake.notify_one();
+                        }
                     }
                     Ok(Ok(Some(Msg::Pong))) => {}
                     Ok(Ok(Some(msg))) => {
@@ -1120,28 +1232,11 @@ impl Driver {
                 .await;
         });
         let tx = self.tx.clone();
+        let out = link.clone();
         let writer = self.rt.spawn(async move {
-            let mut w = peer::FrameWriter::new(wr);
-            let why = loop {
-                let msg = match tokio::time::timeout(ping, mrx.recv()).await {
-                    Err(_) => Msg::Ping,
-                    Ok(Some(m)) => m,
-                    Ok(None) => {
-                        let _ = w.shutdown().await;
-                        return;
-                    }
-                };
-                w.push(&msg);
-                // Whatever else is queued goes out in the same vectored writes, up to
-                // a bound so that the first bytes leave early under a steady stream.
-                while w.queued() < WRITE_BATCH
-                    && let Ok(m) = mrx.try_recv()
-                {
-                    w.push(&m);
-                }
-                if let Err(e) = w.flush().await {
-                    break e.to_string();
-                }
+            let why = match out.run(ping).await {
+                Ok(()) => return,
+                Err(e) => e,
             };
             let _ = tx
                 .send(Input::PeerGone {
@@ -1155,7 +1250,8 @@ impl Driver {
             peer,
             Conn {
                 id,
-                tx: mtx,
+                link,
+                unwritten: false,
                 reader,
                 writer,
             },
@@ -1170,7 +1266,8 @@ impl Driver {
     fn close_after_sending(&mut self, peer: NodeId) {
         if let Some(c) = self.conns.remove(&peer) {
             c.reader.abort();
-            drop(c.tx);
+            c.link.closing.store(true, Ordering::SeqCst);
+            c.link.wake.notify_one();
             let mut w = c.writer;
             self.rt.spawn(async move {
                 if tokio::time::timeout(Duration::from_secs(1), &mut w)
@@ -1180,6 +1277,18 @@ impl Driver {
                     w.abort();
                 }
             });
+        }
+    }
+
+    /// Writes (or hands to the writer tasks) what the inputs handled so far queued for
+    /// the peers: one write for many messages, and no hop to another task for the
+    /// small ones.
+    fn write_peers(&mut self) {
+        self.inputs_unwritten = 0;
+        for c in self.conns.values_mut() {
+            if std::mem::take(&mut c.unwritten) {
+                c.link.kick();
+            }
         }
     }
 
@@ -1195,7 +1304,8 @@ impl Driver {
         // Let the writers send what is queued (the Leaving notices), briefly.
         let conns = std::mem::take(&mut self.conns);
         for (_, c) in conns {
-            drop(c.tx);
+            c.link.closing.store(true, Ordering::SeqCst);
+            c.link.wake.notify_one();
             c.reader.abort();
             let mut w = c.writer;
             if tokio::time::timeout(Duration::from_secs(1), &mut w)
@@ -1326,8 +1436,11 @@ impl Driver {
                 if let Msg::ResyncData { data, .. } = &msg {
                     self.counters.entry(to).or_default().resync_sent_bytes += data.len() as u64;
                 }
-                let full = match self.conns.get(&to) {
-                    Some(c) => c.tx.try_send(msg).is_err(),
+                let full = match self.conns.get_mut(&to) {
+                    Some(c) => {
+                        c.unwritten = true;
+                        c.link.push(&msg).is_err()
+                    }
                     None => false,
                 };
                 if full {
