@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -274,11 +274,15 @@ pub struct FrameReader<S> {
     spare: Vec<(BytesMut, usize)>,
     /// Size of `buf`'s allocation.
     alloc: usize,
+    /// When the last frame of at least `SPARE_MIN` bytes arrived.
+    last_big: Instant,
 }
 
-/// Buffers at least this large are kept for reuse (at most `SPARE` of them).
-const SPARE_MIN: usize = 1 << 20;
-const SPARE: usize = 2;
+/// Buffers at least this large are kept for reuse, at most `SPARE` of them (the
+/// frames of replicated writes in flight at once), as long as such frames keep coming.
+const SPARE_MIN: usize = 512 << 10;
+const SPARE: usize = 8;
+const SPARE_IDLE: Duration = Duration::from_secs(1);
 
 impl<S: AsyncRead + Unpin> FrameReader<S> {
     /// `chunk`: how much is asked of the socket at once (a frame larger than that is
@@ -290,6 +294,7 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
             chunk,
             spare: Vec::new(),
             alloc: 0,
+            last_big: Instant::now(),
         }
     }
 
@@ -353,6 +358,12 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
         if !self.fill(HEADER_LEN + len).await? {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
+        if len >= SPARE_MIN {
+            self.last_big = Instant::now();
+        } else if !self.spare.is_empty() && self.last_big.elapsed() >= SPARE_IDLE {
+            // Large writes stopped: their buffers go.
+            self.spare.clear();
+        }
         let frame = self.buf.split_to(HEADER_LEN + len).freeze();
         let (msg, _) = Msg::decode_shared(&frame).map_err(|e| PeerError::Frame(e.to_string()))?;
         Ok(Some(msg))
@@ -365,6 +376,11 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
 /// the hop to a writer task for each message), the writer task when the socket is full.
 #[derive(Debug, Default)]
 pub struct Outbox {
+    /// Messages not yet encoded: encoding (and the CRC32C of a write's data) happens
+    /// in whichever task writes, not in the one that queues.
+    msgs: VecDeque<Msg>,
+    /// Data bytes of `msgs`.
+    msg_data: usize,
     /// Encoded bytes not yet part of `out`.
     small: BytesMut,
     scratch: Vec<u8>,
@@ -382,7 +398,19 @@ const MAX_IOV: usize = 64;
 
 impl Outbox {
     /// Queues one frame.
-    pub fn push(&mut self, msg: &Msg) {
+    pub fn push(&mut self, msg: Msg) {
+        self.msg_data += msg.data_len();
+        self.msgs.push_back(msg);
+    }
+
+    fn encode(&mut self) {
+        while let Some(msg) = self.msgs.pop_front() {
+            self.msg_data -= msg.data_len();
+            self.encode_one(&msg);
+        }
+    }
+
+    fn encode_one(&mut self, msg: &Msg) {
         self.scratch.clear();
         let tail = msg.encode_into(&mut self.scratch);
         self.small.extend_from_slice(&self.scratch);
@@ -406,12 +434,12 @@ impl Outbox {
 
     /// Frames not yet written (whole or in part).
     pub fn frames(&self) -> usize {
-        self.ends.len()
+        self.ends.len() + self.msgs.len()
     }
 
-    /// Bytes not yet written.
+    /// Bytes not yet written (messages not yet encoded count their data only).
     pub fn bytes(&self) -> usize {
-        self.queued + self.small.len()
+        self.queued + self.small.len() + self.msg_data
     }
 
     /// Writes with `write` (a non-blocking vectored write) until everything is written
@@ -420,6 +448,7 @@ impl Outbox {
         &mut self,
         mut write: impl FnMut(&[IoSlice<'_>]) -> std::io::Result<usize>,
     ) -> std::io::Result<bool> {
+        self.encode();
         self.seal();
         while !self.out.is_empty() {
             let r = {
@@ -561,7 +590,7 @@ mod tests {
         ];
         let mut o = Outbox::default();
         for m in &msgs {
-            o.push(m);
+            o.push(m.clone());
         }
         assert_eq!(o.frames(), msgs.len());
         // A socket that takes at most 1000 bytes per call, and is full every third.

@@ -705,7 +705,7 @@ struct Link {
 
 impl Link {
     /// Queues a message; `Err` when the connection is stuck (SEND_QUEUE frames unsent).
-    fn push(&self, msg: &Msg) -> Result<(), ()> {
+    fn push(&self, msg: Msg) -> Result<(), ()> {
         let mut o = self.outbox.lock().map_err(|_| ())?;
         if o.frames() >= SEND_QUEUE {
             return Err(());
@@ -756,7 +756,7 @@ impl Link {
                 .is_err()
                 && self.last_push.lock().is_ok_and(|t| t.elapsed() >= ping)
             {
-                let _ = self.push(&Msg::Ping);
+                let _ = self.push(Msg::Ping);
             }
             loop {
                 if let Some(e) = self.failed.lock().ok().and_then(|f| f.clone()) {
@@ -1203,7 +1203,7 @@ impl Driver {
                     Ok(Err(e)) => break e.to_string(),
                     Ok(Ok(None)) => break "the peer closed the connection".to_owned(),
                     Ok(Ok(Some(Msg::Ping))) => {
-                        if pong.push(&Msg::Pong).is_ok() {
+                        if pong.push(Msg::Pong).is_ok() {
                             pong.wake.notify_one();
                         }
                     }
@@ -1439,7 +1439,7 @@ impl Driver {
                 let full = match self.conns.get_mut(&to) {
                     Some(c) => {
                         c.unwritten = true;
-                        c.link.push(&msg).is_err()
+                        c.link.push(msg).is_err()
                     }
                     None => false,
                 };
