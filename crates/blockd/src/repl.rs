@@ -22,7 +22,7 @@ use replica::quorum::QuorumPolicy;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use wire::{Msg, NodeId, Role};
+use wire::{Bytes, Msg, NodeId, Role};
 
 use crate::config::{NodeConfig, ProtocolOpt, ReplConfig, SplitBrainOpt, VolumeConfig};
 use crate::peer::{self, Offer};
@@ -538,7 +538,7 @@ impl ReplVolume {
         Ok(data)
     }
 
-    fn write_blocks(&self, block: u64, data: Vec<u8>, fua: bool) -> Result<(), DeviceError> {
+    fn write_blocks(&self, block: u64, data: Bytes, fua: bool) -> Result<(), DeviceError> {
         let count = (data.len() as u64 / BLOCK) as u32;
         self.call(|id| Event::ClientWrite {
             id,
@@ -552,7 +552,7 @@ impl ReplVolume {
 
     fn write_any(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
         if Self::aligned(buf.len(), offset) {
-            return self.write_owned(buf.to_vec(), offset, fua);
+            return self.write_owned(Bytes::copy_from_slice(buf), offset, fua);
         }
         self.write_unaligned(buf, offset, fua)
     }
@@ -562,7 +562,7 @@ impl ReplVolume {
     }
 
     /// A write whose buffer the core may keep: whole blocks go on without a copy.
-    fn write_owned(&self, data: Vec<u8>, offset: u64, fua: bool) -> Result<(), DeviceError> {
+    fn write_owned(&self, data: Bytes, offset: u64, fua: bool) -> Result<(), DeviceError> {
         if !Self::aligned(data.len(), offset) {
             return self.write_unaligned(&data, offset, fua);
         }
@@ -591,7 +591,7 @@ impl ReplVolume {
         let mut data = self.read_blocks(first, last - first)?;
         let at = (offset - first * BLOCK) as usize;
         data[at..at + buf.len()].copy_from_slice(buf);
-        self.write_blocks(first, data, fua)
+        self.write_blocks(first, data.into(), fua)
     }
 }
 
@@ -636,7 +636,7 @@ impl BlockDevice for ReplDevice {
         self.vol.write_any(buf, offset, fua)
     }
 
-    fn write_vec(&self, data: Vec<u8>, offset: u64, fua: bool) -> Result<(), DeviceError> {
+    fn write_shared(&self, data: Bytes, offset: u64, fua: bool) -> Result<(), DeviceError> {
         self.vol.write_owned(data, offset, fua)
     }
 

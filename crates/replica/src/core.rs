@@ -218,7 +218,8 @@ pub enum Event {
         id: u64,
         block: u64,
         count: u32,
-        data: Vec<u8>,
+        /// Shared with the driver's buffer (see `Action::DiskWrite`).
+        data: Bytes,
         fua: bool,
     },
     ClientRead {
@@ -2622,7 +2623,7 @@ impl Replica {
         Ok(())
     }
 
-    fn client_write(&mut self, id: u64, block: u64, count: u32, data: Vec<u8>, fua: bool) {
+    fn client_write(&mut self, id: u64, block: u64, count: u32, data: Bytes, fua: bool) {
         if let Err(e) = self.admit(block, count) {
             return self.fail(id, e);
         }
@@ -2633,7 +2634,7 @@ impl Replica {
             id,
             block,
             count,
-            data: Bytes::from(data),
+            data,
             fua,
         });
     }
