@@ -3,9 +3,12 @@
 //! One task per volume owns the core. Everything reaches it as an [`Input`] on one
 //! bounded channel: client requests from NBD threads, disk completions from the
 //! blocking pool, messages and connection changes from the peer tasks, admin
-//! commands, and a 100 ms tick. The task carries out the core's actions: disk I/O on
-//! the blocking pool, metadata writes in place (they must be durable before anything
-//! after them happens), messages to the peer writer tasks.
+//! commands, and a 100 ms tick. The task carries out the core's actions: page-cache
+//! writes in place, other disk I/O on the blocking pool, metadata writes in place (they
+//! must be durable before anything after them happens), messages into each peer's
+//! outbox, which the task writes itself when its inputs run out (small amounts) or
+//! leaves to the peer's writer task (see `Link`). A write's data is one shared
+//! `Bytes` from the NBD buffer to the disk write and every peer's socket.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
