@@ -17,7 +17,11 @@
 //! the size and both nonces: a replayed or redirected handshake does not verify. After
 //! the handshake both sides exchange `wire` frames.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -257,31 +261,232 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     .map_err(|_| PeerError::Timeout)?
 }
 
-/// Reads one frame. `Ok(None)` at a clean end of stream between frames.
-pub async fn read_msg<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<Msg>, PeerError> {
-    let mut buf = vec![0u8; HEADER_LEN];
-    match s.read_exact(&mut buf).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+/// Reads frames from a connection. Frames are read into one shared buffer, many at a
+/// time when they are small; a `Write`'s data is a slice of that buffer, so it reaches
+/// the disk without another copy.
+#[derive(Debug)]
+pub struct FrameReader<S> {
+    s: S,
+    buf: BytesMut,
+    chunk: usize,
+    /// Large buffers read before, kept for reuse once every frame in them is dropped:
+    /// a fresh allocation of a MiB costs more in page faults than filling it.
+    spare: Vec<(BytesMut, usize)>,
+    /// Size of `buf`'s allocation.
+    alloc: usize,
+    /// When the last frame of at least `SPARE_MIN` bytes arrived.
+    last_big: Instant,
+}
+
+/// Buffers at least this large are kept for reuse, at most `SPARE` of them (the
+/// frames of replicated writes in flight at once), as long as such frames keep coming.
+const SPARE_MIN: usize = 512 << 10;
+const SPARE: usize = 8;
+const SPARE_IDLE: Duration = Duration::from_secs(1);
+
+impl<S: AsyncRead + Unpin> FrameReader<S> {
+    /// `chunk`: how much is asked of the socket at once (a frame larger than that is
+    /// read whole).
+    pub fn new(s: S, chunk: usize) -> Self {
+        FrameReader {
+            s,
+            buf: BytesMut::new(),
+            chunk,
+            spare: Vec::new(),
+            alloc: 0,
+            last_big: Instant::now(),
+        }
     }
-    if buf[0] != wire::VERSION {
-        return Err(PeerError::Frame(format!(
-            "frame of protocol version {}, expected {}",
-            buf[0],
-            wire::VERSION
-        )));
+
+    /// Makes room for `need` more bytes, and if that takes a new buffer, for more
+    /// frames behind them.
+    fn make_room(&mut self, need: usize) {
+        if self.buf.capacity() - self.buf.len() >= need || self.buf.try_reclaim(need) {
+            return;
+        }
+        let want = self.buf.len() + need.max(self.chunk);
+        let (mut next, alloc) = match self.spare.iter_mut().position(|(b, _)| b.try_reclaim(want)) {
+            Some(i) => self.spare.swap_remove(i),
+            None => (BytesMut::with_capacity(want), want),
+        };
+        // The part of a frame read so far moves along.
+        next.extend_from_slice(&self.buf);
+        let mut old = std::mem::replace(&mut self.buf, next);
+        let old_alloc = std::mem::replace(&mut self.alloc, alloc);
+        old.clear();
+        // The old buffer is still shared with frames in use (else it would have been
+        // reclaimed): it can be reused once they are dropped.
+        if self.spare.len() < SPARE && old_alloc >= SPARE_MIN {
+            self.spare.push((old, old_alloc));
+        }
     }
-    let len = u32::from_le_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
-    if len > MAX_PAYLOAD {
-        return Err(PeerError::Frame(format!(
-            "frame of {len} bytes is too large"
-        )));
+
+    /// Reads until the buffer holds `n` bytes; false at the end of the stream.
+    async fn fill(&mut self, n: usize) -> std::io::Result<bool> {
+        while self.buf.len() < n {
+            self.make_room(n - self.buf.len());
+            if self.s.read_buf(&mut self.buf).await? == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
-    buf.resize(HEADER_LEN + len, 0);
-    s.read_exact(&mut buf[HEADER_LEN..]).await?;
-    let (msg, _) = Msg::decode(&buf).map_err(|e| PeerError::Frame(e.to_string()))?;
-    Ok(Some(msg))
+
+    /// Reads one frame. `Ok(None)` at a clean end of stream between frames.
+    pub async fn next(&mut self) -> Result<Option<Msg>, PeerError> {
+        if !self.fill(HEADER_LEN).await? {
+            return if self.buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
+            };
+        }
+        let b = &self.buf;
+        if b[0] != wire::VERSION {
+            return Err(PeerError::Frame(format!(
+                "frame of protocol version {}, expected {}",
+                b[0],
+                wire::VERSION
+            )));
+        }
+        let len = u32::from_le_bytes([b[2], b[3], b[4], b[5]]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(PeerError::Frame(format!(
+                "frame of {len} bytes is too large"
+            )));
+        }
+        if !self.fill(HEADER_LEN + len).await? {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        if len >= SPARE_MIN {
+            self.last_big = Instant::now();
+        } else if !self.spare.is_empty() && self.last_big.elapsed() >= SPARE_IDLE {
+            // Large writes stopped: their buffers go.
+            self.spare.clear();
+        }
+        let frame = self.buf.split_to(HEADER_LEN + len).freeze();
+        let (msg, _) = Msg::decode_shared(&frame).map_err(|e| PeerError::Frame(e.to_string()))?;
+        Ok(Some(msg))
+    }
+}
+
+/// Frames queued for one connection, not yet written. Small frames are gathered in one
+/// buffer, a `Write`'s data is sent from where it lies, all of it with vectored writes.
+/// Whoever holds the outbox may write: the volume's task without waiting (which saves
+/// the hop to a writer task for each message), the writer task when the socket is full.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Messages not yet encoded: encoding (and the CRC32C of a write's data) happens
+    /// in whichever task writes, not in the one that queues.
+    msgs: VecDeque<Msg>,
+    /// Data bytes of `msgs`.
+    msg_data: usize,
+    /// Encoded bytes not yet part of `out`.
+    small: BytesMut,
+    scratch: Vec<u8>,
+    out: VecDeque<Bytes>,
+    /// Bytes in `out`.
+    queued: usize,
+    /// Stream offsets where the frames not yet written end.
+    ends: VecDeque<u64>,
+    pushed: u64,
+    written: u64,
+}
+
+/// Segments handed to one vectored write.
+const MAX_IOV: usize = 64;
+
+impl Outbox {
+    /// Queues one frame.
+    pub fn push(&mut self, msg: Msg) {
+        self.msg_data += msg.data_len();
+        self.msgs.push_back(msg);
+    }
+
+    fn encode(&mut self) {
+        while let Some(msg) = self.msgs.pop_front() {
+            self.msg_data -= msg.data_len();
+            self.encode_one(&msg);
+        }
+    }
+
+    fn encode_one(&mut self, msg: &Msg) {
+        self.scratch.clear();
+        let tail = msg.encode_into(&mut self.scratch);
+        self.small.extend_from_slice(&self.scratch);
+        self.pushed += self.scratch.len() as u64;
+        if let Some(data) = tail {
+            self.seal();
+            self.pushed += data.len() as u64;
+            self.queued += data.len();
+            self.out.push_back(data);
+        }
+        self.ends.push_back(self.pushed);
+    }
+
+    fn seal(&mut self) {
+        if !self.small.is_empty() {
+            let b = self.small.split().freeze();
+            self.queued += b.len();
+            self.out.push_back(b);
+        }
+    }
+
+    /// Frames not yet written (whole or in part).
+    pub fn frames(&self) -> usize {
+        self.ends.len() + self.msgs.len()
+    }
+
+    /// Bytes not yet written (messages not yet encoded count their data only).
+    pub fn bytes(&self) -> usize {
+        self.queued + self.small.len() + self.msg_data
+    }
+
+    /// Writes with `write` (a non-blocking vectored write) until everything is written
+    /// (`Ok(true)`) or the socket takes no more (`Ok(false)`).
+    pub fn write_with(
+        &mut self,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> std::io::Result<usize>,
+    ) -> std::io::Result<bool> {
+        self.encode();
+        self.seal();
+        while !self.out.is_empty() {
+            let r = {
+                let iov: Vec<IoSlice<'_>> = self
+                    .out
+                    .iter()
+                    .take(MAX_IOV)
+                    .map(|b| IoSlice::new(b))
+                    .collect();
+                write(&iov)
+            };
+            let mut n = match r {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.queued -= n;
+            self.written += n as u64;
+            while self.ends.front().is_some_and(|e| *e <= self.written) {
+                self.ends.pop_front();
+            }
+            while n > 0 {
+                let Some(front) = self.out.front_mut() else {
+                    break;
+                };
+                if n >= front.len() {
+                    n -= front.len();
+                    self.out.pop_front();
+                } else {
+                    *front = front.slice(n..);
+                    n = 0;
+                }
+            }
+        }
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -362,17 +567,77 @@ mod tests {
 
     #[tokio::test]
     async fn frames_roundtrip_and_bad_frames_are_errors() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let m = Msg::WriteAck { seq: 5, ok: true };
-        a.write_all(&m.encode()).await.unwrap();
-        assert_eq!(read_msg(&mut b).await.unwrap(), Some(m));
+        let msgs = vec![
+            Msg::WriteAck { seq: 5, ok: true },
+            Msg::Write {
+                seq: 6,
+                block: 1,
+                count: 1,
+                fua: false,
+                targets: 3,
+                data: vec![7u8; 4096].into(),
+            },
+            Msg::Ping,
+            Msg::Write {
+                seq: 7,
+                block: 2,
+                count: 100,
+                fua: true,
+                targets: 3,
+                data: (0..409_600u32).map(|i| i as u8).collect::<Vec<u8>>().into(),
+            },
+            Msg::FlushAck { seq: 8, ok: true },
+        ];
+        let mut o = Outbox::default();
+        for m in &msgs {
+            o.push(m.clone());
+        }
+        assert_eq!(o.frames(), msgs.len());
+        // A socket that takes at most 1000 bytes per call, and is full every third.
+        let mut sent = Vec::new();
+        let mut calls = 0;
+        let mut write = |iov: &[IoSlice<'_>]| {
+            calls += 1;
+            if calls % 3 == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for s in iov {
+                let k = s.len().min(1000 - n);
+                sent.extend_from_slice(&s[..k]);
+                n += k;
+                if n == 1000 {
+                    break;
+                }
+            }
+            Ok(n)
+        };
+        let mut rounds = 0;
+        while !o.write_with(&mut write).unwrap() {
+            rounds += 1;
+            assert!(o.frames() <= msgs.len());
+        }
+        assert!(rounds > 10);
+        assert_eq!((o.frames(), o.bytes()), (0, 0));
+        let mut r = FrameReader::new(&sent[..], 100);
+        for m in &msgs {
+            assert_eq!(r.next().await.unwrap().as_ref(), Some(m));
+        }
+        assert_eq!(r.next().await.unwrap(), None);
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(b, 4096);
         let mut huge = vec![wire::VERSION, 3];
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         a.write_all(&huge).await.unwrap();
-        assert!(read_msg(&mut b).await.is_err());
-        drop(a);
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        assert!(r.next().await.is_err());
+        let (mut a, b) = tokio::io::duplex(1 << 16);
         a.shutdown().await.unwrap();
-        assert_eq!(read_msg(&mut b).await.unwrap(), None);
+        assert_eq!(FrameReader::new(b, 4096).next().await.unwrap(), None);
+        // A frame cut short by the end of the stream is an error.
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let bytes = Msg::WriteAck { seq: 1, ok: true }.encode();
+        a.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
+        a.shutdown().await.unwrap();
+        assert!(FrameReader::new(b, 4096).next().await.is_err());
     }
 }

@@ -3,9 +3,12 @@
 //! One task per volume owns the core. Everything reaches it as an [`Input`] on one
 //! bounded channel: client requests from NBD threads, disk completions from the
 //! blocking pool, messages and connection changes from the peer tasks, admin
-//! commands, and a 100 ms tick. The task carries out the core's actions: disk I/O on
-//! the blocking pool, metadata writes in place (they must be durable before anything
-//! after them happens), messages to the peer writer tasks.
+//! commands, and a 100 ms tick. The task carries out the core's actions: page-cache
+//! writes in place, other disk I/O on the blocking pool, metadata writes in place (they
+//! must be durable before anything after them happens), messages into each peer's
+//! outbox, which the task writes itself when its inputs run out (small amounts) or
+//! leaves to the peer's writer task (see `Link`). A write's data is one shared
+//! `Bytes` from the NBD buffer to the disk write and every peer's socket.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -19,11 +22,10 @@ use replica::core::{
 };
 use replica::decide::SplitBrainPolicy;
 use replica::quorum::QuorumPolicy;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use wire::{Msg, NodeId, Role};
+use wire::{Bytes, Msg, NodeId, Role};
 
 use crate::config::{
     NodeConfig, OnNoQuorumOpt, ProtocolOpt, ReplConfig, SplitBrainOpt, VolumeConfig,
@@ -44,6 +46,10 @@ const TICK: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const IO_BUF: usize = 256 << 10;
+/// Queued bytes the volume's task writes to a peer itself; more go to the writer task.
+const DIRECT_WRITE_MAX: usize = 64 << 10;
+/// Inputs handled before queued peer messages are written, under a steady stream.
+const WRITE_EVERY: u32 = 32;
 /// State-change events kept for slow `events` readers.
 const EVENT_BACKLOG: usize = 1024;
 /// Largest piece a zeroing request is split into.
@@ -343,6 +349,7 @@ impl ReplVolume {
             failed: None,
             stale: true,
             refreshed: Instant::now(),
+            inputs_unwritten: 0,
         };
         let handle = rt.spawn(async move {
             driver.feed(Event::Tick { now: 0 });
@@ -558,7 +565,7 @@ impl ReplVolume {
         Ok(data)
     }
 
-    fn write_blocks(&self, block: u64, data: Vec<u8>, fua: bool) -> Result<(), DeviceError> {
+    fn write_blocks(&self, block: u64, data: Bytes, fua: bool) -> Result<(), DeviceError> {
         let count = (data.len() as u64 / BLOCK) as u32;
         self.call(|id| Event::ClientWrite {
             id,
@@ -571,6 +578,33 @@ impl ReplVolume {
     }
 
     fn write_any(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
+        if Self::aligned(buf.len(), offset) {
+            return self.write_owned(Bytes::copy_from_slice(buf), offset, fua);
+        }
+        self.write_unaligned(buf, offset, fua)
+    }
+
+    fn aligned(len: usize, offset: u64) -> bool {
+        offset.is_multiple_of(BLOCK) && (len as u64).is_multiple_of(BLOCK)
+    }
+
+    /// A write whose buffer the core may keep: whole blocks go on without a copy.
+    fn write_owned(&self, data: Bytes, offset: u64, fua: bool) -> Result<(), DeviceError> {
+        if !Self::aligned(data.len(), offset) {
+            return self.write_unaligned(&data, offset, fua);
+        }
+        offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= self.size())
+            .ok_or(DeviceError::NoSpace)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let _g = self.rmw.read().map_err(|_| DeviceError::Shutdown)?;
+        self.write_blocks(offset / BLOCK, data, fua)
+    }
+
+    fn write_unaligned(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
         let end = offset
             .checked_add(buf.len() as u64)
             .filter(|e| *e <= self.size())
@@ -578,17 +612,13 @@ impl ReplVolume {
         if buf.is_empty() {
             return Ok(());
         }
-        if offset.is_multiple_of(BLOCK) && (buf.len() as u64).is_multiple_of(BLOCK) {
-            let _g = self.rmw.read().map_err(|_| DeviceError::Shutdown)?;
-            return self.write_blocks(offset / BLOCK, buf.to_vec(), fua);
-        }
         let _g = self.rmw.write().map_err(|_| DeviceError::Shutdown)?;
         let first = offset / BLOCK;
         let last = end.div_ceil(BLOCK);
         let mut data = self.read_blocks(first, last - first)?;
         let at = (offset - first * BLOCK) as usize;
         data[at..at + buf.len()].copy_from_slice(buf);
-        self.write_blocks(first, data, fua)
+        self.write_blocks(first, data.into(), fua)
     }
 }
 
@@ -633,6 +663,10 @@ impl BlockDevice for ReplDevice {
         self.vol.write_any(buf, offset, fua)
     }
 
+    fn write_shared(&self, data: Bytes, offset: u64, fua: bool) -> Result<(), DeviceError> {
+        self.vol.write_owned(data, offset, fua)
+    }
+
     fn flush(&self) -> Result<(), DeviceError> {
         self.vol.call(|id| Event::ClientFlush { id }).map(|_| ())
     }
@@ -672,9 +706,102 @@ impl BlockDevice for ReplDevice {
 #[derive(Debug)]
 struct Conn {
     id: u64,
-    tx: mpsc::Sender<Msg>,
+    link: Arc<Link>,
+    /// Messages were queued since the last `write_peers`.
+    unwritten: bool,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
+}
+
+/// The sending side of one peer connection. The volume's task queues messages in the
+/// outbox and, once its inputs run out, writes them itself when the socket takes them
+/// at once; whatever is left (and large data) the writer task writes, waiting for the
+/// socket. Both write through the outbox's lock, so frames go out whole and in order.
+#[derive(Debug)]
+struct Link {
+    outbox: Mutex<peer::Outbox>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    /// Wakes the writer task.
+    wake: tokio::sync::Notify,
+    /// Write what is queued, then close.
+    closing: AtomicBool,
+    /// A write failed: the writer task reports it and ends.
+    failed: Mutex<Option<String>>,
+    last_push: Mutex<Instant>,
+}
+
+impl Link {
+    /// Queues a message; `Err` when the connection is stuck (SEND_QUEUE frames unsent).
+    fn push(&self, msg: Msg) -> Result<(), ()> {
+        let mut o = self.outbox.lock().map_err(|_| ())?;
+        if o.frames() >= SEND_QUEUE {
+            return Err(());
+        }
+        o.push(msg);
+        drop(o);
+        if let Ok(mut t) = self.last_push.lock() {
+            *t = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes now. True when nothing is left for the writer task.
+    fn write_now(&self) -> bool {
+        let Ok(mut o) = self.outbox.lock() else {
+            return false;
+        };
+        match o.write_with(|iov| self.wr.try_write_vectored(iov)) {
+            Ok(done) => done,
+            Err(e) => {
+                if let Ok(mut f) = self.failed.lock() {
+                    f.get_or_insert(e.to_string());
+                }
+                false
+            }
+        }
+    }
+
+    /// Called by the volume's task after queueing: small amounts are written here at
+    /// once, the rest (and large data, whose copy would hold up the task) by the writer.
+    fn kick(&self) {
+        let small = self
+            .outbox
+            .lock()
+            .is_ok_and(|o| o.bytes() <= DIRECT_WRITE_MAX);
+        if !(small && self.write_now()) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The writer task: writes whatever is queued, waiting for the socket as needed,
+    /// sends a ping when nothing was queued for `ping`. Ends `Ok` after a close once
+    /// everything queued is written, `Err` when the connection fails.
+    async fn run(&self, ping: Duration) -> Result<(), String> {
+        loop {
+            if tokio::time::timeout(ping, self.wake.notified())
+                .await
+                .is_err()
+                && self.last_push.lock().is_ok_and(|t| t.elapsed() >= ping)
+            {
+                let _ = self.push(Msg::Ping);
+            }
+            loop {
+                if let Some(e) = self.failed.lock().ok().and_then(|f| f.clone()) {
+                    return Err(e);
+                }
+                if self.write_now() {
+                    break;
+                }
+                if self.failed.lock().is_ok_and(|f| f.is_some()) {
+                    continue;
+                }
+                self.wr.writable().await.map_err(|e| e.to_string())?;
+            }
+            if self.closing.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -708,6 +835,8 @@ struct Driver {
     /// The published snapshot lags the core.
     stale: bool,
     refreshed: Instant,
+    /// Inputs handled since queued peer messages were last written.
+    inputs_unwritten: u32,
 }
 
 impl Driver {
@@ -724,6 +853,10 @@ impl Driver {
                         break;
                     }
                     self.input(input);
+                    self.inputs_unwritten += 1;
+                    if self.rx.is_empty() || self.inputs_unwritten >= WRITE_EVERY {
+                        self.write_peers();
+                    }
                     // Status is republished when the inputs run out, and at least
                     // every REFRESH_EVERY under a steady stream of them.
                     if self.stale
@@ -735,6 +868,7 @@ impl Driver {
                 _ = tick.tick() => {
                     let now = self.start.elapsed().as_millis() as u64;
                     self.feed(Event::Tick { now });
+                    self.write_peers();
                     self.dial();
                     self.measure_rates();
                     self.refresh();
@@ -1077,20 +1211,29 @@ impl Driver {
         let id = self.next_conn;
         self.next_conn += 1;
         let (rd, wr) = stream.into_split();
-        let (mtx, mut mrx) = mpsc::channel::<Msg>(SEND_QUEUE);
+        let link = Arc::new(Link {
+            outbox: Mutex::new(peer::Outbox::default()),
+            wr,
+            wake: tokio::sync::Notify::new(),
+            closing: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            last_push: Mutex::new(Instant::now()),
+        });
         let timeout = Duration::from_millis(self.shared.cfg().timeout_ms);
         let ping = timeout / 4;
         let tx = self.tx.clone();
-        let pong = mtx.clone();
+        let pong = link.clone();
         let reader = self.rt.spawn(async move {
-            let mut rd = BufReader::with_capacity(IO_BUF, rd);
+            let mut rd = peer::FrameReader::new(rd, IO_BUF);
             let why = loop {
-                match tokio::time::timeout(timeout, peer::read_msg(&mut rd)).await {
+                match tokio::time::timeout(timeout, rd.next()).await {
                     Err(_) => break format!("no message for {} ms", timeout.as_millis()),
                     Ok(Err(e)) => break e.to_string(),
                     Ok(Ok(None)) => break "the peer closed the connection".to_owned(),
                     Ok(Ok(Some(Msg::Ping))) => {
-                        let _ = pong.try_send(Msg::Pong);
+                        if pong.push(Msg::Pong).is_ok() {
+                            pong.wake.notify_one();
+                        }
                     }
                     Ok(Ok(Some(Msg::Pong))) => {}
                     Ok(Ok(Some(msg))) => {
@@ -1117,34 +1260,11 @@ impl Driver {
                 .await;
         });
         let tx = self.tx.clone();
+        let out = link.clone();
         let writer = self.rt.spawn(async move {
-            let mut w = BufWriter::with_capacity(IO_BUF, wr);
-            let why = loop {
-                let msg = match tokio::time::timeout(ping, mrx.recv()).await {
-                    Err(_) => Msg::Ping,
-                    Ok(Some(m)) => m,
-                    Ok(None) => {
-                        let _ = w.flush().await;
-                        let _ = w.shutdown().await;
-                        return;
-                    }
-                };
-                if let Err(e) = w.write_all(&msg.encode()).await {
-                    break e.to_string();
-                }
-                let mut failed = None;
-                while let Ok(m) = mrx.try_recv() {
-                    if let Err(e) = w.write_all(&m.encode()).await {
-                        failed = Some(e.to_string());
-                        break;
-                    }
-                }
-                if let Some(e) = failed {
-                    break e;
-                }
-                if let Err(e) = w.flush().await {
-                    break e.to_string();
-                }
+            let why = match out.run(ping).await {
+                Ok(()) => return,
+                Err(e) => e,
             };
             let _ = tx
                 .send(Input::PeerGone {
@@ -1158,7 +1278,8 @@ impl Driver {
             peer,
             Conn {
                 id,
-                tx: mtx,
+                link,
+                unwritten: false,
                 reader,
                 writer,
             },
@@ -1173,7 +1294,8 @@ impl Driver {
     fn close_after_sending(&mut self, peer: NodeId) {
         if let Some(c) = self.conns.remove(&peer) {
             c.reader.abort();
-            drop(c.tx);
+            c.link.closing.store(true, Ordering::SeqCst);
+            c.link.wake.notify_one();
             let mut w = c.writer;
             self.rt.spawn(async move {
                 if tokio::time::timeout(Duration::from_secs(1), &mut w)
@@ -1183,6 +1305,18 @@ impl Driver {
                     w.abort();
                 }
             });
+        }
+    }
+
+    /// Writes (or hands to the writer tasks) what the inputs handled so far queued for
+    /// the peers: one write for many messages, and no hop to another task for the
+    /// small ones.
+    fn write_peers(&mut self) {
+        self.inputs_unwritten = 0;
+        for c in self.conns.values_mut() {
+            if std::mem::take(&mut c.unwritten) {
+                c.link.kick();
+            }
         }
     }
 
@@ -1198,7 +1332,8 @@ impl Driver {
         // Let the writers send what is queued (the Leaving notices), briefly.
         let conns = std::mem::take(&mut self.conns);
         for (_, c) in conns {
-            drop(c.tx);
+            c.link.closing.store(true, Ordering::SeqCst);
+            c.link.wake.notify_one();
             c.reader.abort();
             let mut w = c.writer;
             if tokio::time::timeout(Duration::from_secs(1), &mut w)
@@ -1330,8 +1465,11 @@ impl Driver {
                 if let Msg::ResyncData { data, .. } = &msg {
                     self.counters.entry(to).or_default().resync_sent_bytes += data.len() as u64;
                 }
-                let full = match self.conns.get(&to) {
-                    Some(c) => c.tx.try_send(msg).is_err(),
+                let full = match self.conns.get_mut(&to) {
+                    Some(c) => {
+                        c.unwritten = true;
+                        c.link.push(msg).is_err()
+                    }
                     None => false,
                 };
                 if full {

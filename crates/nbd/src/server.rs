@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use thiserror::Error;
 
 use crate::proto::{self, *};
@@ -53,6 +54,12 @@ pub trait BlockDevice: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError>;
     /// With `fua`, the data is on stable storage when this returns.
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError>;
+    /// `write_at` with a buffer the device may keep (a device that passes the data
+    /// on saves copying it). The buffer returns to the connection's pool once every
+    /// copy of the handle is dropped.
+    fn write_shared(&self, data: Bytes, offset: u64, fua: bool) -> Result<(), DeviceError> {
+        self.write_at(&data, offset, fua)
+    }
     /// Everything completed before this call is on stable storage when it returns.
     fn flush(&self) -> Result<(), DeviceError>;
     /// Hint that the range is unused; reads of it may return anything afterwards.
@@ -385,6 +392,69 @@ struct Conn<S> {
     closing: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
     limits: Limits,
+    pool: Arc<Pool>,
+}
+
+/// The write payload buffers of one connection, reused: a fresh buffer of a MiB costs
+/// zeroing and page faults every time.
+#[derive(Debug)]
+struct Pool {
+    free: Mutex<Vec<Vec<u8>>>,
+    max: usize,
+}
+
+impl Pool {
+    /// A buffer of at least `len` bytes (only bytes it never held before are zeroed).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut v = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut f| f.pop())
+            .unwrap_or_default();
+        if v.len() < len {
+            v.resize(len, 0);
+        }
+        v
+    }
+}
+
+/// A payload handed to the device; its buffer returns to the pool when the last
+/// handle on it is dropped.
+struct Pooled {
+    v: Vec<u8>,
+    len: usize,
+    pool: std::sync::Weak<Pool>,
+}
+
+impl Pooled {
+    fn share(v: Vec<u8>, len: usize, pool: &Arc<Pool>) -> Bytes {
+        Bytes::from_owner(Pooled {
+            v,
+            len,
+            pool: Arc::downgrade(pool),
+        })
+    }
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.v[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if self.v.capacity() > KEEP_BUF {
+            return;
+        }
+        if let Some(pool) = self.pool.upgrade()
+            && let Ok(mut f) = pool.free.lock()
+            && f.len() < pool.max
+        {
+            f.push(std::mem::take(&mut self.v));
+        }
+    }
 }
 
 /// Lets a BufReader own a shared stream.
@@ -401,6 +471,8 @@ where
 
 enum Next {
     Request(Request),
+    /// A write to carry out, with its payload.
+    Write(Request, Bytes),
     /// Reply with an error; no data to carry out.
     Reject(Request, u32),
     Stop,
@@ -419,6 +491,10 @@ where
         closing: AtomicBool::new(false),
         outcome: Mutex::new(None),
         limits: limits.clone(),
+        pool: Arc::new(Pool {
+            free: Mutex::new(Vec::new()),
+            max: limits.workers.max(1),
+        }),
     });
     let workers = limits.workers.max(1);
     std::thread::scope(|scope| {
@@ -493,6 +569,19 @@ where
                 return Next::Stop;
             }
         };
+        if wants_payload && matches!(verdict, Verdict::Run) {
+            // Its own buffer, handed to the device with the request.
+            let len = req.length as usize;
+            let mut data = self.pool.take(len);
+            if let Err(e) = r.read_exact(&mut data[..len]) {
+                self.end(
+                    Outcome::Dropped(format!("client vanished mid-write: {e}")),
+                    true,
+                );
+                return Next::Stop;
+            }
+            return Next::Write(req, Pooled::share(data, len, &self.pool));
+        }
         if wants_payload {
             buf.resize(REPLY_HDR + req.length as usize, 0);
             if let Err(e) = r.read_exact(&mut buf[REPLY_HDR..]) {
@@ -577,8 +666,20 @@ where
                 buf.resize(REPLY_HDR, 0);
                 conn.reply(&mut buf, errno, req.cookie, 0);
             }
-            Next::Request(req) => {
-                let (errno, data_len) = match conn.execute(&req, &mut buf) {
+            next @ (Next::Request(_) | Next::Write(..)) => {
+                let (req, result) = match next {
+                    Next::Write(req, data) => {
+                        let fua = req.flags & CMD_FLAG_FUA != 0;
+                        let r = conn.device.write_shared(data, req.offset, fua).map(|()| 0);
+                        (req, r)
+                    }
+                    Next::Request(req) => {
+                        let r = conn.execute(&req, &mut buf);
+                        (req, r)
+                    }
+                    _ => continue,
+                };
+                let (errno, data_len) = match result {
                     Ok(n) => (0, n),
                     Err(e) => {
                         tracing::warn!(

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use wire::{Disk, Hello, Msg, NodeId, Role};
+use wire::{Bytes, Disk, Hello, Msg, NodeId, Role};
 
 use crate::bitmap::Bitmap;
 use crate::decide::{Decision, SplitBrainPolicy, decide};
@@ -234,7 +234,8 @@ pub enum Event {
         id: u64,
         block: u64,
         count: u32,
-        data: Vec<u8>,
+        /// Shared with the driver's buffer (see `Action::DiskWrite`).
+        data: Bytes,
         fua: bool,
     },
     ClientRead {
@@ -275,7 +276,8 @@ pub enum Action {
         tag: u64,
         block: u64,
         count: u32,
-        data: Vec<u8>,
+        /// Shared with the `Msg::Write`s of the same write (no copy).
+        data: Bytes,
         fua: bool,
     },
     DiskRead {
@@ -420,7 +422,7 @@ enum Work {
         id: u64,
         block: u64,
         count: u32,
-        data: Vec<u8>,
+        data: Bytes,
         fua: bool,
     },
     /// A write replicated from the primary.
@@ -429,7 +431,7 @@ enum Work {
         seq: u64,
         block: u64,
         count: u32,
-        data: Vec<u8>,
+        data: Bytes,
         fua: bool,
         targets: u32,
     },
@@ -567,7 +569,7 @@ struct PendingWrite {
     /// The data, kept until the write completes by a node without a disk or under
     /// suspend-io: a write a suspension held is sent anew when it ends (see
     /// `core/suspend.rs`).
-    data: Option<Vec<u8>>,
+    data: Option<Bytes>,
 }
 
 /// A client read a diskless node forwarded to a peer.
@@ -2799,7 +2801,7 @@ impl Replica {
         Ok(())
     }
 
-    fn client_write(&mut self, id: u64, block: u64, count: u32, data: Vec<u8>, fua: bool) {
+    fn client_write(&mut self, id: u64, block: u64, count: u32, data: Bytes, fua: bool) {
         if self.io_suspended() {
             return self.hold_new(Held::Write {
                 id,
@@ -3381,7 +3383,7 @@ impl Replica {
                     tag,
                     block,
                     count: 1,
-                    data,
+                    data: Bytes::from(data),
                     fua: false,
                 });
             }

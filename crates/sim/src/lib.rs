@@ -1361,7 +1361,7 @@ impl Sim {
         ));
         self.inflight
             .insert(id, (node, ClientOp::Write { block, count, fua }));
-        let data = bytes_of(&vec![id; count as usize]);
+        let data = bytes_of(&vec![id; count as usize]).into();
         self.feed(
             node,
             Event::ClientWrite {

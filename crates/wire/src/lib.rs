@@ -6,6 +6,7 @@
 //! checked on decode. All integers are little-endian. Decoding never panics and never
 //! allocates more than the frame's declared length, which is itself bounded.
 
+pub use bytes::Bytes;
 use thiserror::Error;
 
 /// 3: online grow (`Resize`, `ResizeDone`, `ResizeCommit`).
@@ -85,7 +86,9 @@ pub enum Msg {
         count: u32,
         fua: bool,
         targets: u32,
-        data: Vec<u8>,
+        /// Shared between the local disk write and every peer it goes to: cloning it
+        /// copies no data.
+        data: Bytes,
     },
     WriteAck {
         seq: u64,
@@ -272,6 +275,9 @@ impl W {
 struct R<'a> {
     b: &'a [u8],
     what: &'static str,
+    /// The frame `b` lies in, when it is shared: data is then sliced out of it, not
+    /// copied.
+    src: Option<&'a Bytes>,
 }
 
 impl<'a> R<'a> {
@@ -334,6 +340,19 @@ impl<'a> R<'a> {
         self.bytes()?
             .try_into()
             .map_err(|_| DecodeError::Malformed(self.what))
+    }
+    /// Data with its CRC32C, as a slice of the frame when it is shared.
+    fn data_shared(&mut self) -> Result<Bytes, DecodeError> {
+        let crc = self.u32()?;
+        let n = self.len(1)?;
+        let d = self.take(n)?;
+        if crc32c::crc32c(d) != crc {
+            return Err(DecodeError::Checksum(self.what));
+        }
+        Ok(match self.src {
+            Some(src) => src.slice_ref(d),
+            None => Bytes::copy_from_slice(d),
+        })
     }
     fn text(&mut self) -> Result<String, DecodeError> {
         let b = self.bytes()?;
@@ -408,7 +427,38 @@ impl Msg {
 
     /// Encodes one frame.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = W(Vec::with_capacity(64));
+        let mut out = Vec::with_capacity(HEADER_LEN + 64 + self.data_len());
+        if let Some(data) = self.encode_into(&mut out) {
+            out.extend_from_slice(&data);
+        }
+        out
+    }
+
+    /// Bytes of volume data the message carries.
+    pub fn data_len(&self) -> usize {
+        match self {
+            Msg::Write { data, .. } => data.len(),
+            Msg::ResyncData { data, .. } | Msg::ReadReply { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
+
+    /// Appends one frame to `out`, except the data of a `Write`, which it returns
+    /// instead: the frame is the bytes appended followed by that data. A writer sends
+    /// the data from where it lies rather than copying it behind the header.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Option<Bytes> {
+        let start = out.len();
+        out.extend_from_slice(&[VERSION, self.kind(), 0, 0, 0, 0]);
+        let mut w = W(std::mem::take(out));
+        let tail = self.encode_payload(&mut w);
+        *out = w.0;
+        let len = out.len() - start - HEADER_LEN + tail.as_ref().map_or(0, Bytes::len);
+        out[start + 2..start + HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+        tail
+    }
+
+    /// Writes the payload; a `Write`'s data is left out and returned (see `encode_into`).
+    fn encode_payload(&self, w: &mut W) -> Option<Bytes> {
         match self {
             Msg::Hello(h) => {
                 w.u8(h.node);
@@ -454,7 +504,9 @@ impl Msg {
                 w.u32(*count);
                 w.bool(*fua);
                 w.u32(*targets);
-                w.data(data);
+                w.u32(crc32c::crc32c(data));
+                w.u32(data.len() as u32);
+                return Some(data.clone());
             }
             Msg::WriteAck { seq, ok } | Msg::FlushAck { seq, ok } => {
                 w.u64(*seq);
@@ -559,17 +611,20 @@ impl Msg {
                 w.bytes(&reason.as_bytes()[..reason.len().min(MAX_REASON)]);
             }
         }
-        let payload = w.0;
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.push(VERSION);
-        out.push(self.kind());
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&payload);
-        out
+        None
     }
 
     /// Decodes the first frame of `buf`; returns it and the bytes it used.
     pub fn decode(buf: &[u8]) -> Result<(Msg, usize), DecodeError> {
+        Self::decode_from(buf, None)
+    }
+
+    /// As `decode`, but a `Write`'s data is a slice of `buf`, not a copy.
+    pub fn decode_shared(buf: &Bytes) -> Result<(Msg, usize), DecodeError> {
+        Self::decode_from(buf, Some(buf))
+    }
+
+    fn decode_from(buf: &[u8], src: Option<&Bytes>) -> Result<(Msg, usize), DecodeError> {
         let Some(&version) = buf.first() else {
             return Err(DecodeError::Incomplete);
         };
@@ -587,11 +642,11 @@ impl Msg {
         let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
             return Err(DecodeError::Incomplete);
         };
-        let msg = Self::decode_payload(kind, payload)?;
+        let msg = Self::decode_payload(kind, payload, src)?;
         Ok((msg, HEADER_LEN + len))
     }
 
-    fn decode_payload(kind: u8, b: &[u8]) -> Result<Msg, DecodeError> {
+    fn decode_payload(kind: u8, b: &[u8], src: Option<&Bytes>) -> Result<Msg, DecodeError> {
         let name = match kind {
             1 => "hello",
             2 => "bitmap",
@@ -602,7 +657,7 @@ impl Msg {
             31 | 32 => "resync digest",
             k => return Err(DecodeError::Kind(k)),
         };
-        let mut r = R { b, what: name };
+        let mut r = R { b, what: name, src };
         let m = match kind {
             1 => {
                 let node = r.u8()?;
@@ -645,7 +700,7 @@ impl Msg {
                 count: r.u32()?,
                 fua: r.bool()?,
                 targets: r.u32()?,
-                data: r.data()?,
+                data: r.data_shared()?,
             },
             4 => Msg::WriteAck {
                 seq: r.u64()?,
@@ -787,7 +842,7 @@ mod tests {
                     count,
                     fua,
                     targets,
-                    data
+                    data: data.into()
                 }),
             (
                 any::<u32>(),
@@ -873,11 +928,19 @@ mod tests {
             let b = m.encode();
             let (d, used) = Msg::decode(&b).unwrap();
             prop_assert_eq!(used, b.len());
-            prop_assert_eq!(d, m);
+            prop_assert_eq!(d, m.clone());
             // Every strict prefix is incomplete, never a wrong message.
             for cut in 0..b.len() {
                 prop_assert!(Msg::decode(&b[..cut]).is_err());
             }
+            // Decoding from a shared frame gives the same message.
+            let shared = Bytes::from(b.clone());
+            prop_assert_eq!(Msg::decode_shared(&shared).unwrap(), (m.clone(), b.len()));
+            // A frame written in two parts is the same frame.
+            let mut head = Vec::new();
+            let tail = m.encode_into(&mut head);
+            head.extend_from_slice(tail.as_deref().unwrap_or_default());
+            prop_assert_eq!(head, b);
         }
 
         #[test]
@@ -894,7 +957,7 @@ mod tests {
             count: 1,
             fua: false,
             targets: 3,
-            data: vec![7; 64],
+            data: vec![7; 64].into(),
         };
         let mut b = m.encode();
         let last = b.len() - 1;

@@ -60,7 +60,7 @@ pub(super) enum Held {
         id: u64,
         block: u64,
         count: u32,
-        data: Vec<u8>,
+        data: Bytes,
         fua: bool,
     },
     Read {
@@ -342,7 +342,7 @@ mod tests {
             id,
             block,
             count: 1,
-            data: vec![id as u8; 4096],
+            data: vec![id as u8; 4096].into(),
             fua: false,
         })
     }
