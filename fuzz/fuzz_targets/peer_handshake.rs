@@ -28,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
         };
         let mut s = tokio::io::join(data, tokio::io::sink());
         let _ = peer::dial(&mut s, &ours, "fuzz-secret").await;
-        let mut s = data;
-        while let Ok(Some(_)) = peer::read_msg(&mut s).await {}
+        // What follows a handshake: frames read as the peer connection reads them.
+        let mut frames = peer::FrameReader::new(data, 64 << 10);
+        while let Ok(Some(_)) = frames.next().await {}
     });
 });
