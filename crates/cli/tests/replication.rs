@@ -161,6 +161,18 @@ fn crash_failover_and_bitmap_resync_of_only_the_changes() {
 }
 
 /// Runs an online verify on node i against `peer` and waits for it to finish.
+/// Changes 100 bytes at `offset` of node `i`'s backing file, behind blockd's back.
+fn change_behind_blockd(c: &Cluster, i: usize, offset: u64) {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.nodes[i].path(&format!("data/{RES}.img")))
+        .unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&[0x99; 100]).unwrap();
+    f.sync_all().unwrap();
+}
+
 fn verify(c: &Cluster, i: usize, peer_name: &str) -> serde_json::Value {
     // A client that just left demotes its node, and the peers re-handshake: verify
     // needs them connected.
@@ -181,16 +193,7 @@ fn verify_finds_a_block_changed_behind_blockd_and_resyncs_it() {
     qemu_io(&uri0, &["write -P 0x44 0 2M", "flush"]);
     c.wait_in_sync(1, RES);
     // Bit rot on node 1: one block changes under blockd's feet.
-    {
-        use std::io::{Seek, SeekFrom};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(c.nodes[1].path(&format!("data/{RES}.img")))
-            .unwrap();
-        f.seek(SeekFrom::Start(1 << 20)).unwrap();
-        f.write_all(&[0x99; 100]).unwrap();
-        f.sync_all().unwrap();
-    }
+    change_behind_blockd(&c, 1, 1 << 20);
     let v = verify(&c, 0, "n1");
     assert_eq!(peer(&v, "n1")["verify_out_of_sync_bytes"], 4096, "{v:#}");
     // The block found different goes back to node 1.
@@ -755,16 +758,7 @@ fn checksum_resync_copies_only_blocks_that_differ() {
     qemu_io(&uri0, &["write -P 0x5d 0 4M", "flush"]);
     c.wait_in_sync(1, RES);
     // One block changes behind blockd on node 1; a full resync finds and copies it.
-    {
-        use std::io::{Seek, SeekFrom};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(c.nodes[1].path(&format!("data/{RES}.img")))
-            .unwrap();
-        f.seek(SeekFrom::Start(3 << 20)).unwrap();
-        f.write_all(&[0x99; 100]).unwrap();
-        f.sync_all().unwrap();
-    }
+    change_behind_blockd(&c, 1, 3 << 20);
     c.local_ok(1, &["invalidate", RES]);
     c.wait_in_sync(1, RES);
     c.wait_in_sync(0, RES);
