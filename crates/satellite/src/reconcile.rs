@@ -8,7 +8,7 @@
 //! (then it may start UpToDate without an initial sync) or was lost and remade (then
 //! it always takes a full resync from its peers).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -150,9 +150,10 @@ impl Reconciler {
         self.paths.config_dir.join(format!("{resource}.toml"))
     }
 
-    /// Resource names whose files in the config directory the satellite wrote.
-    fn managed_files(&self) -> Result<BTreeSet<String>, String> {
-        let mut out = BTreeSet::new();
+    /// Every resource file in the config directory, by resource name, read once per
+    /// pass (whether it is ours, whether it changed and what to remove all come from it).
+    fn scan_files(&self) -> Result<BTreeMap<String, String>, String> {
+        let mut out = BTreeMap::new();
         let rd = match std::fs::read_dir(&self.paths.config_dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
@@ -168,8 +169,8 @@ impl Reconciler {
             let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
             };
-            if std::fs::read_to_string(&path).is_ok_and(|t| render::is_managed(&t)) {
-                out.insert(stem.to_owned());
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                out.insert(stem.to_owned(), text);
             }
         }
         Ok(out)
@@ -197,10 +198,18 @@ impl Reconciler {
         let pools: BTreeMap<&str, &DesiredPool> =
             d.pools.iter().map(|p| (p.name.as_str(), p)).collect();
 
+        let files = match self.scan_files() {
+            Ok(f) => f,
+            Err(e) => {
+                obs.errors.push(e);
+                BTreeMap::new()
+            }
+        };
+
         // 1. Backing volumes and file texts of the wanted resources.
         let mut prepared: BTreeMap<String, Prepared> = BTreeMap::new();
         for r in &wanted {
-            let p = match self.prepare(r, &pools) {
+            let p = match self.prepare(r, &pools, files.get(&r.name).map(String::as_str)) {
                 Ok((text, sizes)) => Prepared {
                     file: Some(text),
                     error: None,
@@ -217,33 +226,25 @@ impl Reconciler {
 
         // 2. Files: write what changed, remove ours that are no longer wanted. A
         //    resource that failed to prepare keeps the file it had.
-        let managed = match self.managed_files() {
-            Ok(m) => m,
-            Err(e) => {
-                obs.errors.push(e);
-                BTreeSet::new()
-            }
-        };
         if let Err(e) = std::fs::create_dir_all(&self.paths.config_dir) {
             obs.errors
                 .push(format!("creating {}: {e}", self.paths.config_dir.display()));
         }
         for (name, p) in &mut prepared {
             let Some(text) = &p.file else { continue };
-            let path = self.file_of(name);
-            let existing = std::fs::read_to_string(&path).ok();
-            if existing.as_deref() == Some(text.as_str()) {
+            if files.get(name) == Some(text) {
                 continue;
             }
+            let path = self.file_of(name);
             match store::write_atomic(&path, text.as_bytes()) {
                 Ok(()) => self.adjust_pending = true,
                 Err(e) => p.error = Some(e),
             }
         }
-        for name in &managed {
-            if prepared.contains_key(name) {
-                continue;
-            }
+        let unwanted = files
+            .iter()
+            .filter(|(name, text)| render::is_managed(text) && !prepared.contains_key(*name));
+        for (name, _) in unwanted {
             let path = self.file_of(name);
             match std::fs::remove_file(&path) {
                 Ok(()) => self.adjust_pending = true,
@@ -315,14 +316,14 @@ impl Reconciler {
         &mut self,
         r: &DesiredResource,
         pools: &BTreeMap<&str, &DesiredPool>,
+        existing: Option<&str>,
     ) -> Result<(String, Vec<(u32, u64)>), String> {
         blockd::config::check_name(&r.name)?;
         // Checked before anything is created for it.
-        let path = self.file_of(&r.name);
-        if std::fs::read_to_string(&path).is_ok_and(|t| !render::is_managed(&t)) {
+        if existing.is_some_and(|t| !render::is_managed(t)) {
             return Err(format!(
                 "{} exists and was not written by the satellite; move it away (the satellite never overwrites files it did not write)",
-                path.display()
+                self.file_of(&r.name).display()
             ));
         }
         let me = r
