@@ -194,6 +194,10 @@ pub struct VolumeStatus {
     pub held_requests: u64,
     #[serde(default)]
     pub held_bytes: u64,
+    /// allow-two-primaries: this node is the second primary and the named node
+    /// orders its writes (null otherwise).
+    #[serde(default)]
+    pub writes_via: Option<String>,
 }
 
 /// One peer of a replicated volume as this node sees it.

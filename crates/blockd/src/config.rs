@@ -70,6 +70,8 @@ pub struct ReplConfig {
     pub resync_csums: bool,
     /// What a primary does with I/O while it has no quorum.
     pub on_no_quorum: OnNoQuorumOpt,
+    /// A second node may be primary too (live migration; protocol C only).
+    pub allow_two_primaries: bool,
 }
 
 /// `on-no-quorum`: a primary without quorum fails I/O, or holds it.
@@ -629,12 +631,17 @@ fn parse_repl(
             ));
         }
     };
+    let allow_two_primaries = raw
+        .allow_two_primaries
+        .as_ref()
+        .is_some_and(|a| *a.get_ref());
     if let Some(a) = &raw.allow_two_primaries
         && *a.get_ref()
+        && protocol != ProtocolOpt::C
     {
         return Err(at(
             a.span(),
-            "allow-two-primaries = true is not supported yet: only one node may be primary".into(),
+            "allow-two-primaries = true needs protocol = \"C\": a write must be on both primaries before it completes".into(),
         ));
     }
     if let Some(v) = &raw.verify_alg
@@ -671,6 +678,7 @@ fn parse_repl(
         resync_rate,
         resync_csums,
         on_no_quorum,
+        allow_two_primaries,
     }))
 }
 
@@ -849,13 +857,19 @@ size = 1048576
         let default = parse(&repl("")).unwrap().repl.unwrap();
         assert_eq!(default.resync_rate, None);
         assert_eq!(default.on_no_quorum, OnNoQuorumOpt::IoError);
+        assert!(!default.allow_two_primaries);
+        let two = parse(&repl("allow-two-primaries = true")).unwrap();
+        assert!(two.repl.unwrap().allow_two_primaries);
         let suspend = parse(&repl("on-no-quorum = \"suspend-io\"")).unwrap();
         assert_eq!(suspend.repl.unwrap().on_no_quorum, OnNoQuorumOpt::SuspendIo);
         for (opts, what) in [
             ("resync-rate = \"fast\"", "not a rate"),
             ("resync-rate = \"1K\"", "at least 64K"),
             ("on-no-quorum = \"panic\"", "unknown: use \"io-error\""),
-            ("allow-two-primaries = true", "not supported yet"),
+            (
+                "allow-two-primaries = true\nprotocol = \"A\"",
+                "needs protocol = \"C\"",
+            ),
             ("verify-alg = \"md5\"", "crc32c"),
         ] {
             let e = parse(&repl(opts)).unwrap_err().to_string();

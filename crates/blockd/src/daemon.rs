@@ -1204,6 +1204,7 @@ impl Daemon {
             suspended: None,
             held_requests: 0,
             held_bytes: 0,
+            writes_via: None,
         };
         match rt.map(|r| &r.dev) {
             Some(Dev::Local(_)) => {
@@ -1323,7 +1324,20 @@ fn repl_status(st: &mut VolumeStatus, v: &ReplVolume) {
     st.suspended = s.suspended.map(|w| repl::suspended_name(w).to_owned());
     st.held_requests = s.held_requests as u64;
     st.held_bytes = s.held_bytes;
+    let name_of = |id: u8| {
+        v.cfg()
+            .node_by_id(id)
+            .map_or_else(|| format!("node {id}"), |n| n.name.clone())
+    };
+    st.writes_via = s.writes_via.map(name_of);
     let mut hints = Vec::new();
+    if let Some(o) = s.orderer_lost {
+        hints.push(format!(
+            "this is the second primary and lost {}, the primary that orders its writes, while that one was still primary: client I/O fails here. Run `tandem local secondary {res}` (disconnect the client first); promote again once {} is demoted or reachable",
+            name_of(o),
+            name_of(o)
+        ));
+    }
     if s.suspended.is_some() {
         hints.push(format!(
             "I/O is suspended (no quorum, on-no-quorum suspend-io): {} request(s) held, neither completed nor failed; they complete once enough peers are connected again (see the peers below), or run `tandem local secondary {res} --force` to fail them with an I/O error and give up the primary role here",

@@ -186,6 +186,9 @@ fn map_err(e: IoError) -> DeviceError {
             "I/O is suspended (no quorum) and too many requests are held already"
         }
         IoError::OutOfRange => return DeviceError::NoSpace,
+        IoError::OrdererLost => {
+            "the other primary, which orders this node's writes, is unreachable: demote this node (tandem local secondary)"
+        }
     };
     DeviceError::Io(std::io::Error::other(msg))
 }
@@ -249,6 +252,7 @@ fn core_config(me: &NodeConfig, cfg: &ReplConfig, size: u64) -> Config {
         },
         max_held: MAX_HELD,
         max_held_bytes: MAX_HELD_BYTES,
+        allow_two_primaries: cfg.allow_two_primaries,
     }
 }
 
@@ -1049,6 +1053,8 @@ impl Driver {
             || old.secret != cfg.secret
             || old.resync_rate != cfg.resync_rate
             || old.on_no_quorum != cfg.on_no_quorum
+            || old.resync_csums != cfg.resync_csums
+            || old.allow_two_primaries != cfg.allow_two_primaries
         {
             changes.push("options changed".into());
         }

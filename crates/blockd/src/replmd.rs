@@ -316,6 +316,7 @@ mod tests {
             on_no_quorum: replica::core::OnNoQuorum::IoError,
             max_held: 16,
             max_held_bytes: 1 << 20,
+            allow_two_primaries: false,
         };
         (vol, cfg)
     }

@@ -449,6 +449,9 @@ fn print_status(s: &Status) {
             if let Some(d) = &v.detached {
                 println!("    disk detached: {d}");
             }
+            if let Some(o) = &v.writes_via {
+                println!("    second primary: writes ordered by {o}");
+            }
             if let Some(why) = &v.suspended {
                 println!(
                     "    I/O suspended: {why} ({} request(s), {} held)",

@@ -39,6 +39,7 @@ use crate::bitmap::Bitmap;
 use crate::decide::{Decision, SplitBrainPolicy, decide};
 use crate::quorum::{QuorumPolicy, View, has_quorum};
 
+mod dual;
 mod reconfig;
 mod resize;
 mod suspend;
@@ -98,6 +99,9 @@ pub struct Config {
     /// before new ones fail with `IoError::SuspendedFull`.
     pub max_held: usize,
     pub max_held_bytes: u64,
+    /// A second node may be primary while one is (live migration; protocol C only).
+    /// The first one orders every write (`core/dual.rs`).
+    pub allow_two_primaries: bool,
 }
 
 impl Config {
@@ -187,6 +191,9 @@ pub enum IoError {
     /// I/O is suspended (no quorum, suspend-io) and the held requests are at their
     /// bound (`Config::max_held`, `Config::max_held_bytes`).
     SuspendedFull,
+    /// A second primary lost the primary that orders its writes (allow-two-primaries)
+    /// while that one was still primary: demote this node.
+    OrdererLost,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -675,6 +682,18 @@ pub struct Replica {
     /// Client requests held while suspended, in arrival order, and their write bytes.
     held: VecDeque<Held>,
     held_bytes: u64,
+    /// allow-two-primaries (`core/dual.rs`): the primary that orders this primary's
+    /// writes, whether it was demoted (handing over), requests forwarded to it by
+    /// forwarding id, those it answered with retry, those waiting for the handover.
+    orderer: Option<NodeId>,
+    handover: bool,
+    forwarded: BTreeMap<u64, dual::Forwarded>,
+    retried: BTreeMap<u64, dual::Forwarded>,
+    takeover_queue: VecDeque<dual::Forwarded>,
+    next_fwd: u64,
+    /// On the orderer: internal client id -> (forwarder, its forwarding id).
+    remote: BTreeMap<u64, (NodeId, u64)>,
+    next_remote: u64,
     out: Vec<Action>,
     summary: Summary,
 }
@@ -735,6 +754,11 @@ pub struct Status {
     /// waiting), and the write bytes held.
     pub held_requests: usize,
     pub held_bytes: u64,
+    /// allow-two-primaries: this second primary's writes are ordered by that node.
+    pub writes_via: Option<NodeId>,
+    /// ... which it lost while that node was still primary: no client I/O here
+    /// until this node is demoted.
+    pub orderer_lost: Option<NodeId>,
 }
 
 fn mask(n: NodeId) -> u32 {
@@ -812,6 +836,14 @@ impl Replica {
             suspended: false,
             held: VecDeque::new(),
             held_bytes: 0,
+            orderer: None,
+            handover: false,
+            forwarded: BTreeMap::new(),
+            retried: BTreeMap::new(),
+            takeover_queue: VecDeque::new(),
+            next_fwd: 1,
+            remote: BTreeMap::new(),
+            next_remote: dual::REMOTE_ID_BASE,
             out: Vec::new(),
             summary: Summary::default(),
         };
@@ -915,6 +947,8 @@ impl Replica {
                 0
             },
             held_bytes: self.held_bytes,
+            writes_via: self.orderer,
+            orderer_lost: self.orderer_lost(),
         }
     }
 
@@ -1013,6 +1047,7 @@ impl Replica {
         }
         self.maybe_resume();
         self.pump();
+        self.answer_remote();
         self.emit_changes();
         // The activity log is only worth anything if every extent written to is in
         // its persisted copy.
@@ -1262,12 +1297,8 @@ impl Replica {
         if !self.quorum {
             return Err("no quorum".into());
         }
-        if let Some(p) = self
-            .peers
-            .values()
-            .find(|p| p.connected() && p.role == Role::Primary)
-        {
-            return Err(format!("node {} is primary", p.id));
+        if let Some(e) = self.second_primary_refused(&self.primary_peers()) {
+            return Err(e);
         }
         if let Some(p) = self.peers.values().find(|p| p.conn == ConnState::Handshake) {
             return Err(format!("still connecting to node {}; retry", p.id));
@@ -1343,6 +1374,7 @@ impl Replica {
                 // The way out of a suspension: what was held fails.
                 self.end_suspension(IoError::NotPrimary);
                 self.fail_queued_client(IoError::NotPrimary);
+                self.stop_forwarding(IoError::NotPrimary);
                 self.broadcast_role();
                 self.rehandshake_secondaries();
             }
@@ -1500,10 +1532,16 @@ impl Replica {
             }
         }
         self.role = Role::Primary;
-        self.md.primary = true;
-        // A new epoch: sequence numbers above anything any node has seen.
-        let epoch = (self.max_seq.max(self.last_seq) >> 32) + 1;
-        self.next_seq = (epoch << 32) | 1;
+        let primaries = self.primary_peers();
+        if !force && let Some(o) = primaries.first().copied() {
+            // A second primary (allow-two-primaries; promotable checked that it may
+            // be): the first one orders its writes.
+            self.orderer = Some(o);
+            self.handover = false;
+            self.broadcast_role();
+            self.out.push(Action::PromoteResult(Ok(())));
+            return;
+        }
         if force && !self.diskless() && self.md.disk != Disk::UpToDate {
             self.md.disk = Disk::UpToDate;
             if self.md.current == 0 {
@@ -1516,6 +1554,17 @@ impl Replica {
                 }
             }
         }
+        self.start_ordering(force, false);
+        self.out.push(Action::PromoteResult(Ok(())));
+    }
+
+    /// This primary starts ordering writes: after its promotion, or when it takes
+    /// over from a demoted orderer (`core/dual.rs`).
+    fn start_ordering(&mut self, force: bool, takeover: bool) {
+        self.md.primary = true;
+        // A new epoch: sequence numbers above anything any node has seen.
+        let epoch = (self.max_seq.max(self.last_seq) >> 32) + 1;
+        self.next_seq = (epoch << 32) | 1;
         // A generation starts with the first write unless every diskful peer is here.
         self.need_rotation = force
             || self
@@ -1532,10 +1581,10 @@ impl Replica {
             // write from now on is told apart from what a peer that is absent, or
             // leaves later, holds.
             self.rotate();
-        } else {
+        } else if !takeover {
+            // (On a takeover a diskful primary was there all along.)
             self.rehandshake_secondaries();
         }
-        self.out.push(Action::PromoteResult(Ok(())));
     }
 
     fn diskless(&self) -> bool {
@@ -1685,12 +1734,17 @@ impl Replica {
         self.persist();
         self.end_suspension(IoError::NotPrimary);
         self.fail_queued_client(IoError::NotPrimary);
+        self.stop_forwarding(IoError::NotPrimary);
         self.broadcast_role();
         self.rehandshake_all();
     }
 
     /// Tells secondaries how far every write reached all its targets.
     fn send_peer_ack(&mut self) {
+        if self.orderer.is_some() {
+            // A forwarder issues no writes of its own.
+            return;
+        }
         let acked = self
             .writes
             .keys()
@@ -1928,7 +1982,7 @@ impl Replica {
         for f in &mut self.flushes {
             affected |= f.waiting.remove(&id);
         }
-        if self.role == Role::Primary && diskful {
+        if self.orders_writes() && diskful {
             #[cfg(not(feature = "bug-skip-uuid-rotation"))]
             {
                 self.need_rotation = true;
@@ -1952,6 +2006,7 @@ impl Replica {
         if was_primary && self.role == Role::Secondary {
             self.primary_gone();
         }
+        self.orderer_disconnected(id);
         if was_target {
             self.next_turn();
         }
@@ -2504,6 +2559,18 @@ impl Replica {
                 if role == Role::Primary && self.reservation.is_some_and(|(n, _)| n == from) {
                     self.reservation = None;
                 }
+                let primary_stays =
+                    self.role == Role::Primary || self.primary_peers().iter().any(|p| *p != from);
+                if self.two_primaries() && primary_stays {
+                    // A second primary came or went (allow-two-primaries): a primary
+                    // was there before and stays, so nothing changes for the
+                    // secondaries. A demoted orderer's writes are confirmed by its
+                    // own PeerAcks still.
+                    if was == Some(Role::Primary) && role == Role::Secondary {
+                        self.orderer_demoted(from);
+                    }
+                    return;
+                }
                 if was == Some(Role::Primary) && role == Role::Secondary {
                     self.primary_gone();
                 }
@@ -2703,6 +2770,10 @@ impl Replica {
             m @ (Msg::Resize { .. } | Msg::ResizeDone { .. } | Msg::ResizeCommit { .. }) => {
                 self.resize_message(from, m)
             }
+            m @ (Msg::ForwardWrite { .. } | Msg::ForwardFlush { .. }) => {
+                self.remote_request(from, m)
+            }
+            Msg::ForwardDone { id, result } => self.forward_done(from, id, result),
         }
     }
 
@@ -2712,15 +2783,24 @@ impl Replica {
         if self.promotion.is_some() {
             return Err(format!("node {} is being promoted itself", self.cfg.node));
         }
+        let mut primaries: Vec<NodeId> = self
+            .primary_peers()
+            .into_iter()
+            .filter(|p| *p != from)
+            .collect();
         if self.role == Role::Primary {
-            return Err(format!("node {} is primary", self.cfg.node));
+            primaries.insert(0, self.cfg.node);
         }
-        if let Some(p) = self
-            .peers
-            .values()
-            .find(|p| p.id != from && p.connected() && p.role == Role::Primary)
-        {
-            return Err(format!("node {} is primary", p.id));
+        if let Some(first) = primaries.first() {
+            if !self.two_primaries() {
+                return Err(format!("node {first} is primary"));
+            }
+            if primaries.len() > 1 {
+                return Err(format!(
+                    "nodes {first} and {} are primary already; at most two may be",
+                    primaries[1]
+                ));
+            }
         }
         if let Some((n, until)) = self.reservation
             && n != from
@@ -2771,6 +2851,9 @@ impl Replica {
     fn client_ok(&self) -> Result<(), IoError> {
         if self.role != Role::Primary {
             return Err(IoError::NotPrimary);
+        }
+        if self.orderer_lost().is_some() {
+            return Err(IoError::OrdererLost);
         }
         if !self.quorum {
             return Err(IoError::NoQuorum);
@@ -2846,6 +2929,9 @@ impl Replica {
         }
         if let Err(e) = self.client_ok() {
             return self.fail(id, e);
+        }
+        if self.orderer.is_some() {
+            return self.forward_flush(id);
         }
         let waiting: BTreeSet<NodeId> = self
             .peers
@@ -3128,6 +3214,20 @@ impl Replica {
                     if let Err(e) = self.client_ok() {
                         if let Some(Work::Client { id, .. }) = self.queue.pop_front() {
                             self.fail(id, e);
+                        }
+                        continue;
+                    }
+                    if self.orderer.is_some() {
+                        // A second primary: the orderer runs it (`core/dual.rs`).
+                        if let Some(Work::Client {
+                            id,
+                            block,
+                            count,
+                            data,
+                            fua,
+                        }) = self.queue.pop_front()
+                        {
+                            self.forward_write(id, block, count, data, fua);
                         }
                         continue;
                     }
@@ -4078,7 +4178,12 @@ impl Replica {
             self.reservation = None;
         }
         self.check_promotion();
-        if self.role == Role::Primary {
+        if self.role == Role::Secondary && self.two_primaries() {
+            // Demoted next to another primary: the secondaries and that primary
+            // (handing over) learn when this node's last writes are confirmed.
+            self.send_peer_ack();
+        }
+        if self.orders_writes() {
             self.send_peer_ack();
             // A primary without a disk vouches only for its peers, not for itself.
             let mut m = if self.diskless() {

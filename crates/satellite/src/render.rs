@@ -205,6 +205,8 @@ mod tests {
     fn values_blockd_refuses_are_caught_before_writing() {
         let mut r = res();
         r.allow_two_primaries = true;
+        // The controller checks this combination too; blockd is the last line.
+        r.protocol = "A".into();
         let vols = [LocalVolume {
             number: 0,
             backing: Some("/p/a.img".into()),

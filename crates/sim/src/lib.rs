@@ -123,6 +123,8 @@ pub struct Shape {
     /// Checksum-based resync.
     pub csums: bool,
     pub on_no_quorum: OnNoQuorum,
+    /// allow-two-primaries on every node (invariant 3 then allows two writers).
+    pub two_primaries: bool,
 }
 
 impl Shape {
@@ -151,6 +153,7 @@ impl Shape {
             quorum: QuorumPolicy::Majority,
             csums: false,
             on_no_quorum: OnNoQuorum::IoError,
+            two_primaries: false,
         }
     }
 }
@@ -342,6 +345,7 @@ struct Sim {
     client_node: Option<NodeId>,
     last_primary: Option<NodeId>,
     protocol: Protocol,
+    two_primaries: bool,
     inflight: BTreeMap<u64, (NodeId, ClientOp)>,
     next_id: u64,
     blocks: Vec<Vec<WriteRec>>,
@@ -439,6 +443,7 @@ impl Sim {
             quorum,
             csums,
             on_no_quorum,
+            two_primaries,
         } = shape;
         let confs: Vec<NodeConf> = (0..(diskful + diskless))
             .map(|i| NodeConf {
@@ -467,6 +472,7 @@ impl Sim {
                 on_no_quorum,
                 max_held: 64,
                 max_held_bytes: 64 * 4096,
+                allow_two_primaries: two_primaries,
             };
             let md = if !c.diskful || fresh_node == Some(c.id) {
                 Persistent::new_fresh(&cfg)
@@ -505,6 +511,7 @@ impl Sim {
             client_node: None,
             last_primary: None,
             protocol,
+            two_primaries,
             inflight: BTreeMap::new(),
             next_id: 1,
             blocks: vec![Vec::new(); CAPACITY as usize],
@@ -1505,8 +1512,12 @@ impl Sim {
         }
     }
 
-    /// Invariant 3: two primaries never both complete writes in overlapping periods.
+    /// Invariant 3: two primaries never both complete writes in overlapping periods
+    /// (unless allow-two-primaries is on).
     fn check_writers(&mut self, node: NodeId) {
+        if self.two_primaries {
+            return;
+        }
         let Some(since) = self.nodes[node as usize].primary_since else {
             return;
         };
@@ -1745,6 +1756,21 @@ impl Scenario {
             quorum,
             on_no_quorum: OnNoQuorum::IoError,
             csums: false,
+            two_primaries: false,
+        })
+    }
+
+    /// allow-two-primaries on every node (protocol C, quorum by majority).
+    pub fn with_two_primaries(diskful: usize, diskless: usize) -> Scenario {
+        Self::with_shape(Shape {
+            diskful,
+            diskless,
+            protocol: Protocol::C,
+            fresh_node: None,
+            quorum: QuorumPolicy::Majority,
+            on_no_quorum: OnNoQuorum::IoError,
+            csums: false,
+            two_primaries: true,
         })
     }
 
@@ -1758,6 +1784,7 @@ impl Scenario {
             quorum: QuorumPolicy::Majority,
             on_no_quorum: OnNoQuorum::IoError,
             csums: true,
+            two_primaries: false,
         })
     }
 
@@ -1776,6 +1803,7 @@ impl Scenario {
             quorum: QuorumPolicy::Majority,
             on_no_quorum,
             csums: false,
+            two_primaries: false,
         })
     }
 

@@ -673,3 +673,128 @@ fn a_diskless_primary_with_suspend_io_sends_unconfirmed_writes_again_after_the_s
     }
     assert_clean(&sc);
 }
+
+// ---- allow-two-primaries (live migration) ----
+
+#[test]
+fn a_second_primary_is_refused_without_allow_two_primaries() {
+    let mut sc = Scenario::new(2, 1, Protocol::C);
+    sc.promote(0, false).unwrap();
+    let e = sc.promote(1, false).unwrap_err();
+    assert!(e.contains("node 0 is primary"), "{e}");
+    assert_eq!(sc.status(1).unwrap().role, Role::Secondary);
+    assert_clean(&sc);
+}
+
+#[test]
+fn live_migration_hands_writes_over_to_the_second_primary() {
+    let mut sc = Scenario::with_two_primaries(2, 1);
+    sc.promote(0, false).unwrap();
+    assert!(sc.write(0, 10, 2, false));
+    // The migration target opens the volume: a second primary, whose writes node 0
+    // orders.
+    sc.promote(1, false).unwrap();
+    let st = sc.status(1).unwrap();
+    assert_eq!((st.role, st.writes_via), (Role::Primary, Some(0)));
+    // Each primary reads what the other wrote once the write completed.
+    assert!(sc.write(1, 20, 1, false));
+    assert_eq!(sc.read(0, 20, 1), Some(vec![sc.block(1, 20)]));
+    assert!(sc.write(0, 30, 1, false));
+    assert_eq!(sc.read(1, 30, 1), Some(vec![sc.block(0, 30)]));
+    assert_eq!(
+        sc.read(1, 10, 2),
+        Some(vec![sc.block(0, 10), sc.block(0, 11)])
+    );
+    // Writes from both at once, to neighbouring blocks of the same extents.
+    let mut ids = Vec::new();
+    for i in 0..6u64 {
+        ids.push(sc.submit_write((i % 2) as u8, 40 + 2 * i, 2, false));
+    }
+    for id in ids {
+        assert_eq!(sc.wait_for(id, 5000), Some(true));
+    }
+    assert!(sc.flush(1));
+    // The source lets go: node 1 orders its own writes from now on.
+    sc.demote(0);
+    sc.run_ms(500);
+    assert_eq!(sc.status(1).unwrap().writes_via, None);
+    assert!(sc.write(1, 50, 4, true));
+    assert!(sc.flush(1));
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert!(sc.differing_from(1).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn writes_in_flight_at_the_handover_complete_and_land_everywhere() {
+    let mut sc = Scenario::with_two_primaries(3, 0);
+    sc.promote(0, false).unwrap();
+    sc.promote(1, false).unwrap();
+    // The second primary's writes are on their way to the orderer when it is demoted:
+    // none fails, those it had not started run on node 1 after the handover.
+    let ids: Vec<u64> = (0..8u64)
+        .map(|i| sc.submit_write(1, 8 * i, 3, i % 3 == 0))
+        .collect();
+    let flush = sc.submit_flush(1);
+    sc.admin(0, Admin::Secondary);
+    for id in ids {
+        assert_eq!(sc.wait_for(id, 10_000), Some(true), "{}", sc.trace());
+    }
+    assert_eq!(sc.wait_for(flush, 10_000), Some(true));
+    assert_eq!(sc.status(1).unwrap().writes_via, None);
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert!(sc.differing_from(1).is_empty());
+    assert_clean(&sc);
+}
+
+#[test]
+fn at_most_two_primaries() {
+    let mut sc = Scenario::with_two_primaries(3, 0);
+    sc.promote(0, false).unwrap();
+    sc.promote(1, false).unwrap();
+    let e = sc.promote(2, false).unwrap_err();
+    assert!(e.contains("at most two"), "{e}");
+    assert_clean(&sc);
+}
+
+#[test]
+fn a_second_primary_cut_from_the_orderer_refuses_io_until_demoted() {
+    let mut sc = Scenario::with_two_primaries(2, 1);
+    sc.promote(0, false).unwrap();
+    sc.promote(1, false).unwrap();
+    assert!(sc.write(1, 5, 1, false));
+    // Both keep quorum through the tiebreaker; only node 0 may go on writing.
+    sc.cut(0, 1);
+    sc.run_ms(3000);
+    assert_eq!(sc.status(1).unwrap().orderer_lost, Some(0));
+    assert!(!sc.write(1, 6, 1, false));
+    assert_eq!(sc.read(1, 5, 1), None, "a stale read is refused too");
+    assert!(sc.write(0, 6, 1, false));
+    sc.demote(1);
+    sc.heal_all();
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert!(sc.differing_from(0).is_empty());
+    // Promoted again, node 1 has node 0's writes.
+    sc.promote(1, false).unwrap();
+    assert_eq!(sc.read(1, 6, 1), Some(vec![sc.block(0, 6)]));
+    assert_clean(&sc);
+}
+
+#[test]
+fn a_diskless_second_primary_takes_over_from_a_diskful_one() {
+    let mut sc = Scenario::with_two_primaries(2, 1);
+    sc.promote(0, false).unwrap();
+    assert!(sc.write(0, 1, 1, false));
+    sc.promote(2, false).unwrap();
+    assert_eq!(sc.status(2).unwrap().writes_via, Some(0));
+    assert!(sc.write(2, 2, 2, false));
+    assert_eq!(sc.read(2, 1, 2), Some(vec![sc.block(0, 1), sc.block(0, 2)]));
+    sc.demote(0);
+    sc.run_ms(500);
+    assert_eq!(sc.status(2).unwrap().writes_via, None);
+    assert!(sc.write(2, 3, 1, true));
+    assert_eq!(sc.read(2, 3, 1), Some(vec![sc.block(1, 3)]));
+    assert!(sc.settle(60_000), "{}", sc.trace());
+    assert!(sc.differing_from(0).is_empty());
+    assert_clean(&sc);
+}

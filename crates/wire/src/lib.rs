@@ -10,7 +10,7 @@ pub use bytes::Bytes;
 use thiserror::Error;
 
 /// 3: online grow (`Resize`, `ResizeDone`, `ResizeCommit`).
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Frame header: version, kind, payload length (u32).
 pub const HEADER_LEN: usize = 6;
 /// Largest payload accepted: a 32 MiB write plus its header fields.
@@ -224,7 +224,39 @@ pub enum Msg {
     ResizeCommit {
         size_blocks: u64,
     },
+    /// allow-two-primaries: the second primary hands a client write to the primary
+    /// that orders writes (the first one), which replicates it like its own and
+    /// answers `ForwardDone`.
+    ForwardWrite {
+        id: u64,
+        block: u64,
+        count: u32,
+        fua: bool,
+        data: Bytes,
+    },
+    /// allow-two-primaries: a client flush, forwarded like `ForwardWrite`.
+    ForwardFlush {
+        id: u64,
+    },
+    /// The outcome of a forwarded request: `result` 0 when done, else the reason it
+    /// failed (`FORWARD_*`).
+    ForwardDone {
+        id: u64,
+        result: u8,
+    },
 }
+
+/// `ForwardDone` results besides 0 (done).
+pub const FORWARD_NOT_PRIMARY: u8 = 1;
+pub const FORWARD_NO_QUORUM: u8 = 2;
+pub const FORWARD_NO_DATA: u8 = 3;
+pub const FORWARD_DISK: u8 = 4;
+pub const FORWARD_BUSY: u8 = 5;
+pub const FORWARD_OUT_OF_RANGE: u8 = 6;
+pub const FORWARD_SUSPENDED_FULL: u8 = 7;
+/// The receiver stopped ordering writes (it was demoted) before it started this
+/// request: the sender runs it itself once it orders writes.
+pub const FORWARD_RETRY: u8 = 8;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -422,6 +454,9 @@ impl Msg {
             Msg::ResizeCommit { .. } => 30,
             Msg::ResyncDigest { .. } => 31,
             Msg::ResyncNeedData { .. } => 32,
+            Msg::ForwardWrite { .. } => 33,
+            Msg::ForwardFlush { .. } => 34,
+            Msg::ForwardDone { .. } => 35,
         }
     }
 
@@ -437,7 +472,7 @@ impl Msg {
     /// Bytes of volume data the message carries.
     pub fn data_len(&self) -> usize {
         match self {
-            Msg::Write { data, .. } => data.len(),
+            Msg::Write { data, .. } | Msg::ForwardWrite { data, .. } => data.len(),
             Msg::ResyncData { data, .. } | Msg::ReadReply { data, .. } => data.len(),
             _ => 0,
         }
@@ -507,6 +542,26 @@ impl Msg {
                 w.u32(crc32c::crc32c(data));
                 w.u32(data.len() as u32);
                 return Some(data.clone());
+            }
+            Msg::ForwardWrite {
+                id,
+                block,
+                count,
+                fua,
+                data,
+            } => {
+                w.u64(*id);
+                w.u64(*block);
+                w.u32(*count);
+                w.bool(*fua);
+                w.u32(crc32c::crc32c(data));
+                w.u32(data.len() as u32);
+                return Some(data.clone());
+            }
+            Msg::ForwardFlush { id } => w.u64(*id),
+            Msg::ForwardDone { id, result } => {
+                w.u64(*id);
+                w.u8(*result);
             }
             Msg::WriteAck { seq, ok } | Msg::FlushAck { seq, ok } => {
                 w.u64(*seq);
@@ -655,6 +710,8 @@ impl Msg {
             28..=30 => "resize",
             26 => "read reply",
             31 | 32 => "resync digest",
+            33 => "forwarded write",
+            34 | 35 => "forward",
             k => return Err(DecodeError::Kind(k)),
         };
         let mut r = R { b, what: name, src };
@@ -745,6 +802,18 @@ impl Msg {
                 digest: r.digest()?,
             },
             32 => Msg::ResyncNeedData { block: r.u64()? },
+            33 => Msg::ForwardWrite {
+                id: r.u64()?,
+                block: r.u64()?,
+                count: r.u32()?,
+                fua: r.bool()?,
+                data: r.data_shared()?,
+            },
+            34 => Msg::ForwardFlush { id: r.u64()? },
+            35 => Msg::ForwardDone {
+                id: r.u64()?,
+                result: r.u8()?,
+            },
             16 => Msg::ResyncDone {
                 current: r.u64()?,
                 history: r.u64s()?,
@@ -844,6 +913,22 @@ mod tests {
                     targets,
                     data: data.into()
                 }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<bool>(),
+                data.clone()
+            )
+                .prop_map(|(id, block, count, fua, data)| Msg::ForwardWrite {
+                    id,
+                    block,
+                    count,
+                    fua,
+                    data: data.into()
+                }),
+            any::<u64>().prop_map(|id| Msg::ForwardFlush { id }),
+            (any::<u64>(), any::<u8>()).prop_map(|(id, result)| Msg::ForwardDone { id, result }),
             (
                 any::<u32>(),
                 any::<u64>(),

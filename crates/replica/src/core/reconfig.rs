@@ -27,6 +27,14 @@ impl Replica {
         if cfg.diskful(cfg.node) != self.cfg.diskful(self.cfg.node) {
             return Err("this node's own disk flag cannot change while it runs".into());
         }
+        let two_now = self.orderer.is_some()
+            || (self.role == Role::Primary && !self.primary_peers().is_empty());
+        if two_now && !(cfg.allow_two_primaries && cfg.protocol == Protocol::C) {
+            return Err(
+                "two nodes are primary: allow-two-primaries (with protocol C) stays until one is demoted"
+                    .into(),
+            );
+        }
         let old: BTreeMap<NodeId, bool> = self.cfg.peers().map(|p| (p.id, p.diskful)).collect();
         let new: BTreeMap<NodeId, bool> = cfg.peers().map(|p| (p.id, p.diskful)).collect();
         let removed: Vec<NodeId> = old
@@ -76,6 +84,7 @@ impl Replica {
         self.check_writes();
         self.check_flushes();
         self.pump();
+        self.answer_remote();
         self.emit_changes();
         Ok(std::mem::take(&mut self.out))
     }
@@ -132,6 +141,7 @@ mod tests {
             grant_lease_ms: 1000,
             max_queued: 64,
             resync_csums: false,
+            allow_two_primaries: false,
             on_no_quorum: OnNoQuorum::IoError,
             max_held: 64,
             max_held_bytes: 1 << 20,

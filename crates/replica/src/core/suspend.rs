@@ -319,6 +319,7 @@ mod tests {
             grant_lease_ms: 1000,
             max_queued: 64,
             resync_csums: false,
+            allow_two_primaries: false,
             on_no_quorum: policy,
             max_held: 2,
             max_held_bytes: 3 * 4096,
