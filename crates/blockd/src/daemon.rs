@@ -1331,13 +1331,6 @@ fn repl_status(st: &mut VolumeStatus, v: &ReplVolume) {
     };
     st.writes_via = s.writes_via.map(name_of);
     let mut hints = Vec::new();
-    if let Some(o) = s.orderer_lost {
-        hints.push(format!(
-            "this is the second primary and lost {}, the primary that orders its writes, while that one was still primary: client I/O fails here. Run `tandem local secondary {res}` (disconnect the client first); promote again once {} is demoted or reachable",
-            name_of(o),
-            name_of(o)
-        ));
-    }
     if s.suspended.is_some() {
         hints.push(format!(
             "I/O is suspended (no quorum, on-no-quorum suspend-io): {} request(s) held, neither completed nor failed; they complete once enough peers are connected again (see the peers below), or run `tandem local secondary {res} --force` to fail them with an I/O error and give up the primary role here",

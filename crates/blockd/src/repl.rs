@@ -187,7 +187,7 @@ fn map_err(e: IoError) -> DeviceError {
         }
         IoError::OutOfRange => return DeviceError::NoSpace,
         IoError::OrdererLost => {
-            "the other primary, which orders this node's writes, is unreachable: demote this node (tandem local secondary)"
+            "the other primary, which ordered this node's writes, became unreachable while primary: this node stepped down; connect again to promote it"
         }
     };
     DeviceError::Io(std::io::Error::other(msg))

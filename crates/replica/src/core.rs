@@ -192,7 +192,7 @@ pub enum IoError {
     /// bound (`Config::max_held`, `Config::max_held_bytes`).
     SuspendedFull,
     /// A second primary lost the primary that orders its writes (allow-two-primaries)
-    /// while that one was still primary: demote this node.
+    /// while that one was still primary: it stepped down.
     OrdererLost,
 }
 
@@ -608,6 +608,8 @@ struct Promotion {
     /// A diskless candidate's generation: that of the UpToDate peer it will serve
     /// data from (current, history).
     adopt: Option<(u64, Vec<u64>)>,
+    /// The primary this candidate was granted to join as the second one.
+    second_to: Option<NodeId>,
 }
 
 #[derive(Debug)]
@@ -756,9 +758,6 @@ pub struct Status {
     pub held_bytes: u64,
     /// allow-two-primaries: this second primary's writes are ordered by that node.
     pub writes_via: Option<NodeId>,
-    /// ... which it lost while that node was still primary: no client I/O here
-    /// until this node is demoted.
-    pub orderer_lost: Option<NodeId>,
 }
 
 fn mask(n: NodeId) -> u32 {
@@ -948,7 +947,6 @@ impl Replica {
             },
             held_bytes: self.held_bytes,
             writes_via: self.orderer,
-            orderer_lost: self.orderer_lost(),
         }
     }
 
@@ -992,7 +990,7 @@ impl Replica {
             })
             .collect();
         format!(
-            "suspended {} (held {}, {} bytes), flushes [{}], writes [{}], uuid waiting {:?}, role {:?}, quorum {}; queue {} (head {:?}), disk ops {}, al {}/{} (flush {}), unacked extents {}, window {}, busy blocks {}, sources [{}], rounds {:?}",
+            "suspended {} (held {}, {} bytes), flushes [{}], writes [{}], uuid waiting {:?}, role {:?}, quorum {}; queue {} (head {:?}), disk ops {}, al {}/{} (flush {}), unacked extents {}, window {}, busy blocks {}, sources [{}], rounds {:?}; orderer {:?} handover {} forwarded {:?} retried {} waiting {} remote {}",
             self.suspended,
             self.held.len(),
             self.held_bytes,
@@ -1017,8 +1015,14 @@ impl Replica {
             sources.join("; "),
             self.peers
                 .values()
-                .map(|p| (p.id, p.round, p.waiting_turn))
-                .collect::<Vec<_>>()
+                .map(|p| (p.id, p.round, p.waiting_turn, p.role))
+                .collect::<Vec<_>>(),
+            self.orderer,
+            self.handover,
+            self.forwarded.keys().collect::<Vec<_>>(),
+            self.retried.len(),
+            self.takeover_queue.len(),
+            self.remote.len(),
         )
     }
 
@@ -1344,11 +1348,14 @@ impl Replica {
                 let (current, history) = adopt
                     .clone()
                     .unwrap_or_else(|| (self.md.current, self.md.history.clone()));
+                let primaries = self.primary_peers();
+                let pmask = primaries.iter().fold(0, |m, p| m | mask(*p));
                 for p in &waiting {
                     let msg = Msg::PromoteRequest {
                         id,
                         current,
                         history: history.clone(),
+                        primaries: pmask,
                     };
                     self.send(*p, msg);
                 }
@@ -1357,6 +1364,7 @@ impl Replica {
                     deadline: self.now + self.cfg.promote_timeout_ms,
                     waiting,
                     force,
+                    second_to: primaries.first().copied().filter(|_| !force),
                     adopt,
                 });
                 self.check_promotion();
@@ -1510,9 +1518,18 @@ impl Replica {
         }
         let force = p.force;
         let adopt = p.adopt.clone();
+        let second_to = p.second_to;
         self.promotion = None;
         if let Err(e) = self.promotable(force) {
             self.out.push(Action::PromoteResult(Err(e)));
+            return;
+        }
+        if !force && self.primary_peers().first().copied() != second_to {
+            // Granted as the second primary next to one that is gone now, or as the
+            // only one while a primary appeared: the grants no longer hold.
+            self.out.push(Action::PromoteResult(Err(
+                "the primaries changed during the promotion; retry".into(),
+            )));
             return;
         }
         if self.diskless() {
@@ -1554,13 +1571,13 @@ impl Replica {
                 }
             }
         }
-        self.start_ordering(force, false);
+        self.start_ordering(force);
         self.out.push(Action::PromoteResult(Ok(())));
     }
 
     /// This primary starts ordering writes: after its promotion, or when it takes
     /// over from a demoted orderer (`core/dual.rs`).
-    fn start_ordering(&mut self, force: bool, takeover: bool) {
+    fn start_ordering(&mut self, force: bool) {
         self.md.primary = true;
         // A new epoch: sequence numbers above anything any node has seen.
         let epoch = (self.max_seq.max(self.last_seq) >> 32) + 1;
@@ -1581,8 +1598,9 @@ impl Replica {
             // write from now on is told apart from what a peer that is absent, or
             // leaves later, holds.
             self.rotate();
-        } else if !takeover {
-            // (On a takeover a diskful primary was there all along.)
+        } else {
+            // (Also on a takeover: the forwarder's connections were set up while
+            // another node ordered the writes.)
             self.rehandshake_secondaries();
         }
     }
@@ -1800,7 +1818,8 @@ impl Replica {
             crashed_primary: self.crashed_primary,
             // Only a primary with a disk keeps secondaries in sync and resyncs them;
             // under a diskless primary they resync among themselves.
-            primary_present: self.role != Role::Primary
+            // (A second primary counts as a secondary here: see `decide`.)
+            primary_present: (self.role != Role::Primary || self.orderer.is_some())
                 && self.peers.values().any(|p| {
                     p.id != peer
                         && p.connected()
@@ -2002,11 +2021,25 @@ impl Replica {
             for o in others {
                 self.send(o, Msg::PeerLost { node: id });
             }
+        } else if diskful && affected && self.role == Role::Secondary && self.two_primaries() {
+            // Demoted next to another primary with writes outstanding (a handover):
+            // the primary that took over holds them unconfirmed in its window and
+            // must know that this node may lack them.
+            let others: Vec<NodeId> = self
+                .peers
+                .values()
+                .filter(|p| p.connected())
+                .map(|p| p.id)
+                .collect();
+            for o in others {
+                self.send(o, Msg::PeerLost { node: id });
+            }
         }
+        // (A forwarder that lost its orderer steps down first: see below.)
+        self.orderer_disconnected(id);
         if was_primary && self.role == Role::Secondary {
             self.primary_gone();
         }
-        self.orderer_disconnected(id);
         if was_target {
             self.next_turn();
         }
@@ -2537,6 +2570,17 @@ impl Replica {
                         }
                     }
                 }
+                // Nodes in sync with the sender take the new generation with it (it
+                // is their data from now on too): a view of theirs left at the old one
+                // would hide, should this node write next, that they missed a write.
+                for p in self.peers.values_mut() {
+                    if p.diskful
+                        && lost & mask(p.id) == 0
+                        && (p.id == from || p.current == previous)
+                    {
+                        p.current = current;
+                    }
+                }
                 self.persist();
                 self.send(from, Msg::NewUuidAck { current });
                 if adopted {
@@ -2582,8 +2626,9 @@ impl Replica {
                 id,
                 current,
                 history,
+                primaries,
             } => {
-                let reply = self.grant(from, current, &history);
+                let reply = self.grant(from, current, &history, primaries);
                 let (granted, reason) = match reply {
                     Ok(()) => {
                         self.reservation = Some((from, self.now + self.cfg.grant_lease_ms));
@@ -2778,7 +2823,13 @@ impl Replica {
     }
 
     /// Whether this node lets `from` become primary.
-    fn grant(&self, from: NodeId, current: u64, history: &[u64]) -> Result<(), String> {
+    fn grant(
+        &self,
+        from: NodeId,
+        current: u64,
+        history: &[u64],
+        their_primaries: u32,
+    ) -> Result<(), String> {
         // Two candidates that see each other must not grant each other.
         if self.promotion.is_some() {
             return Err(format!("node {} is being promoted itself", self.cfg.node));
@@ -2791,6 +2842,14 @@ impl Replica {
         if self.role == Role::Primary {
             primaries.insert(0, self.cfg.node);
         }
+        if self.orderer.is_some() {
+            // A second primary (perhaps taking over from a demoted first one) is no
+            // orderer for a newcomer.
+            return Err(format!(
+                "node {} is the second primary; retry once it orders writes itself",
+                self.cfg.node
+            ));
+        }
         if let Some(first) = primaries.first() {
             if !self.two_primaries() {
                 return Err(format!("node {first} is primary"));
@@ -2799,6 +2858,12 @@ impl Replica {
                 return Err(format!(
                     "nodes {first} and {} are primary already; at most two may be",
                     primaries[1]
+                ));
+            }
+            if their_primaries & mask(*first) == 0 {
+                // A second primary must reach the first, which orders its writes.
+                return Err(format!(
+                    "node {first} is primary and node {from} is not connected to it"
                 ));
             }
         }
@@ -4178,6 +4243,8 @@ impl Replica {
             self.reservation = None;
         }
         self.check_promotion();
+        // A handover waits for the old orderer's PeerAcks among other things.
+        self.maybe_take_over();
         if self.role == Role::Secondary && self.two_primaries() {
             // Demoted next to another primary: the secondaries and that primary
             // (handing over) learn when this node's last writes are confirmed.

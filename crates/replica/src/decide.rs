@@ -83,8 +83,12 @@ fn decide_ordered(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
     if (a_target && a.role == Role::Primary) || (b_target && b.role == Role::Primary) {
         return Decision::PrimaryWouldBeTarget;
     }
-    if a.role == Role::Secondary
-        && b.role == Role::Secondary
+    // A second primary whose writes another primary orders (allow-two-primaries)
+    // announces that primary as present and, for resync, counts as a secondary.
+    let a_sec = a.role == Role::Secondary || a.primary_present;
+    let b_sec = b.role == Role::Secondary || b.primary_present;
+    if a_sec
+        && b_sec
         && (a.primary_present || b.primary_present)
         && !matches!(d, Decision::SplitBrain | Decision::Unrelated)
     {

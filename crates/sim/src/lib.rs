@@ -52,6 +52,9 @@ pub struct Options {
     /// Percentage of seeds whose cluster runs with on-no-quorum suspend-io (chosen
     /// from the seed alone, so the other seeds replay as before).
     pub suspend_io_percent: u64,
+    /// Percentage of seeds whose cluster runs with allow-two-primaries (and protocol
+    /// C): a failover then becomes a live migration (chosen from the seed alone).
+    pub two_primaries_percent: u64,
 }
 
 impl Default for Options {
@@ -63,6 +66,7 @@ impl Default for Options {
             diskless_primaries: false,
             disk_failures: false,
             suspend_io_percent: 25,
+            two_primaries_percent: 0,
         }
     }
 }
@@ -161,7 +165,10 @@ impl Shape {
 /// Whether `seed` runs with suspend-io: from a hash of the seed, not from the run's
 /// random stream, which stays as it was.
 fn suspend_io_seed(seed: u64, percent: u64) -> bool {
-    let mut x = seed ^ 0x5D5E_4D10_0C0F_FEE5;
+    seed_share(seed ^ 0x5D5E_4D10_0C0F_FEE5, percent)
+}
+
+fn seed_share(mut x: u64, percent: u64) -> bool {
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^= x >> 31;
@@ -351,6 +358,9 @@ struct Sim {
     blocks: Vec<Vec<WriteRec>>,
     last_crash: u64,
     failover: Option<(NodeId, u64)>,
+    /// allow-two-primaries: a live migration from the first node to the second, and
+    /// when the second became primary too (the first is demoted some time later).
+    migration: Option<(NodeId, NodeId, Option<u64>)>,
     promoting: BTreeSet<NodeId>,
     chaos_end: u64,
     healing: Option<u64>,
@@ -424,6 +434,10 @@ impl Sim {
         shape.csums = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 63 == 1;
         if suspend_io_seed(seed, opts.suspend_io_percent) {
             shape.on_no_quorum = OnNoQuorum::SuspendIo;
+        }
+        if seed_share(seed ^ 0x7A0F_11E5_D00D_2222, opts.two_primaries_percent) {
+            shape.two_primaries = true;
+            shape.protocol = Protocol::C;
         }
         let mut sim = Sim::build(rng, shape, opts);
         sim.schedule(50 * MS, Ev::Client);
@@ -517,6 +531,7 @@ impl Sim {
             blocks: vec![Vec::new(); CAPACITY as usize],
             last_crash: 0,
             failover: None,
+            migration: None,
             promoting: BTreeSet::new(),
             chaos_end: opts.chaos_us,
             healing: None,
@@ -540,7 +555,7 @@ impl Sim {
             resizes: BTreeMap::new(),
         };
         sim.log(format!(
-            "cluster: {diskful} diskful + {diskless} diskless, protocol {protocol:?}, fresh node {fresh_node:?}, csums {csums}, on-no-quorum {on_no_quorum:?}"
+            "cluster: {diskful} diskful + {diskless} diskless, protocol {protocol:?}, fresh node {fresh_node:?}, csums {csums}, on-no-quorum {on_no_quorum:?}, two primaries {two_primaries}"
         ));
         for n in 0..sim.nodes.len() {
             let at = sim.rng.range(0, 100 * MS);
@@ -1235,6 +1250,23 @@ impl Sim {
     }
 
     fn promoted(&mut self, node: NodeId) {
+        if let Some((from, to, None)) = self.migration
+            && to == node
+        {
+            let via = self.nodes[node as usize]
+                .core
+                .as_ref()
+                .and_then(|c| c.status().writes_via);
+            if via == Some(from) {
+                self.migration = Some((from, to, Some(self.now)));
+            } else {
+                // The source was out of reach: the target became primary on its
+                // own, a failover after all, and the source is demoted as one.
+                self.migration = None;
+                self.log(format!("admin: secondary on n{from} (n{to} took over)"));
+                self.feed(from, Event::Admin(Admin::Secondary));
+            }
+        }
         self.out.promotions += 1;
         self.log(format!("n{node} is primary"));
         let Some(core) = &self.nodes[node as usize].core else {
@@ -1277,9 +1309,41 @@ impl Sim {
         if self.healing.is_some() {
             return;
         }
+        if let Some((from, to, since)) = self.migration {
+            let from_primary = self.nodes[from as usize]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.role() == Role::Primary);
+            match since {
+                None if !self.promoting.contains(&to) && self.client_node != Some(to) => {
+                    // The target's promotion was refused: the VM stays.
+                    self.migration = None;
+                }
+                Some(t) if !from_primary || self.now > t + 1500 * MS => {
+                    self.migration = None;
+                    if from_primary {
+                        self.log(format!("admin: secondary on n{from} (migrated to n{to})"));
+                        self.feed(from, Event::Admin(Admin::Secondary));
+                    }
+                }
+                _ => {}
+            }
+        }
         if let Some((target, since)) = self.failover {
             let pending = self.inflight.len();
             let old = self.client_node;
+            if self.two_primaries
+                && let Some(o) = old
+                && o != target
+                && self.migration.is_none()
+            {
+                // A live migration: the target becomes primary next to the source.
+                self.failover = None;
+                self.log(format!("chaos: migrate n{o} -> n{target}"));
+                self.migration = Some((o, target, None));
+                self.promote_later(target, 0);
+                return;
+            }
             if pending == 0 || self.now > since + 3000 * MS {
                 self.failover = None;
                 if let Some(o) = old {
@@ -1306,6 +1370,11 @@ impl Sim {
         if self.inflight.len() >= 8 {
             return;
         }
+        // During a migration the client writes through both primaries.
+        let node = match self.migration {
+            Some((from, _, Some(_))) if self.rng.chance(50) => from,
+            _ => node,
+        };
         let roll = self.rng.below(100);
         let id = self.next_id;
         self.next_id += 1;
@@ -1512,12 +1581,9 @@ impl Sim {
         }
     }
 
-    /// Invariant 3: two primaries never both complete writes in overlapping periods
-    /// (unless allow-two-primaries is on).
+    /// Invariant 3: two primaries never both complete writes in overlapping periods,
+    /// unless allow-two-primaries is on and one orders the other's writes.
     fn check_writers(&mut self, node: NodeId) {
-        if self.two_primaries {
-            return;
-        }
         let Some(since) = self.nodes[node as usize].primary_since else {
             return;
         };
@@ -1532,6 +1598,12 @@ impl Sim {
                 continue;
             }
             let is_primary = o.core.as_ref().is_some_and(|c| c.role() == Role::Primary);
+            let via = |n: &Node| n.core.as_ref().and_then(|c| c.status().writes_via);
+            if self.two_primaries
+                && (via(o) == Some(node) || via(&self.nodes[node as usize]) == Some(o.id))
+            {
+                continue;
+            }
             if let (true, Some(os), Some(ol)) = (is_primary, o.primary_since, o.last_ok)
                 && ol >= since
                 && last >= os

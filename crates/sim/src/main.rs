@@ -35,6 +35,9 @@ fn main() -> ExitCode {
         println!(
             "       --suspend-io PERCENT  share of seeds run with on-no-quorum suspend-io (default 25)"
         );
+        println!(
+            "       --two-primaries PERCENT  share of seeds run with allow-two-primaries, where a failover is a live migration (default 0)"
+        );
         return ExitCode::SUCCESS;
     }
     let parsed = (|| {
@@ -42,14 +45,19 @@ fn main() -> ExitCode {
         if suspend.is_some_and(|p| p > 100) {
             return Err("--suspend-io wants a percentage, 0 to 100".to_owned());
         }
+        let two = number(&args, "--two-primaries")?;
+        if two.is_some_and(|p| p > 100) {
+            return Err("--two-primaries wants a percentage, 0 to 100".to_owned());
+        }
         Ok::<_, String>((
             number(&args, "--seed")?,
             number(&args, "--seeds")?,
             number(&args, "--start")?,
             suspend,
+            two,
         ))
     })();
-    let (seed, seeds, start, suspend) = match parsed {
+    let (seed, seeds, start, suspend, two) = match parsed {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");
@@ -62,6 +70,7 @@ fn main() -> ExitCode {
         diskless_primaries: args.iter().any(|a| a == "--diskless-primaries"),
         disk_failures: args.iter().any(|a| a == "--disk-failures"),
         suspend_io_percent: suspend.unwrap_or(sim::Options::default().suspend_io_percent),
+        two_primaries_percent: two.unwrap_or(0),
         ..sim::Options::default()
     };
     if let Some(seed) = seed {

@@ -758,24 +758,28 @@ fn at_most_two_primaries() {
 }
 
 #[test]
-fn a_second_primary_cut_from_the_orderer_refuses_io_until_demoted() {
+fn a_second_primary_cut_from_the_orderer_steps_down() {
     let mut sc = Scenario::with_two_primaries(2, 1);
     sc.promote(0, false).unwrap();
     sc.promote(1, false).unwrap();
     assert!(sc.write(1, 5, 1, false));
-    // Both keep quorum through the tiebreaker; only node 0 may go on writing.
+    // Both keep quorum through the tiebreaker; node 0 may be writing on, so node 1
+    // cannot order writes itself: it steps down and serves nothing stale.
     sc.cut(0, 1);
     sc.run_ms(3000);
-    assert_eq!(sc.status(1).unwrap().orderer_lost, Some(0));
+    let st = sc.status(1).unwrap();
+    assert_eq!((st.role, st.writes_via), (Role::Secondary, None));
     assert!(!sc.write(1, 6, 1, false));
-    assert_eq!(sc.read(1, 5, 1), None, "a stale read is refused too");
+    assert_eq!(sc.read(1, 5, 1), None, "no stale read");
     assert!(sc.write(0, 6, 1, false));
-    sc.demote(1);
+    // While node 0 is primary and out of reach, node 1 cannot join it.
+    assert!(sc.promote(1, false).is_err());
     sc.heal_all();
     assert!(sc.settle(60_000), "{}", sc.trace());
     assert!(sc.differing_from(0).is_empty());
-    // Promoted again, node 1 has node 0's writes.
+    // Connected again, node 1 joins as second primary and reads node 0's writes.
     sc.promote(1, false).unwrap();
+    assert_eq!(sc.status(1).unwrap().writes_via, Some(0));
     assert_eq!(sc.read(1, 6, 1), Some(vec![sc.block(0, 6)]));
     assert_clean(&sc);
 }

@@ -125,6 +125,9 @@ pub enum Msg {
         id: u64,
         current: u64,
         history: Vec<u64>,
+        /// The primaries the candidate is connected to (bit per node id): a granter
+        /// that sees another one refuses (allow-two-primaries).
+        primaries: u32,
     },
     PromoteReply {
         id: u64,
@@ -584,10 +587,12 @@ impl Msg {
                 id,
                 current,
                 history,
+                primaries,
             } => {
                 w.u64(*id);
                 w.u64(*current);
                 w.u64s(history);
+                w.u32(*primaries);
             }
             Msg::PromoteReply {
                 id,
@@ -781,6 +786,7 @@ impl Msg {
                 id: r.u64()?,
                 current: r.u64()?,
                 history: r.u64s()?,
+                primaries: r.u32()?,
             },
             13 => Msg::PromoteReply {
                 id: r.u64()?,

@@ -18,9 +18,10 @@
 //! requests first, then those that arrived meanwhile.
 //!
 //! If the forwarder loses the orderer while it is still primary, it cannot tell a
-//! crash from a partition in which the orderer keeps writing: it fails its forwarded
-//! requests and refuses client I/O (`IoError::OrdererLost`) until it is demoted. Its
-//! status names the orderer and the command.
+//! crash from a partition in which the orderer keeps writing: it fails what waits
+//! (`IoError::OrdererLost`) and steps down to secondary. A client that connects again
+//! promotes it through the usual grants (as the only primary once the other is
+//! demoted or known gone).
 
 use super::*;
 use wire::{
@@ -283,11 +284,17 @@ impl Replica {
             }
             return self.maybe_take_over();
         }
-        // Still primary when it went: it may be writing on in another partition.
-        let fwd = std::mem::take(&mut self.forwarded);
-        for f in fwd.into_values() {
-            self.fail(f.client, IoError::OrdererLost);
-        }
+        // Still primary when it went: it may be writing on in another partition, so
+        // this node cannot order writes itself. It steps down; a client that
+        // connects again promotes it through the usual grants.
+        self.stop_forwarding(IoError::OrdererLost);
+        self.role = Role::Secondary;
+        self.md.primary = false;
+        self.persist();
+        self.end_suspension(IoError::OrdererLost);
+        self.fail_queued_client(IoError::OrdererLost);
+        self.broadcast_role();
+        self.rehandshake_all();
     }
 
     /// Takes over ordering writes once the demoted orderer's are settled.
@@ -297,7 +304,7 @@ impl Replica {
         }
         self.orderer = None;
         self.handover = false;
-        self.start_ordering(false, true);
+        self.start_ordering(false);
         let retried = std::mem::take(&mut self.retried);
         let waiting = std::mem::take(&mut self.takeover_queue);
         for f in retried.into_values().chain(waiting) {
