@@ -1762,6 +1762,10 @@ impl Replica {
     }
 
     fn start_handshake(&mut self, id: NodeId, round: u32) {
+        let was_target = self
+            .peers
+            .get(&id)
+            .is_some_and(|p| p.repl == Repl::SyncTarget);
         let h = self.hello(id, round);
         let Some(p) = self.peers.get_mut(&id) else {
             return;
@@ -1780,6 +1784,9 @@ impl Replica {
         p.source = None;
         self.send(id, Msg::Hello(h));
         self.try_decide(id);
+        if was_target {
+            self.target_ended();
+        }
     }
 
     fn peer_connected(&mut self, id: NodeId) {
@@ -1953,7 +1960,7 @@ impl Replica {
             self.primary_gone();
         }
         if was_target {
-            self.next_turn();
+            self.target_ended();
         }
         self.update_quorum();
         self.check_writes();
@@ -3951,6 +3958,39 @@ impl Replica {
             .map(|p| p.id)
             .collect();
         for id in waiting {
+            self.new_round(id);
+        }
+    }
+
+    /// A resync into this node ended unfinished (its source left or started a new
+    /// round): peers waiting for their turn go first. If none is and this node is
+    /// still Inconsistent with no source, an UpToDate peer it reached a decision with
+    /// earlier (in sync then, or deferred) is asked again: that decision was taken
+    /// while this node still had data, or had a source, and would otherwise leave it
+    /// Inconsistent for good.
+    fn target_ended(&mut self) {
+        self.next_turn();
+        if self.diskless()
+            || self.md.disk != Disk::Inconsistent
+            || self
+                .peers
+                .values()
+                .any(|p| p.repl == Repl::SyncTarget || p.waiting_turn)
+        {
+            return;
+        }
+        let ids: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.live()
+                    && p.diskful
+                    && p.disk == Disk::UpToDate
+                    && matches!(p.repl, Repl::Established | Repl::Deferred)
+            })
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
             self.new_round(id);
         }
     }
