@@ -1942,8 +1942,12 @@ impl Replica {
             }
             // Writes or flushes it never confirmed are about to complete without it:
             // that starts a new generation first, which the remaining peers (and
-            // quorum) must acknowledge before those complete.
-            if affected && self.need_rotation {
+            // quorum) must acknowledge before those complete. Not when this loss took
+            // quorum away: those writes fail (or are held), the generation would be
+            // undone at once, and a peer that adopted it meanwhile would later look
+            // like a split brain. The next write with quorum starts it.
+            self.update_quorum();
+            if affected && self.need_rotation && self.quorum {
                 self.rotate();
             }
             let others: Vec<NodeId> = self
