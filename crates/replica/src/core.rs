@@ -558,6 +558,21 @@ struct ResyncDone {
     last_seq: u64,
 }
 
+/// What a node held before it became a resync target, while no block of that resync
+/// has been written: if the round ends then, nothing changed and it goes back to it.
+#[derive(Debug)]
+struct TargetUndo {
+    from: NodeId,
+    round: u32,
+    disk: Disk,
+    resync_left: Bitmap,
+    resync_from: Option<NodeId>,
+    known_current: u64,
+    newest_seen: u64,
+    /// `known_current` as set when the resync began (restored only if unchanged).
+    set_known: u64,
+}
+
 #[derive(Debug)]
 struct PendingWrite {
     client: Option<u64>,
@@ -647,6 +662,8 @@ pub struct Replica {
     /// lost first, no write under the new generation can have completed, and the
     /// node goes back to these (else a partitioned primary looks like a split brain).
     rotation_undo: Option<(u64, Vec<u64>, BTreeMap<NodeId, u64>)>,
+    /// A resync into this node that has not written a block yet (see `TargetUndo`).
+    target_undo: Option<TargetUndo>,
     /// Writes received from the primary that it has not peer-acked: seq -> (block, count).
     window: BTreeMap<u64, (u64, u64)>,
     /// The activity log as last persisted (checked against the one in memory).
@@ -814,6 +831,7 @@ impl Replica {
             need_rotation: false,
             uuid_waiting: BTreeSet::new(),
             rotation_undo: None,
+            target_undo: None,
             window: BTreeMap::new(),
             persisted_al: BTreeSet::new(),
             pinned: BTreeSet::new(),
@@ -1835,6 +1853,11 @@ impl Replica {
     }
 
     fn start_handshake(&mut self, id: NodeId, round: u32) {
+        let was_target = self
+            .peers
+            .get(&id)
+            .is_some_and(|p| p.repl == Repl::SyncTarget);
+        let reverted = was_target && self.undo_target(id);
         let h = self.hello(id, round);
         let Some(p) = self.peers.get_mut(&id) else {
             return;
@@ -1853,6 +1876,48 @@ impl Replica {
         p.source = None;
         self.send(id, Msg::Hello(h));
         self.try_decide(id);
+        if reverted {
+            self.rehandshake_others(id);
+        }
+        if was_target {
+            self.target_ended();
+        }
+    }
+
+    /// A resync from `from` ended before it wrote a block: the data is what it was
+    /// before, and so is the disk state (the round was decided on a Hello the source
+    /// no longer stands by, e.g. it became a resync target itself meanwhile).
+    fn undo_target(&mut self, from: NodeId) -> bool {
+        let round = self.peers.get(&from).map(|p| p.round);
+        let Some(u) = self.target_undo.take() else {
+            return false;
+        };
+        if u.from != from || Some(u.round) != round || self.md.disk != Disk::Inconsistent {
+            return false;
+        }
+        self.md.disk = u.disk;
+        self.md.resync_left = u.resync_left;
+        self.md.resync_from = u.resync_from;
+        if self.known_current == u.set_known {
+            self.known_current = u.known_current;
+            self.md.newest_seen = u.newest_seen;
+        }
+        self.persist();
+        true
+    }
+
+    /// Starts a new round with every connected peer but `except`: what this node
+    /// announced to them no longer holds.
+    fn rehandshake_others(&mut self, except: NodeId) {
+        let ids: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.id != except && p.connected())
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            self.new_round(id);
+        }
     }
 
     fn peer_connected(&mut self, id: NodeId) {
@@ -1939,6 +2004,9 @@ impl Replica {
             .peers
             .get(&id)
             .is_some_and(|p| p.repl == Repl::SyncTarget);
+        if was_target && self.undo_target(id) {
+            self.rehandshake_others(id);
+        }
         let (was_primary, diskful) = match self.peers.get_mut(&id) {
             Some(p) => {
                 let r = (p.role == Role::Primary, p.diskful);
@@ -2008,8 +2076,12 @@ impl Replica {
             }
             // Writes or flushes it never confirmed are about to complete without it:
             // that starts a new generation first, which the remaining peers (and
-            // quorum) must acknowledge before those complete.
-            if affected && self.need_rotation {
+            // quorum) must acknowledge before those complete. Not when this loss took
+            // quorum away: those writes fail (or are held), the generation would be
+            // undone at once, and a peer that adopted it meanwhile would later look
+            // like a split brain. The next write with quorum starts it.
+            self.update_quorum();
+            if affected && self.need_rotation && self.quorum {
                 self.rotate();
             }
             let others: Vec<NodeId> = self
@@ -2041,7 +2113,7 @@ impl Replica {
             self.primary_gone();
         }
         if was_target {
-            self.next_turn();
+            self.target_ended();
         }
         self.update_quorum();
         self.check_writes();
@@ -2329,6 +2401,20 @@ impl Replica {
             });
         } else {
             p.repl = Repl::SyncTarget;
+            let round = p.round;
+            let undo = (self.md.disk >= Disk::Outdated).then(|| TargetUndo {
+                from: id,
+                round,
+                disk: self.md.disk,
+                resync_left: self.md.resync_left.clone(),
+                resync_from: self.md.resync_from,
+                known_current: self.known_current,
+                newest_seen: self.md.newest_seen,
+                set_known: self.known_current,
+            });
+            let Some(p) = self.peers.get(&id) else {
+                return;
+            };
             // From now on we hold blocks of the source's generation: no older source
             // may overwrite them, even if this resync does not finish.
             // Only forward: a newer generation learned from a NewUuid stays.
@@ -2343,6 +2429,10 @@ impl Replica {
                 self.known_current = source_current;
                 self.md.newest_seen = source_current;
             }
+            self.target_undo = undo.map(|u| TargetUndo {
+                set_known: self.known_current,
+                ..u
+            });
             // Inconsistent until done, durably, before the first block arrives; what is
             // still to come is remembered whichever peer finishes it.
             if let Some(u) = self.md.bitmaps.get(&id).cloned() {
@@ -2350,11 +2440,21 @@ impl Replica {
             }
             self.md.resync_from = Some(id);
             self.md.disk = Disk::Inconsistent;
-            // Our data is about to change: resyncs we serve start over.
+            // Our data is about to change: resyncs we serve start over, also those
+            // decided but still exchanging bitmaps (else they would start from an
+            // Inconsistent disk, on the Hello that said it was not).
             let serving: Vec<NodeId> = self
                 .peers
                 .values()
-                .filter(|p| p.repl == Repl::SyncSource)
+                .filter(|p| {
+                    p.id != id
+                        && (p.repl == Repl::SyncSource
+                            || (p.repl == Repl::Off
+                                && matches!(
+                                    p.decision,
+                                    Some(Decision::BitmapSource | Decision::FullSource)
+                                )))
+                })
                 .map(|p| p.id)
                 .collect();
             for s in serving {
@@ -2426,6 +2526,9 @@ impl Replica {
                 // still waits in the queue, it is marked for the other nodes too.
                 self.window.insert(seq, (block, u64::from(count)));
                 self.note_fresh(block, u64::from(count), seq);
+                // A resync target that takes a primary's writes holds data of the
+                // source's generation from now on, as with a resync block.
+                self.target_undo = None;
                 self.queue.push_back(Work::Peer {
                     from,
                     seq,
@@ -3542,6 +3645,8 @@ impl Replica {
                     self.send(from, Msg::ResyncAck { block, ok: true });
                     return;
                 }
+                // From the first block on, the data is the source's in part.
+                self.target_undo = None;
                 self.start_local(block, 1);
                 let tag = self.tag(DiskOp::ResyncWrite { from, round, block });
                 self.out.push(Action::DiskWrite {
@@ -3604,6 +3709,7 @@ impl Replica {
                     self.md.disk = Disk::UpToDate;
                     self.md.resync_left.clear_all();
                     self.md.resync_from = None;
+                    self.target_undo = None;
                     self.crashed_primary = false;
                     if let Some(p) = self.peers.get_mut(&from) {
                         p.repl = Repl::Established;
@@ -4116,6 +4222,39 @@ impl Replica {
             .map(|p| p.id)
             .collect();
         for id in waiting {
+            self.new_round(id);
+        }
+    }
+
+    /// A resync into this node ended unfinished (its source left or started a new
+    /// round): peers waiting for their turn go first. If none is and this node is
+    /// still Inconsistent with no source, an UpToDate peer it reached a decision with
+    /// earlier (in sync then, or deferred) is asked again: that decision was taken
+    /// while this node still had data, or had a source, and would otherwise leave it
+    /// Inconsistent for good.
+    fn target_ended(&mut self) {
+        self.next_turn();
+        if self.diskless()
+            || self.md.disk != Disk::Inconsistent
+            || self
+                .peers
+                .values()
+                .any(|p| p.repl == Repl::SyncTarget || p.waiting_turn)
+        {
+            return;
+        }
+        let ids: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.live()
+                    && p.diskful
+                    && p.disk == Disk::UpToDate
+                    && matches!(p.repl, Repl::Established | Repl::Deferred)
+            })
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
             self.new_round(id);
         }
     }
