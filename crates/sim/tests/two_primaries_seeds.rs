@@ -9,18 +9,17 @@
 //! primaries until the source is demoted. 1,000 seeds, checked against all six
 //! invariants; invariant 3 then forbids two primaries that both order writes.
 //!
-//! Seeds in `KNOWN_FAILURES` still violate an invariant, for causes shared with the
-//! single-primary known failures (docs/replication.md, "Known failures"): stale-Hello
-//! resync decisions (279, 552, 899: replicas differ on unacknowledged data), a split
-//! brain declared between nodes that never both wrote (602), a primary's InSync
-//! naming a peer whose write ack is still due (548); 298 (two secondaries stay
-//! Deferred after the last primary left) is not diagnosed yet. The test also asserts
-//! they still fail, so the list only shrinks.
+//! Seeds in `KNOWN_FAILURES` still violate an invariant: 602 ends in a split brain
+//! declared between nodes that never both wrote, a cause shared with the
+//! single-primary known failures (docs/replication.md, "Known failures"). (Before
+//! the fixes for seeds 22, 1197 and 2870 were merged, 279, 298, 548, 552 and 899
+//! failed here too.) The test also asserts the listed seeds still fail, so the list
+//! only shrinks.
 
 use sim::{Options, run};
 
 const SEEDS: u64 = 1000;
-const KNOWN_FAILURES: &[(u64, u8)] = &[(279, 4), (298, 5), (548, 1), (552, 4), (602, 5), (899, 4)];
+const KNOWN_FAILURES: &[(u64, u8)] = &[(602, 5)];
 
 fn check_range(from: u64, to: u64) {
     let opts = Options {
