@@ -102,6 +102,10 @@ pub enum SplitBrainOpt {
     Disconnect,
     DiscardZeroChanges,
     DiscardLeastChanges,
+    /// The node promoted last (or first) loses its changes; when that cannot be told
+    /// (a node restarted since), as discard-least-changes.
+    DiscardYoungerPrimary,
+    DiscardOlderPrimary,
     /// Discard the changes of the named node.
     DiscardNode(String),
 }
@@ -576,6 +580,8 @@ fn parse_repl(
         None | Some(("disconnect", _)) => SplitBrainOpt::Disconnect,
         Some(("discard-zero-changes", _)) => SplitBrainOpt::DiscardZeroChanges,
         Some(("discard-least-changes", _)) => SplitBrainOpt::DiscardLeastChanges,
+        Some(("discard-younger-primary", _)) => SplitBrainOpt::DiscardYoungerPrimary,
+        Some(("discard-older-primary", _)) => SplitBrainOpt::DiscardOlderPrimary,
         Some((other, span)) => match other.strip_prefix("discard-node-") {
             Some(name) if nodes.iter().any(|n| n.name == name) => {
                 SplitBrainOpt::DiscardNode(name.to_owned())
@@ -584,7 +590,7 @@ fn parse_repl(
                 return Err(at(
                     span,
                     format!(
-                        "split-brain {other:?} is unknown: use disconnect, discard-zero-changes, discard-least-changes or discard-node-<name of a listed node>"
+                        "split-brain {other:?} is unknown: use disconnect, discard-zero-changes, discard-least-changes, discard-younger-primary, discard-older-primary or discard-node-<name of a listed node>"
                     ),
                 ));
             }
@@ -858,6 +864,16 @@ size = 1048576
         assert_eq!(default.resync_rate, None);
         assert_eq!(default.on_no_quorum, OnNoQuorumOpt::IoError);
         assert!(!default.allow_two_primaries);
+        for (word, opt) in [
+            (
+                "discard-younger-primary",
+                SplitBrainOpt::DiscardYoungerPrimary,
+            ),
+            ("discard-older-primary", SplitBrainOpt::DiscardOlderPrimary),
+        ] {
+            let c = parse(&repl(&format!("split-brain = \"{word}\""))).unwrap();
+            assert_eq!(c.repl.unwrap().split_brain, opt);
+        }
         let two = parse(&repl("allow-two-primaries = true")).unwrap();
         assert!(two.repl.unwrap().allow_two_primaries);
         let suspend = parse(&repl("on-no-quorum = \"suspend-io\"")).unwrap();

@@ -229,6 +229,8 @@ fn core_config(me: &NodeConfig, cfg: &ReplConfig, size: u64) -> Config {
             SplitBrainOpt::Disconnect => SplitBrainPolicy::Disconnect,
             SplitBrainOpt::DiscardZeroChanges => SplitBrainPolicy::DiscardZeroChanges,
             SplitBrainOpt::DiscardLeastChanges => SplitBrainPolicy::DiscardLeastChanges,
+            SplitBrainOpt::DiscardYoungerPrimary => SplitBrainPolicy::DiscardYoungerPrimary,
+            SplitBrainOpt::DiscardOlderPrimary => SplitBrainPolicy::DiscardOlderPrimary,
             SplitBrainOpt::DiscardNode(name) => match cfg.node(name) {
                 Some(n) => SplitBrainPolicy::DiscardNode(n.id),
                 None => SplitBrainPolicy::Disconnect,

@@ -269,12 +269,13 @@ fn desired_resource(
 /// effective `DrbdOptions/Net/after-sb-0pri` of each diskful replica (after-sb-1pri and
 /// -2pri have no counterpart: a blockd split brain is always resolved with no primary):
 ///
-/// - `disconnect`, `discard-zero-changes`, `discard-least-changes` set alike on every
-///   diskful replica: the same word;
+/// - `disconnect`, `discard-zero-changes`, `discard-least-changes`,
+///   `discard-younger-primary`, `discard-older-primary` set alike on every diskful
+///   replica: the same word;
 /// - `discard-local` on exactly one diskful replica and `discard-remote` on all others:
 ///   `discard-node-NAME` with that replica's node (its changes are discarded);
-/// - anything else (`discard-younger-primary`, `discard-older-primary`, values that
-///   differ between replicas): `disconnect`, and a human decides
+/// - anything else (values that differ between replicas): `disconnect`, and a human
+///   decides
 ///   (`tandem local connect --discard-my-data`).
 pub fn split_brain(c: &Cluster, rd: &ResourceDefinition) -> Result<String, ModelError> {
     let mut values = Vec::new();
@@ -296,7 +297,10 @@ pub fn split_brain(c: &Cluster, rd: &ResourceDefinition) -> Result<String, Model
     if values.iter().all(|(_, v)| *v == first)
         && matches!(
             first,
-            AfterSb0Pri::DiscardZeroChanges | AfterSb0Pri::DiscardLeastChanges
+            AfterSb0Pri::DiscardZeroChanges
+                | AfterSb0Pri::DiscardLeastChanges
+                | AfterSb0Pri::DiscardYoungerPrimary
+                | AfterSb0Pri::DiscardOlderPrimary
         )
     {
         return Ok(first.as_str().to_owned());

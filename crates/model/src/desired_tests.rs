@@ -199,6 +199,9 @@ fn split_brain_mapping() {
     );
     set_on(&mut c, &diskful[0], "discard-younger-primary");
     set_on(&mut c, &diskful[1], "discard-younger-primary");
+    assert_eq!(sb(&c), "discard-younger-primary");
+    // Mixed between the replicas: a human decides.
+    set_on(&mut c, &diskful[1], "discard-older-primary");
     assert_eq!(sb(&c), "disconnect");
 }
 

@@ -10,6 +10,11 @@ pub enum SplitBrainPolicy {
     Disconnect,
     DiscardZeroChanges,
     DiscardLeastChanges,
+    /// The node that became primary last loses its changes (DRBD's
+    /// discard-younger-primary); when that cannot be told, as discard-least-changes.
+    DiscardYoungerPrimary,
+    /// The node that became primary first loses its changes.
+    DiscardOlderPrimary,
     DiscardNode(NodeId),
 }
 
@@ -251,6 +256,14 @@ fn from_uuids(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Option<Decision
     None
 }
 
+fn least_changes(a: &Hello, b: &Hello) -> Decision {
+    if a.dirty_blocks >= b.dirty_blocks {
+        Decision::BitmapSource
+    } else {
+        Decision::BitmapTarget
+    }
+}
+
 fn split_brain(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
     match policy {
         SplitBrainPolicy::Disconnect => Decision::SplitBrain,
@@ -260,11 +273,23 @@ fn split_brain(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
             (_, 0) => Decision::BitmapSource,
             _ => Decision::SplitBrain,
         },
-        SplitBrainPolicy::DiscardLeastChanges => {
-            if a.dirty_blocks >= b.dirty_blocks {
-                Decision::BitmapSource
-            } else {
+        SplitBrainPolicy::DiscardLeastChanges => least_changes(a, b),
+        SplitBrainPolicy::DiscardYoungerPrimary | SplitBrainPolicy::DiscardOlderPrimary => {
+            // Every promotion starts an epoch above every sequence number its node
+            // has seen (the high half of a write's sequence number): of two nodes that
+            // both wrote after parting, the one promoted later holds the higher epoch.
+            // A restarted node forgot its sequence numbers (0): not known then, nor
+            // when both promoted from the same epoch independently.
+            let (ea, eb) = (a.last_seq >> 32, b.last_seq >> 32);
+            if ea == 0 || eb == 0 || ea == eb {
+                return least_changes(a, b);
+            }
+            let a_younger = ea > eb;
+            let a_loses = a_younger == (policy == SplitBrainPolicy::DiscardYoungerPrimary);
+            if a_loses {
                 Decision::BitmapTarget
+            } else {
+                Decision::BitmapSource
             }
         }
         SplitBrainPolicy::DiscardNode(n) if n == a.node => Decision::BitmapTarget,
@@ -334,6 +359,29 @@ mod tests {
             decide(&a_zero, &b, SplitBrainPolicy::DiscardZeroChanges),
             Decision::BitmapTarget
         );
+        // Node 1 was promoted after they parted (a higher epoch): the younger primary.
+        let (mut a_old, mut b_young) = (a.clone(), b.clone());
+        a_old.last_seq = (3 << 32) | 40;
+        b_young.last_seq = (4 << 32) | 2;
+        assert_eq!(
+            decide(&a_old, &b_young, SplitBrainPolicy::DiscardYoungerPrimary),
+            Decision::BitmapSource
+        );
+        assert_eq!(
+            decide(&b_young, &a_old, SplitBrainPolicy::DiscardYoungerPrimary),
+            Decision::BitmapTarget
+        );
+        assert_eq!(
+            decide(&a_old, &b_young, SplitBrainPolicy::DiscardOlderPrimary),
+            Decision::BitmapTarget
+        );
+        // Not known after a restart (sequence numbers forgotten): least changes.
+        b_young.last_seq = 0;
+        b_young.dirty_blocks = 9;
+        assert_eq!(
+            decide(&a_old, &b_young, SplitBrainPolicy::DiscardYoungerPrimary),
+            Decision::BitmapTarget
+        );
         // The victim's discard resolves it with a bitmap resync.
         let mut b_discard = b.clone();
         b_discard.discard_my_data = true;
@@ -399,7 +447,7 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             0usize..5,
-            0u64..3,
+            0u64..4,
         )
             .prop_map(
                 move |(current, history, bm, dirty, discard, crashed, primary, disk, last_seq)| {
@@ -424,7 +472,8 @@ mod tests {
                         Disk::Consistent,
                         Disk::UpToDate,
                     ][disk];
-                    x.last_seq = last_seq;
+                    // Epochs 0 (restarted), 1 and 2.
+                    x.last_seq = [0, 3, (1 << 32) | 7, (2 << 32) | 1][last_seq as usize];
                     x
                 },
             )
@@ -432,9 +481,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn both_sides_agree(a in arb_hello(0), b in arb_hello(1), pol in 0u8..4) {
+        fn both_sides_agree(a in arb_hello(0), b in arb_hello(1), pol in 0u8..6) {
             let policy = [SplitBrainPolicy::Disconnect, SplitBrainPolicy::DiscardZeroChanges,
-                SplitBrainPolicy::DiscardLeastChanges, SplitBrainPolicy::DiscardNode(1)][pol as usize];
+                SplitBrainPolicy::DiscardLeastChanges, SplitBrainPolicy::DiscardNode(1),
+                SplitBrainPolicy::DiscardYoungerPrimary,
+                SplitBrainPolicy::DiscardOlderPrimary][pol as usize];
             prop_assert_eq!(decide(&a, &b, policy), decide(&b, &a, policy).mirror());
         }
 

@@ -129,6 +129,7 @@ pub struct Shape {
     pub on_no_quorum: OnNoQuorum,
     /// allow-two-primaries on every node (invariant 3 then allows two writers).
     pub two_primaries: bool,
+    pub split_brain: SplitBrainPolicy,
 }
 
 impl Shape {
@@ -158,6 +159,7 @@ impl Shape {
             csums: false,
             on_no_quorum: OnNoQuorum::IoError,
             two_primaries: false,
+            split_brain: SplitBrainPolicy::Disconnect,
         }
     }
 }
@@ -458,6 +460,7 @@ impl Sim {
             csums,
             on_no_quorum,
             two_primaries,
+            split_brain,
         } = shape;
         let confs: Vec<NodeConf> = (0..(diskful + diskless))
             .map(|i| NodeConf {
@@ -473,7 +476,7 @@ impl Sim {
                 size_blocks: BLOCKS,
                 protocol,
                 quorum,
-                split_brain: SplitBrainPolicy::Disconnect,
+                split_brain,
                 al_extents: 12,
                 extent_blocks: 8,
                 resync_inflight: 8,
@@ -1829,6 +1832,7 @@ impl Scenario {
             on_no_quorum: OnNoQuorum::IoError,
             csums: false,
             two_primaries: false,
+            split_brain: SplitBrainPolicy::Disconnect,
         })
     }
 
@@ -1843,6 +1847,23 @@ impl Scenario {
             on_no_quorum: OnNoQuorum::IoError,
             csums: false,
             two_primaries: true,
+            split_brain: SplitBrainPolicy::Disconnect,
+        })
+    }
+
+    /// Protocol C without quorum (so partitions can both write) and a split-brain
+    /// policy on every node.
+    pub fn with_split_brain(diskful: usize, split_brain: SplitBrainPolicy) -> Scenario {
+        Self::with_shape(Shape {
+            diskful,
+            diskless: 0,
+            protocol: Protocol::C,
+            fresh_node: None,
+            quorum: QuorumPolicy::Off,
+            on_no_quorum: OnNoQuorum::IoError,
+            csums: false,
+            two_primaries: false,
+            split_brain,
         })
     }
 
@@ -1857,6 +1878,7 @@ impl Scenario {
             on_no_quorum: OnNoQuorum::IoError,
             csums: true,
             two_primaries: false,
+            split_brain: SplitBrainPolicy::Disconnect,
         })
     }
 
@@ -1876,6 +1898,7 @@ impl Scenario {
             on_no_quorum,
             csums: false,
             two_primaries: false,
+            split_brain: SplitBrainPolicy::Disconnect,
         })
     }
 
