@@ -3677,6 +3677,11 @@ impl Replica {
                     };
                     let tag = self.tag(DiskOp::ResyncDoneFlush(Box::new(done)));
                     self.out.push(Action::DiskFlush { tag });
+                } else if self.current_target_round(from, round) {
+                    // Blocks were marked for the source after it sent the last of its
+                    // round (a write or a verify finding it lacked): the source counts
+                    // the round as done, so a new round copies them.
+                    self.new_round(from);
                 }
             }
         }

@@ -55,6 +55,9 @@ pub struct Options {
     /// Percentage of seeds whose cluster runs with allow-two-primaries (and protocol
     /// C): a failover then becomes a live migration (chosen from the seed alone).
     pub two_primaries_percent: u64,
+    /// Percentage of seeds whose chaos also runs online verify (chosen from the seed
+    /// alone).
+    pub verify_percent: u64,
 }
 
 impl Default for Options {
@@ -67,6 +70,7 @@ impl Default for Options {
             disk_failures: false,
             suspend_io_percent: 25,
             two_primaries_percent: 0,
+            verify_percent: 0,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct Outcome {
     pub cuts: u64,
     pub resync_blocks: u64,
     pub disk_failures: u64,
+    /// Online verifies the chaos started (`Options::verify_percent`).
+    pub verifies: u64,
     pub healed_after_us: u64,
     pub trace: Vec<String>,
 }
@@ -383,6 +389,8 @@ struct Sim {
     read_values: BTreeMap<u64, Vec<u64>>,
     /// Outcome of the last resize per coordinating node, for scripted scenarios.
     resizes: BTreeMap<NodeId, Result<(), String>>,
+    /// Chaos also runs online verify.
+    verify_ops: bool,
 }
 
 fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
@@ -441,7 +449,12 @@ impl Sim {
             shape.two_primaries = true;
             shape.protocol = Protocol::C;
         }
+        let verify_ops = seed_share(seed ^ 0x0AD0_1234_5678_9ABC, opts.verify_percent);
         let mut sim = Sim::build(rng, shape, opts);
+        sim.verify_ops = verify_ops;
+        if verify_ops {
+            sim.log("chaos includes online verify".into());
+        }
         sim.schedule(50 * MS, Ev::Client);
         sim.schedule(500 * MS, Ev::Chaos);
         sim.schedule(opts.chaos_us, Ev::Heal);
@@ -556,6 +569,7 @@ impl Sim {
             disk_failures: opts.disk_failures,
             read_values: BTreeMap::new(),
             resizes: BTreeMap::new(),
+            verify_ops: false,
         };
         sim.log(format!(
             "cluster: {diskful} diskful + {diskless} diskless, protocol {protocol:?}, fresh node {fresh_node:?}, csums {csums}, on-no-quorum {on_no_quorum:?}, two primaries {two_primaries}"
@@ -1067,6 +1081,15 @@ impl Sim {
 
     fn chaos_step(&mut self) {
         let n = self.nodes.len() as u64;
+        if self.verify_ops && self.rng.chance(8) {
+            let a = self.rng.below(n) as NodeId;
+            if self.nodes[a as usize].core.is_some() {
+                self.out.verifies += 1;
+                self.log(format!("chaos: verify on n{a}"));
+                self.feed(a, Event::Admin(Admin::Verify { peer: None }));
+            }
+            return;
+        }
         let roll = self.rng.below(100);
         let a = self.rng.below(n) as NodeId;
         let mut b = self.rng.below(n) as NodeId;

@@ -38,6 +38,9 @@ fn main() -> ExitCode {
         println!(
             "       --two-primaries PERCENT  share of seeds run with allow-two-primaries, where a failover is a live migration (default 0)"
         );
+        println!(
+            "       --verify PERCENT      share of seeds whose chaos also runs online verify (default 0)"
+        );
         return ExitCode::SUCCESS;
     }
     let parsed = (|| {
@@ -49,15 +52,20 @@ fn main() -> ExitCode {
         if two.is_some_and(|p| p > 100) {
             return Err("--two-primaries wants a percentage, 0 to 100".to_owned());
         }
+        let ops = number(&args, "--verify")?;
+        if ops.is_some_and(|p| p > 100) {
+            return Err("--verify wants a percentage, 0 to 100".to_owned());
+        }
         Ok::<_, String>((
             number(&args, "--seed")?,
             number(&args, "--seeds")?,
             number(&args, "--start")?,
             suspend,
             two,
+            ops,
         ))
     })();
-    let (seed, seeds, start, suspend, two) = match parsed {
+    let (seed, seeds, start, suspend, two, ops) = match parsed {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");
@@ -71,6 +79,7 @@ fn main() -> ExitCode {
         disk_failures: args.iter().any(|a| a == "--disk-failures"),
         suspend_io_percent: suspend.unwrap_or(sim::Options::default().suspend_io_percent),
         two_primaries_percent: two.unwrap_or(0),
+        verify_percent: ops.unwrap_or(0),
         ..sim::Options::default()
     };
     if let Some(seed) = seed {
