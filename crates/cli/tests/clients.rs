@@ -189,3 +189,26 @@ fn fio_verify_crc32c_with_several_jobs_and_depths() {
         );
     }
 }
+
+#[test]
+fn blockd_runs_with_two_malloc_arenas_under_the_pid_it_was_started_with() {
+    // It executes itself again with MALLOC_ARENA_MAX=2 (RSS; see main.rs): the PID a
+    // supervisor started stays the one serving.
+    let mut b = Blockd::new();
+    b.add_resource("r0", &[(0, "16M")]);
+    b.start();
+    let pid = b.pid().unwrap();
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        env.split(|c| *c == 0).any(|v| v == b"MALLOC_ARENA_MAX=2"),
+        "{}",
+        String::from_utf8_lossy(&env)
+    );
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).contains("blockd"));
+    assert!(
+        b.status()["resources"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1)
+    );
+}

@@ -154,6 +154,11 @@ impl Blockd {
         }
     }
 
+    /// The process id of the running blockd.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn alive(&mut self) -> bool {
         self.child
             .as_mut()
