@@ -6,32 +6,10 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{Attached, Cluster, require, stdout};
+use common::{Attached, Cluster, qemu_io_ok, qemu_io_try, require};
 
 const RES: &str = "r0";
 const SECRET: &str = "test-secret-1234";
-
-fn qemu_io(uri: &str, cmds: &[&str]) -> (bool, String) {
-    let mut args = vec!["-f", "raw"];
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    args.push(uri);
-    let out = Command::new("qemu-io").args(&args).output().unwrap();
-    let text = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
-    let ok = out.status.success()
-        && !text.contains("Pattern verification failed")
-        && !text.contains("failed");
-    (ok, text)
-}
-
-fn qemu_io_ok(uri: &str, cmds: &[&str]) {
-    let (ok, text) = qemu_io(uri, cmds);
-    assert!(ok, "qemu-io {cmds:?}: {text}");
-}
 
 #[test]
 fn live_migration_with_two_primaries_moves_the_writer_and_loses_nothing() {
@@ -43,11 +21,7 @@ fn live_migration_with_two_primaries_moves_the_writer_and_loses_nothing() {
         c.nodes[i].write_conf(RES, &t);
     }
     c.start_all();
-    c.wait(0, RES, "peers connected", |v| {
-        v["peers"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().all(|p| p["connection"] == "Connected"))
-    });
+    c.wait_connected(0, RES);
     c.local_ok(0, &["primary", RES, "--force"]);
     c.local_ok(0, &["secondary", RES]);
     for i in 0..3 {
@@ -62,7 +36,7 @@ fn live_migration_with_two_primaries_moves_the_writer_and_loses_nothing() {
     qemu_io_ok(&uri0, &["write -P 0x11 0 1M", "flush"]);
 
     // Without allow-two-primaries the target cannot open the volume, and says why.
-    let (ok, text) = qemu_io(&uri1, &["read 0 4k"]);
+    let (text, ok) = qemu_io_try(&uri1, &["read 0 4k"]);
     assert!(!ok, "{text}");
     assert!(text.contains("node 0 is primary"), "{text}");
     assert!(text.contains("allow-two-primaries"), "{text}");

@@ -5,34 +5,9 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{Cluster, peer, require};
+use common::{Cluster, peer, qemu_io_ok, qemu_io_try as qemu_io, require};
 
 const RES: &str = "r0";
-
-/// Runs qemu-io; returns its output and whether every command succeeded.
-fn qemu_io(uri: &str, cmds: &[&str]) -> (String, bool) {
-    let mut args = vec!["-f", "raw"];
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    args.push(uri);
-    let out = Command::new("qemu-io").args(&args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ok = out.status.success() && !text.contains("failed");
-    (text, ok)
-}
-
-fn qemu_io_ok(uri: &str, cmds: &[&str]) {
-    let (text, ok) = qemu_io(uri, cmds);
-    assert!(ok, "qemu-io {cmds:?}: {text}");
-}
 
 #[test]
 fn a_partitioned_primary_keeps_writing_with_quorum_fails_without_and_resyncs_after_healing() {
@@ -44,11 +19,7 @@ fn a_partitioned_primary_keeps_writing_with_quorum_fails_without_and_resyncs_aft
         c.nodes[i].write_conf(RES, &t);
     }
     c.start_all();
-    c.wait(0, RES, "peers connected", |v| {
-        v["peers"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().all(|p| p["connection"] == "Connected"))
-    });
+    c.wait_connected(0, RES);
     c.local_ok(0, &["primary", RES, "--force"]);
     for i in 0..3 {
         c.wait_in_sync(i, RES);

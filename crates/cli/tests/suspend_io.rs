@@ -9,7 +9,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, peer, require, stdout};
+use common::{Cluster, peer, qemu_io_outcome, require, stdout};
 
 const RES: &str = "r0";
 const MIB: usize = 1 << 20;
@@ -44,14 +44,7 @@ fn finish(mut child: Child, secs: u64) -> (String, bool) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ok = out.status.success() && !text.contains("failed");
-    (text, ok)
+    qemu_io_outcome(&child.wait_with_output().unwrap())
 }
 
 /// Asserts that the client is still waiting: not exited, so neither acknowledged
@@ -90,11 +83,7 @@ fn a_write_held_without_quorum_completes_when_a_peer_returns_and_secondary_force
         c.nodes[i].write_conf(RES, &t);
     }
     c.start_all();
-    c.wait(0, RES, "peers connected", |v| {
-        v["peers"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().all(|p| p["connection"] == "Connected"))
-    });
+    c.wait_connected(0, RES);
     c.local_ok(0, &["primary", RES, "--force"]);
     for i in 0..3 {
         c.wait_in_sync(i, RES);

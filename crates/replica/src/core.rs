@@ -2084,28 +2084,12 @@ impl Replica {
             if affected && self.need_rotation && self.quorum {
                 self.rotate();
             }
-            let others: Vec<NodeId> = self
-                .peers
-                .values()
-                .filter(|p| p.connected())
-                .map(|p| p.id)
-                .collect();
-            for o in others {
-                self.send(o, Msg::PeerLost { node: id });
-            }
+            self.broadcast_peer_lost(id);
         } else if diskful && affected && self.role == Role::Secondary && self.two_primaries() {
             // Demoted next to another primary with writes outstanding (a handover):
             // the primary that took over holds them unconfirmed in its window and
             // must know that this node may lack them.
-            let others: Vec<NodeId> = self
-                .peers
-                .values()
-                .filter(|p| p.connected())
-                .map(|p| p.id)
-                .collect();
-            for o in others {
-                self.send(o, Msg::PeerLost { node: id });
-            }
+            self.broadcast_peer_lost(id);
         }
         // (A forwarder that lost its orderer steps down first: see below.)
         self.orderer_disconnected(id);
@@ -2123,6 +2107,13 @@ impl Replica {
     /// The primary left (lost or demoted): its writes not confirmed everywhere may be
     /// missing on any other node, and secondaries now reconcile among themselves.
     fn primary_gone(&mut self) {
+        self.window_missing_anywhere();
+        self.rehandshake_secondaries();
+    }
+
+    /// The writes in the window (received, not confirmed everywhere by their primary,
+    /// which left) may be missing on any other node: marked for all, persisted.
+    fn window_missing_anywhere(&mut self) {
         let entries: Vec<(u64, u64)> = self.window.values().copied().collect();
         let others: Vec<NodeId> = self.md.bitmaps.keys().copied().collect();
         for (b, c) in entries {
@@ -2132,7 +2123,20 @@ impl Replica {
         }
         self.clear_window();
         self.persist();
-        self.rehandshake_secondaries();
+    }
+
+    /// Tells every connected peer that `id` was lost: writes they hold unconfirmed
+    /// may be missing there.
+    fn broadcast_peer_lost(&mut self, id: NodeId) {
+        let others: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.connected())
+            .map(|p| p.id)
+            .collect();
+        for o in others {
+            self.send(o, Msg::PeerLost { node: id });
+        }
     }
 
     fn clear_window(&mut self) {

@@ -139,6 +139,22 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// Protocol C, quorum by majority, on-no-quorum io-error, split brains left to a
+    /// human, nothing else: what the scenarios start from.
+    fn plain(diskful: usize, diskless: usize) -> Shape {
+        Shape {
+            diskful,
+            diskless,
+            protocol: Protocol::C,
+            fresh_node: None,
+            quorum: QuorumPolicy::Majority,
+            csums: false,
+            on_no_quorum: OnNoQuorum::IoError,
+            two_primaries: false,
+            split_brain: SplitBrainPolicy::Disconnect,
+        }
+    }
+
     fn random(rng: &mut Rng) -> Shape {
         let diskful = rng.range(2, 5) as usize;
         let diskless = if diskful.is_multiple_of(2) {
@@ -1819,6 +1835,40 @@ pub fn run_many(start: u64, count: u64, opts: &Options) -> Result<Vec<Outcome>, 
     (start..start + count).map(|s| run(s, opts)).collect()
 }
 
+/// Runs seeds `from..to` and compares them with the seeds known to fail (seed,
+/// invariant): `Err` lists every seed that fails unexpectedly, fails another
+/// invariant than listed, or no longer fails (so a known list can only shrink). `Ok`
+/// carries the outcomes of the seeds that passed.
+pub fn check_known(
+    from: u64,
+    to: u64,
+    opts: &Options,
+    known: &[(u64, u8)],
+) -> Result<Vec<Outcome>, String> {
+    let mut failures = Vec::new();
+    let mut passed = Vec::new();
+    for seed in from..to {
+        let listed = known.iter().find(|(s, _)| *s == seed).map(|(_, i)| *i);
+        match (run(seed, opts), listed) {
+            (Ok(o), None) => passed.push(o),
+            (Err(v), None) => failures.push(format!("{v}")),
+            (Err(v), Some(inv)) if v.invariant == inv => {}
+            (Err(v), Some(inv)) => failures.push(format!(
+                "seed {seed} was known to violate invariant {inv}, now violates {}:\n{v}",
+                v.invariant
+            )),
+            (Ok(_), Some(_)) => failures.push(format!(
+                "seed {seed} no longer violates an invariant: remove it from the known failures"
+            )),
+        }
+    }
+    if failures.is_empty() {
+        Ok(passed)
+    } else {
+        Err(failures.join("\n"))
+    }
+}
+
 /// A scripted run: the same simulated network, disks and oracle, but faults and I/O
 /// come from the test, step by step. For the named scenario tests.
 pub struct Scenario {
@@ -1847,30 +1897,17 @@ impl Scenario {
         quorum: QuorumPolicy,
     ) -> Scenario {
         Self::with_shape(Shape {
-            diskful,
-            diskless,
             protocol,
-            fresh_node: None,
             quorum,
-            on_no_quorum: OnNoQuorum::IoError,
-            csums: false,
-            two_primaries: false,
-            split_brain: SplitBrainPolicy::Disconnect,
+            ..Shape::plain(diskful, diskless)
         })
     }
 
     /// allow-two-primaries on every node (protocol C, quorum by majority).
     pub fn with_two_primaries(diskful: usize, diskless: usize) -> Scenario {
         Self::with_shape(Shape {
-            diskful,
-            diskless,
-            protocol: Protocol::C,
-            fresh_node: None,
-            quorum: QuorumPolicy::Majority,
-            on_no_quorum: OnNoQuorum::IoError,
-            csums: false,
             two_primaries: true,
-            split_brain: SplitBrainPolicy::Disconnect,
+            ..Shape::plain(diskful, diskless)
         })
     }
 
@@ -1878,30 +1915,17 @@ impl Scenario {
     /// policy on every node.
     pub fn with_split_brain(diskful: usize, split_brain: SplitBrainPolicy) -> Scenario {
         Self::with_shape(Shape {
-            diskful,
-            diskless: 0,
-            protocol: Protocol::C,
-            fresh_node: None,
             quorum: QuorumPolicy::Off,
-            on_no_quorum: OnNoQuorum::IoError,
-            csums: false,
-            two_primaries: false,
             split_brain,
+            ..Shape::plain(diskful, 0)
         })
     }
 
     /// Nodes that resync by checksums (protocol C, quorum by majority).
     pub fn with_csums(diskful: usize, diskless: usize) -> Scenario {
         Self::with_shape(Shape {
-            diskful,
-            diskless,
-            protocol: Protocol::C,
-            fresh_node: None,
-            quorum: QuorumPolicy::Majority,
-            on_no_quorum: OnNoQuorum::IoError,
             csums: true,
-            two_primaries: false,
-            split_brain: SplitBrainPolicy::Disconnect,
+            ..Shape::plain(diskful, diskless)
         })
     }
 
@@ -1913,15 +1937,9 @@ impl Scenario {
         on_no_quorum: OnNoQuorum,
     ) -> Scenario {
         Self::with_shape(Shape {
-            diskful,
-            diskless,
             protocol,
-            fresh_node: None,
-            quorum: QuorumPolicy::Majority,
             on_no_quorum,
-            csums: false,
-            two_primaries: false,
-            split_brain: SplitBrainPolicy::Disconnect,
+            ..Shape::plain(diskful, diskless)
         })
     }
 

@@ -11,7 +11,7 @@
 //! "Known failures"); the test also asserts they still do, so the list can only
 //! shrink as bugs are fixed, never hide a new one.
 
-use sim::{Options, run};
+use sim::{Options, check_known, run};
 
 const SEEDS: u64 = 2000;
 /// Every seed below 2,000 that violates an invariant today, with the invariant.
@@ -39,24 +39,9 @@ const SEEDS: u64 = 2000;
 const KNOWN_FAILURES: &[(u64, u8)] = &[(1687, 1), (1710, 2)];
 
 fn check_range(from: u64, to: u64) {
-    let opts = Options::default();
-    let mut failures = Vec::new();
-    for seed in from..to {
-        let known = KNOWN_FAILURES.iter().find(|(s, _)| *s == seed);
-        match (run(seed, &opts), known) {
-            (Ok(_), None) => {}
-            (Err(v), None) => failures.push(format!("{v}")),
-            (Err(v), Some((_, inv))) if v.invariant == *inv => {}
-            (Err(v), Some((_, inv))) => failures.push(format!(
-                "seed {seed} was known to violate invariant {inv}, now violates {}:\n{v}",
-                v.invariant
-            )),
-            (Ok(_), Some(_)) => failures.push(format!(
-                "seed {seed} no longer violates an invariant: remove it from KNOWN_FAILURES"
-            )),
-        }
+    if let Err(e) = check_known(from, to, &Options::default(), KNOWN_FAILURES) {
+        panic!("{e}");
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

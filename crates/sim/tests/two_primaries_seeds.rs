@@ -16,7 +16,7 @@
 //! failed here too.) The test also asserts the listed seeds still fail, so the list
 //! only shrinks.
 
-use sim::{Options, run};
+use sim::{Options, check_known, run};
 
 const SEEDS: u64 = 1000;
 const KNOWN_FAILURES: &[(u64, u8)] = &[(602, 5)];
@@ -26,23 +26,9 @@ fn check_range(from: u64, to: u64) {
         two_primaries_percent: 100,
         ..Options::default()
     };
-    let mut failures = Vec::new();
-    for seed in from..to {
-        let known = KNOWN_FAILURES.iter().find(|(s, _)| *s == seed);
-        match (run(seed, &opts), known) {
-            (Ok(_), None) => {}
-            (Err(v), None) => failures.push(format!("{v}")),
-            (Err(v), Some((_, inv))) if v.invariant == *inv => {}
-            (Err(v), Some((_, inv))) => failures.push(format!(
-                "seed {seed} was known to violate invariant {inv}, now violates {}:\n{v}",
-                v.invariant
-            )),
-            (Ok(_), Some(_)) => failures.push(format!(
-                "seed {seed} no longer violates an invariant: remove it from KNOWN_FAILURES"
-            )),
-        }
+    if let Err(e) = check_known(from, to, &opts, KNOWN_FAILURES) {
+        panic!("{e}");
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

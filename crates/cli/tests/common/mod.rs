@@ -10,6 +10,36 @@ use serde_json::Value;
 
 pub const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 
+/// Runs qemu-io; returns its output and whether every command succeeded (a pattern
+/// mismatch counts as a failure).
+pub fn qemu_io_try(uri: &str, cmds: &[&str]) -> (String, bool) {
+    let mut args = vec!["-f", "raw"];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(uri);
+    qemu_io_outcome(&Command::new("qemu-io").args(&args).output().unwrap())
+}
+
+/// A finished qemu-io's output (stdout then stderr) and whether every command
+/// succeeded.
+pub fn qemu_io_outcome(out: &Output) -> (String, bool) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ok = out.status.success() && !text.contains("failed");
+    (text, ok)
+}
+
+/// qemu-io that must succeed.
+pub fn qemu_io_ok(uri: &str, cmds: &[&str]) {
+    let (text, ok) = qemu_io_try(uri, cmds);
+    assert!(ok, "qemu-io {cmds:?}: {text}");
+}
+
 /// Fails the test with an install hint when a client is missing: a test that cannot
 /// run must not pass.
 pub fn require(tool: &str, package: &str) {
@@ -381,6 +411,15 @@ impl Cluster {
 
     /// Waits until node i sees every peer connected and in sync, and is UpToDate
     /// (or Diskless).
+    /// Waits until node `i` sees every peer of `res` connected; returns its status.
+    pub fn wait_connected(&self, i: usize, res: &str) -> Value {
+        self.wait(i, res, "peers connected", |v| {
+            v["peers"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().all(|p| p["connection"] == "Connected"))
+        })
+    }
+
     pub fn wait_in_sync(&self, i: usize, res: &str) -> Value {
         self.wait(i, res, "connected and in sync", |v| {
             let disk_ok = v["disk_state"] == "UpToDate" || v["disk_state"] == "Diskless";

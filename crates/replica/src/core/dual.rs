@@ -267,15 +267,7 @@ impl Replica {
         if self.handover {
             // Demoted before it left: what it wrote and did not confirm may be
             // missing anywhere, as when a single primary leaves.
-            let entries: Vec<(u64, u64)> = self.window.values().copied().collect();
-            let others: Vec<NodeId> = self.md.bitmaps.keys().copied().collect();
-            for (b, c) in entries {
-                for o in &others {
-                    self.mark(*o, b, c);
-                }
-            }
-            self.clear_window();
-            self.persist();
+            self.window_missing_anywhere();
             let fids: Vec<u64> = self.forwarded.keys().copied().collect();
             for fid in fids {
                 if let Some(f) = self.forwarded.remove(&fid) {
