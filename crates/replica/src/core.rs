@@ -2659,11 +2659,18 @@ impl Replica {
                 // A node the primary names as missing the new generation's writes only
                 // notes that it exists.
                 let missing = lost & mask(self.cfg.node) != 0;
+                if missing {
+                    self.forwarder_left_behind(from);
+                }
                 let mut adopted = false;
                 if !missing && self.md.disk >= Disk::Outdated && self.md.current == previous {
                     self.push_history(previous);
                     self.md.current = current;
                     adopted = true;
+                    // A rotation of this node's own still unsettled (it was primary)
+                    // must not be undone now: its generation is the sender's.
+                    self.rotation_undo = None;
+                    self.uuid_waiting.clear();
                     for n in self
                         .cfg
                         .nodes

@@ -10,8 +10,10 @@
 //! invariants; invariant 3 then forbids two primaries that both order writes.
 //!
 //! Seeds in `KNOWN_FAILURES` still violate an invariant: 602 ends in a split brain
-//! declared between nodes that never both wrote, a cause shared with the
-//! single-primary known failures (docs/replication.md, "Known failures"). (Before
+//! declared between nodes that never both wrote. Its cause is a known single-primary
+//! one (docs/replication.md, "Known failures"): a generation its primary undid for
+//! lack of quorum after a peer had adopted it; that peer later orders writes from
+//! there. (Before
 //! the fixes for seeds 22, 1197 and 2870 were merged, 279, 298, 548, 552 and 899
 //! failed here too.) The test also asserts the listed seeds still fail, so the list
 //! only shrinks.

@@ -279,6 +279,18 @@ impl Replica {
         // Still primary when it went: it may be writing on in another partition, so
         // this node cannot order writes itself. It steps down; a client that
         // connects again promotes it through the usual grants.
+        self.forwarder_step_down();
+    }
+
+    /// The orderer started a generation this forwarder misses writes of: its own
+    /// data is behind, so it can serve no read nor take over. It steps down.
+    pub(super) fn forwarder_left_behind(&mut self, from: NodeId) {
+        if self.orderer == Some(from) && !self.diskless() {
+            self.forwarder_step_down();
+        }
+    }
+
+    fn forwarder_step_down(&mut self) {
         self.stop_forwarding(IoError::OrdererLost);
         self.role = Role::Secondary;
         self.md.primary = false;
