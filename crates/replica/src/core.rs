@@ -105,6 +105,35 @@ pub struct Config {
 }
 
 impl Config {
+    /// Node 0 of `nodes` (id, diskful) with small limits: the unit tests' cluster.
+    #[cfg(test)]
+    pub(crate) fn for_tests(nodes: &[(NodeId, bool)]) -> Config {
+        Config {
+            node: 0,
+            nodes: nodes
+                .iter()
+                .map(|&(id, diskful)| NodeConf { id, diskful })
+                .collect(),
+            size_blocks: 1024,
+            protocol: Protocol::C,
+            quorum: QuorumPolicy::Majority,
+            split_brain: SplitBrainPolicy::Disconnect,
+            al_extents: 8,
+            extent_blocks: 64,
+            resync_inflight: 4,
+            resync_per_tick: 4,
+            resync_rate_per_tick: None,
+            promote_timeout_ms: 1000,
+            grant_lease_ms: 1000,
+            max_queued: 64,
+            resync_csums: false,
+            allow_two_primaries: false,
+            on_no_quorum: OnNoQuorum::IoError,
+            max_held: 64,
+            max_held_bytes: 1 << 20,
+        }
+    }
+
     pub fn diskful(&self, n: NodeId) -> bool {
         self.nodes.iter().any(|c| c.id == n && c.diskful)
     }
@@ -1505,15 +1534,7 @@ impl Replica {
                     .peers
                     .values()
                     .any(|p| p.live() && p.diskful && p.disk == Disk::UpToDate);
-                let ids: Vec<NodeId> = self
-                    .peers
-                    .values()
-                    .filter(|p| p.connected())
-                    .map(|p| p.id)
-                    .collect();
-                for id in &ids {
-                    self.send(*id, Msg::Leaving);
-                }
+                self.send_connected(&Msg::Leaving);
                 if others_up && self.md.disk == Disk::UpToDate {
                     self.md.disk = Disk::Outdated;
                 }
@@ -1802,14 +1823,22 @@ impl Replica {
     }
 
     fn broadcast_role(&mut self) {
-        let ids: Vec<NodeId> = self
-            .peers
+        self.send_connected(&Msg::RoleChanged { role: self.role });
+    }
+
+    /// Peers whose connection is up (handshake done or not).
+    fn connected_peers(&self) -> Vec<NodeId> {
+        self.peers
             .values()
             .filter(|p| p.connected())
             .map(|p| p.id)
-            .collect();
-        for id in ids {
-            self.send(id, Msg::RoleChanged { role: self.role });
+            .collect()
+    }
+
+    /// Sends `msg` to every connected peer.
+    fn send_connected(&mut self, msg: &Msg) {
+        for id in self.connected_peers() {
+            self.send(id, msg.clone());
         }
     }
 
@@ -1974,13 +2003,7 @@ impl Replica {
     }
 
     fn rehandshake_all(&mut self) {
-        let ids: Vec<NodeId> = self
-            .peers
-            .values()
-            .filter(|p| p.connected())
-            .map(|p| p.id)
-            .collect();
-        for id in ids {
+        for id in self.connected_peers() {
             self.new_round(id);
         }
     }
@@ -2128,15 +2151,7 @@ impl Replica {
     /// Tells every connected peer that `id` was lost: writes they hold unconfirmed
     /// may be missing there.
     fn broadcast_peer_lost(&mut self, id: NodeId) {
-        let others: Vec<NodeId> = self
-            .peers
-            .values()
-            .filter(|p| p.connected())
-            .map(|p| p.id)
-            .collect();
-        for o in others {
-            self.send(o, Msg::PeerLost { node: id });
-        }
+        self.send_connected(&Msg::PeerLost { node: id });
     }
 
     fn clear_window(&mut self) {
@@ -3210,22 +3225,12 @@ impl Replica {
         self.persist();
         // Every connected peer, also one still in its handshake: a resync target
         // must know the generation its incoming writes belong to.
-        let ids: Vec<NodeId> = self
-            .peers
-            .values()
-            .filter(|p| p.connected())
-            .map(|p| p.id)
-            .collect();
-        for id in &ids {
-            self.send(
-                *id,
-                Msg::NewUuid {
-                    current: new,
-                    previous: old,
-                    lost,
-                },
-            );
-        }
+        let ids = self.connected_peers();
+        self.send_connected(&Msg::NewUuid {
+            current: new,
+            previous: old,
+            lost,
+        });
         self.uuid_waiting = ids.into_iter().collect();
         self.restart_pending_handshakes();
     }

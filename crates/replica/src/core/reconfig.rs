@@ -118,34 +118,9 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::SplitBrainPolicy;
-    use crate::quorum::QuorumPolicy;
 
     fn cfg(nodes: &[(NodeId, bool)]) -> Config {
-        Config {
-            node: 0,
-            nodes: nodes
-                .iter()
-                .map(|&(id, diskful)| NodeConf { id, diskful })
-                .collect(),
-            size_blocks: 1024,
-            protocol: Protocol::C,
-            quorum: QuorumPolicy::Majority,
-            split_brain: SplitBrainPolicy::Disconnect,
-            al_extents: 8,
-            extent_blocks: 64,
-            resync_inflight: 4,
-            resync_per_tick: 4,
-            resync_rate_per_tick: None,
-            promote_timeout_ms: 1000,
-            grant_lease_ms: 1000,
-            max_queued: 64,
-            resync_csums: false,
-            allow_two_primaries: false,
-            on_no_quorum: OnNoQuorum::IoError,
-            max_held: 64,
-            max_held_bytes: 1 << 20,
-        }
+        Config::for_tests(nodes)
     }
 
     fn persisted(actions: &[Action]) -> Option<&Persistent> {

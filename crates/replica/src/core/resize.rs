@@ -216,15 +216,7 @@ impl Replica {
         let size_blocks = run.size_blocks;
         self.resize = None;
         self.io_blocks = self.io_blocks.max(size_blocks);
-        let ids: Vec<NodeId> = self
-            .peers
-            .values()
-            .filter(|p| p.connected())
-            .map(|p| p.id)
-            .collect();
-        for id in ids {
-            self.send(id, Msg::ResizeCommit { size_blocks });
-        }
+        self.send_connected(&Msg::ResizeCommit { size_blocks });
         self.out.push(Action::ResizeResult(Ok(())));
     }
 

@@ -290,39 +290,13 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::SplitBrainPolicy;
-    use crate::quorum::QuorumPolicy;
 
     fn cfg(policy: OnNoQuorum) -> Config {
         Config {
-            node: 0,
-            nodes: vec![
-                NodeConf {
-                    id: 0,
-                    diskful: true,
-                },
-                NodeConf {
-                    id: 1,
-                    diskful: true,
-                },
-            ],
-            size_blocks: 1024,
-            protocol: Protocol::C,
-            quorum: QuorumPolicy::Majority,
-            split_brain: SplitBrainPolicy::Disconnect,
-            al_extents: 8,
-            extent_blocks: 64,
-            resync_inflight: 4,
-            resync_per_tick: 4,
-            resync_rate_per_tick: None,
-            promote_timeout_ms: 1000,
-            grant_lease_ms: 1000,
-            max_queued: 64,
-            resync_csums: false,
-            allow_two_primaries: false,
             on_no_quorum: policy,
             max_held: 2,
             max_held_bytes: 3 * 4096,
+            ..Config::for_tests(&[(0, true), (1, true)])
         }
     }
 
