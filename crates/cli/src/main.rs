@@ -8,8 +8,38 @@ use blockd::admin::{self, Request, Status};
 use blockd::daemon::{Daemon, Options};
 use clap::{Parser, Subcommand};
 
+/// `println!` for command output: a reader that went away (`tandem local status |
+/// head -1`) ends the command quietly, as it ends other Unix tools, instead of a panic.
+macro_rules! outln {
+    () => { $crate::write_stdout(format_args!(""), true) };
+    ($($t:tt)*) => { $crate::write_stdout(format_args!($($t)*), true) };
+}
+
+/// `print!` for command output, with `outln!`'s handling of a closed stdout.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::write_stdout(format_args!($($t)*), false) };
+}
+
 mod client;
 mod playground;
+
+/// Writes command output. A closed pipe exits with success (the reader had what it
+/// wanted); any other write error exits with a message instead of a panic.
+fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let r = o
+        .write_fmt(args)
+        .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) });
+    match r {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: writing the output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 const DEFAULT_RUN_DIR: &str = "/run/tandem";
 const DEFAULT_CONFIG_DIR: &str = "/etc/tandem/resources";
@@ -363,7 +393,7 @@ fn local(socket: &Path, cmd: LocalCmd) -> Result<()> {
             let resp = call(socket, Request::Status {})?;
             let status = resp.status.context("blockd answered without a status")?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                outln!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print_status(&status);
             }
@@ -405,7 +435,7 @@ fn local(socket: &Path, cmd: LocalCmd) -> Result<()> {
     let resp = call(socket, req)?;
     if resp.ok {
         if let Some(m) = resp.message {
-            println!("{m}");
+            outln!("{m}");
         }
         Ok(())
     } else {
@@ -434,29 +464,40 @@ fn human_size(b: u64) -> String {
 
 fn print_status(s: &Status) {
     if s.resources.is_empty() {
-        println!(
+        outln!(
             "no resources in {} (add a resource file, then `tandem local adjust`)",
             s.config_dir
         );
         return;
     }
-    println!(
+    outln!(
         "{:<20} {:>3} {:<5} {:>10} {:>5}  {:<36} NBD",
-        "RESOURCE", "VOL", "STATE", "SIZE", "CONNS", "BACKING"
+        "RESOURCE",
+        "VOL",
+        "STATE",
+        "SIZE",
+        "CONNS",
+        "BACKING"
     );
     for r in &s.resources {
         for v in &r.volumes {
             let size = v.size.map(human_size).unwrap_or_else(|| "?".into());
             let state = if v.open { "open" } else { "closed" };
-            println!(
+            outln!(
                 "{:<20} {:>3} {:<5} {:>10} {:>5}  {:<36} {}",
-                r.name, v.number, state, size, v.connections, v.backing, v.nbd_uri
+                r.name,
+                v.number,
+                state,
+                size,
+                v.connections,
+                v.backing,
+                v.nbd_uri
             );
             if let Some(e) = &v.error {
-                println!("    volume {}: {e}", v.number);
+                outln!("    volume {}: {e}", v.number);
             }
             if let (Some(role), Some(disk)) = (&v.role, &v.disk_state) {
-                println!(
+                outln!(
                     "    {}{role} {disk} quorum:{} may-promote:{}",
                     v.node
                         .as_ref()
@@ -471,20 +512,20 @@ fn print_status(s: &Status) {
                 );
             }
             if let Some(d) = &v.detached {
-                println!("    disk detached: {d}");
+                outln!("    disk detached: {d}");
             }
             if let Some(o) = &v.writes_via {
-                println!("    second primary: writes ordered by {o}");
+                outln!("    second primary: writes ordered by {o}");
             }
             if let Some(why) = &v.suspended {
-                println!(
+                outln!(
                     "    I/O suspended: {why} ({} request(s), {} held)",
                     v.held_requests,
                     human_size(v.held_bytes)
                 );
             }
             if v.resync_left_bytes > 0 {
-                println!("    to receive: {}", human_size(v.resync_left_bytes));
+                outln!("    to receive: {}", human_size(v.resync_left_bytes));
             }
             for p in &v.peers {
                 let mut line = format!(
@@ -513,14 +554,14 @@ fn print_status(s: &Status) {
                 if let Some(r) = &p.reason {
                     line.push_str(&format!(" ({r})"));
                 }
-                println!("{line}");
+                outln!("{line}");
             }
             if let Some(h) = &v.hint {
-                println!("    to resolve: {h}");
+                outln!("    to resolve: {h}");
             }
         }
         if let Some(e) = &r.error {
-            println!("  {} is down: {e}", r.name);
+            outln!("  {} is down: {e}", r.name);
         }
     }
 }

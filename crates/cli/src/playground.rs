@@ -150,7 +150,7 @@ impl Playground {
 
     /// Runs a client command against the playground's controller, printing it first.
     fn client(&self, args: &[&str]) -> Result<()> {
-        println!("$ tandem {}", args.join(" "));
+        outln!("$ tandem {}", args.join(" "));
         let out = Command::new(&self.exe)
             .arg("--controllers")
             .arg(self.controllers())
@@ -322,30 +322,30 @@ impl Playground {
     }
 
     fn print_attach(&self) {
-        println!();
-        println!("Volume {RESOURCE}/0 is served on every node (a client makes its node primary):");
+        outln!();
+        outln!("Volume {RESOURCE}/0 is served on every node (a client makes its node primary):");
         for i in 0..NODES.len() {
             if let Some(uri) = self.nbd_uri(i) {
-                println!("{uri}");
+                outln!("{uri}");
             }
         }
         if let Some(uri) = self.nbd_uri(0) {
-            println!();
-            println!("Attach with, for example:");
-            println!("  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' '{uri}'");
-            println!("  touch /tmp/disk; nbdfuse /tmp/disk '{uri}' &");
-            println!("  losetup -f --show /tmp/disk");
+            outln!();
+            outln!("Attach with, for example:");
+            outln!("  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' '{uri}'");
+            outln!("  touch /tmp/disk; nbdfuse /tmp/disk '{uri}' &");
+            outln!("  losetup -f --show /tmp/disk");
         }
-        println!();
-        println!(
+        outln!();
+        outln!(
             "The cluster: tandem --controllers {} resource list",
             self.controllers()
         );
-        println!(
+        outln!(
             "One node's blockd: tandem local --admin-socket {} status",
             self.node_dir(0).join("run/admin.sock").display()
         );
-        println!("Logs and state: {}", self.dir.display());
+        outln!("Logs and state: {}", self.dir.display());
     }
 
     fn qemu_io(&self, uri: &str, cmds: &[String]) -> Result<String> {
@@ -377,16 +377,16 @@ impl Playground {
     fn demo(&mut self) -> Result<()> {
         let uri1 = self.nbd_uri(0).context("n1 has no NBD address")?;
         let uri2 = self.nbd_uri(1).context("n2 has no NBD address")?;
-        println!("\n[demo] writing 8 MiB of 0xab through n1 ...");
+        outln!("\n[demo] writing 8 MiB of 0xab through n1 ...");
         self.qemu_io(&uri1, &["write -P 0xab 0 8M".into(), "flush".into()])?;
-        println!("[demo] killing n1's blockd and satellite (kill -9) ...");
+        outln!("[demo] killing n1's blockd and satellite (kill -9) ...");
         stop(&mut self.procs.blockd[0], rustix::process::Signal::KILL);
         stop(&mut self.procs.satellite[0], rustix::process::Signal::KILL);
-        println!("[demo] reading through n2 (it becomes primary on connect) ...");
+        outln!("[demo] reading through n2 (it becomes primary on connect) ...");
         self.qemu_io(&uri2, &["read -P 0xab 0 8M".into()])?;
-        println!("[demo] the data is there; writing 4 MiB of 0xcd through n2 ...");
+        outln!("[demo] the data is there; writing 4 MiB of 0xcd through n2 ...");
         self.qemu_io(&uri2, &["write -P 0xcd 8M 4M".into(), "flush".into()])?;
-        println!("[demo] restarting n1 ...");
+        outln!("[demo] restarting n1 ...");
         self.start_node(0)?;
         self.wait_state(&[0, 1], &["UpToDate"], "n1's resync")?;
         let received: u64 = blockd::admin::call(
@@ -403,16 +403,16 @@ impl Playground {
         .flat_map(|v| v.peers)
         .map(|p| p.resync_received_bytes)
         .sum();
-        println!(
+        outln!(
             "[demo] n1 caught up, receiving {:.1} MiB: what changed while it was away and the extents it was writing when it died",
             received as f64 / f64::from(1 << 20)
         );
-        println!("[demo] reading everything back through n1 ...");
+        outln!("[demo] reading everything back through n1 ...");
         self.qemu_io(
             &uri1,
             &["read -P 0xab 0 8M".into(), "read -P 0xcd 8M 4M".into()],
         )?;
-        println!("[demo] verified: n1 has the data written before and during its outage");
+        outln!("[demo] verified: n1 has the data written before and during its outage");
         self.wait_state(&[2], &["Diskless"], "n3 reconnecting to n1")?;
         Ok(())
     }
@@ -460,7 +460,7 @@ pub fn run(dir: Option<PathBuf>, size: &str, demo: bool, log: &str) -> Result<()
         },
         stopping,
     };
-    println!("tandem playground in {}", dir.display());
+    outln!("tandem playground in {}", dir.display());
     pg.start_controller()?;
     for i in 0..NODES.len() {
         pg.start_node(i)?;
@@ -478,20 +478,20 @@ pub fn run(dir: Option<PathBuf>, size: &str, demo: bool, log: &str) -> Result<()
     if demo {
         pg.demo()?;
     }
-    println!("\nLive status (changes only); stop everything with Ctrl-C.");
+    outln!("\nLive status (changes only); stop everything with Ctrl-C.");
     let mut last = Vec::new();
     while !pg.stopping.load(std::sync::atomic::Ordering::Relaxed) {
         let now = pg.status_lines();
         if now != last {
-            println!("--");
+            outln!("--");
             for l in &now {
-                println!("{l}");
+                outln!("{l}");
             }
             last = now;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    println!("stopping the playground ...");
+    outln!("stopping the playground ...");
     drop(pg);
     Ok(())
 }

@@ -212,3 +212,28 @@ fn blockd_runs_with_two_malloc_arenas_under_the_pid_it_was_started_with() {
             .is_some_and(|r| r.len() == 1)
     );
 }
+
+#[test]
+fn status_piped_into_a_reader_that_leaves_early_ends_quietly() {
+    // `tandem local status --json | head -1`: the pipe closes while output remains.
+    let mut b = Blockd::new();
+    for i in 0..40 {
+        b.add_resource(&format!("r{i}"), &[(0, "1M")]);
+    }
+    b.start();
+    let mut child = std::process::Command::new(TANDEM)
+        .arg("local")
+        .arg("--admin-socket")
+        .arg(b.admin())
+        .args(["status", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the command writes anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}

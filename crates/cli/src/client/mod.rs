@@ -664,9 +664,9 @@ impl<'a> Ctx<'a> {
     /// else the table.
     fn show(&self, objects: &[Value], table: impl FnOnce() -> Result<Table>) -> Result<()> {
         if self.g.machine_readable {
-            println!("{}", serde_json::to_string_pretty(&json!([objects]))?);
+            outln!("{}", serde_json::to_string_pretty(&json!([objects]))?);
         } else {
-            print!("{}", table()?.render(!self.g.no_utf8));
+            out!("{}", table()?.render(!self.g.no_utf8));
         }
         Ok(())
     }
@@ -679,7 +679,7 @@ impl<'a> Ctx<'a> {
         let mut seen = std::collections::BTreeSet::new();
         for l in lines {
             if seen.insert(l.as_str()) {
-                println!("{l}");
+                outln!("{l}");
             }
         }
     }
@@ -699,7 +699,7 @@ impl<'a> Ctx<'a> {
     fn show_props(&self, obj: &Value) -> Result<()> {
         let props = obj.get("props").cloned().unwrap_or_else(|| json!({}));
         if self.g.machine_readable {
-            println!("{}", serde_json::to_string_pretty(&json!([props]))?);
+            outln!("{}", serde_json::to_string_pretty(&json!([props]))?);
             return Ok(());
         }
         let mut t = Table::new(&["Key", "Value"]);
@@ -708,7 +708,7 @@ impl<'a> Ctx<'a> {
                 t.row(vec![k.clone(), v.as_str().unwrap_or_default().to_owned()]);
             }
         }
-        print!("{}", t.render(!self.g.no_utf8));
+        out!("{}", t.render(!self.g.no_utf8));
         Ok(())
     }
 
@@ -716,11 +716,11 @@ impl<'a> Ctx<'a> {
     fn finish(&self) -> Result<u8> {
         if self.g.machine_readable {
             if !self.replies.is_empty() {
-                println!("{}", serde_json::to_string_pretty(&self.replies)?);
+                outln!("{}", serde_json::to_string_pretty(&self.replies)?);
             }
         } else {
             for r in &self.replies {
-                print!("{}", output::block(r));
+                out!("{}", output::block(r));
             }
         }
         Ok(match output::worst(&self.replies) {
@@ -844,10 +844,10 @@ fn controller(ctx: &mut Ctx, cmd: ControllerCmd) -> Result<()> {
         ControllerCmd::Version => {
             if let Some(v) = ctx.object("/v1/controller/version")? {
                 if ctx.g.machine_readable {
-                    println!("{}", serde_json::to_string_pretty(&json!([v]))?);
+                    outln!("{}", serde_json::to_string_pretty(&json!([v]))?);
                 } else {
                     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
-                    println!(
+                    outln!(
                         "tandem controller {}; GIT-hash: {}; REST API {}",
                         s("version"),
                         s("git_hash"),
