@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use nbd::{BlockDevice, DeviceError};
+use nbd::{BlockDevice, Completion, DeviceError, Submit};
 use replica::core::{
     Action, Admin, Config, ConnState, Event, IoError, NodeConf, OnNoQuorum, Persistent, Protocol,
     Repl, Replica, StateChange, Status, Suspended,
@@ -62,7 +62,56 @@ const REFRESH_EVERY: Duration = Duration::from_millis(5);
 pub const MAX_HELD: usize = 1024;
 pub const MAX_HELD_BYTES: u64 = 256 << 20;
 
-type ClientReply = oneshot::Sender<Result<Option<Vec<u8>>, IoError>>;
+/// Where the outcome of a client request goes.
+#[derive(Debug)]
+enum ClientReply {
+    /// An NBD thread waits for it.
+    Wait(oneshot::Sender<Result<Option<Vec<u8>>, IoError>>),
+    /// A submitted NBD write or flush (`BlockDevice::submit`): its reply is sent from
+    /// here, without waking the thread that read the request.
+    Nbd {
+        done: nbd::Completion,
+        _write: Option<AsyncWrite>,
+    },
+}
+
+impl ClientReply {
+    fn send(self, result: Result<Option<Vec<u8>>, IoError>) {
+        match self {
+            ClientReply::Wait(tx) => {
+                let _ = tx.send(result);
+            }
+            ClientReply::Nbd { done, _write } => done.done(result.map(|_| ()).map_err(map_err)),
+        }
+    }
+}
+
+/// A submitted write in flight; unaligned writes wait until none is (see `rmw`).
+#[derive(Debug)]
+struct AsyncWrite(Arc<ReplVolume>);
+
+impl AsyncWrite {
+    fn new(vol: &Arc<ReplVolume>) -> Self {
+        if let Ok(mut n) = vol.async_writes.lock() {
+            *n += 1;
+        }
+        AsyncWrite(vol.clone())
+    }
+}
+
+impl Drop for AsyncWrite {
+    fn drop(&mut self) {
+        if let Ok(mut n) = self.0.async_writes.lock() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.0.async_idle.notify_all();
+            }
+        }
+    }
+}
+
+/// Longest an unaligned write waits for the submitted writes in flight.
+const ASYNC_WRITE_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 enum Input {
@@ -168,8 +217,10 @@ pub struct ReplVolume {
     /// disk without a round trip through the core (which would do just that).
     direct_reads: AtomicBool,
     /// Unaligned writes read, patch and write whole blocks; they exclude every other
-    /// write while they do.
+    /// write while they do, and wait for the submitted ones in flight.
     rmw: RwLock<()>,
+    async_writes: Mutex<usize>,
+    async_idle: std::sync::Condvar,
     events: broadcast::Sender<String>,
     rt: tokio::runtime::Handle,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -331,10 +382,13 @@ impl ReplVolume {
             auto_promoted: AtomicBool::new(false),
             direct_reads: AtomicBool::new(false),
             rmw: RwLock::new(()),
+            async_writes: Mutex::new(0),
+            async_idle: std::sync::Condvar::new(),
             events,
             rt: rt.clone(),
             task: Mutex::new(None),
         });
+        let disk_was = core.disk();
         let mut driver = Driver {
             core,
             shared: shared.clone(),
@@ -356,6 +410,7 @@ impl ReplVolume {
             stale: true,
             refreshed: Instant::now(),
             inputs_unwritten: 0,
+            disk_was,
         };
         let handle = rt.spawn(async move {
             driver.feed(Event::Tick { now: 0 });
@@ -535,7 +590,7 @@ impl ReplVolume {
             .blocking_send(Input::Client {
                 id,
                 ev: ev(id),
-                reply,
+                reply: ClientReply::Wait(reply),
             })
             .map_err(|_| DeviceError::Shutdown)?;
         match rx.blocking_recv() {
@@ -610,6 +665,44 @@ impl ReplVolume {
         self.write_blocks(offset / BLOCK, data, fua)
     }
 
+    /// Sends a client request whose reply goes out from the volume's task.
+    fn submit(&self, ev: impl FnOnce(u64) -> Event, reply: ClientReply) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Refused only when the volume is going away: the completion, dropped with
+        // the request, replies with an error.
+        let _ = self.tx.blocking_send(Input::Client {
+            id,
+            ev: ev(id),
+            reply,
+        });
+    }
+
+    /// Waits until no submitted write is in flight (the caller holds `rmw` for writing,
+    /// so no new one starts).
+    fn wait_async_writes(&self) -> Result<(), DeviceError> {
+        let deadline = Instant::now() + ASYNC_WRITE_WAIT;
+        let mut n = self
+            .async_writes
+            .lock()
+            .map_err(|_| DeviceError::Shutdown)?;
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(DeviceError::Io(std::io::Error::other(format!(
+                    "{} writes in flight did not complete within {} s",
+                    *n,
+                    ASYNC_WRITE_WAIT.as_secs()
+                ))));
+            }
+            n = self
+                .async_idle
+                .wait_timeout(n, left)
+                .map_err(|_| DeviceError::Shutdown)?
+                .0;
+        }
+        Ok(())
+    }
+
     fn write_unaligned(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
         let end = offset
             .checked_add(buf.len() as u64)
@@ -619,6 +712,7 @@ impl ReplVolume {
             return Ok(());
         }
         let _g = self.rmw.write().map_err(|_| DeviceError::Shutdown)?;
+        self.wait_async_writes()?;
         let first = offset / BLOCK;
         let last = end.div_ceil(BLOCK);
         let mut data = self.read_blocks(first, last - first)?;
@@ -675,6 +769,49 @@ impl BlockDevice for ReplDevice {
 
     fn flush(&self) -> Result<(), DeviceError> {
         self.vol.call(|id| Event::ClientFlush { id }).map(|_| ())
+    }
+
+    fn submit(&self, req: Submit, done: Completion) -> Result<(), (Submit, Completion)> {
+        match req {
+            Submit::Write { data, offset, fua } => {
+                let len = data.len() as u64;
+                let fits = offset
+                    .checked_add(len)
+                    .is_some_and(|e| e <= self.vol.size());
+                // Unaligned, out of range or empty: the synchronous path answers.
+                if !fits || len == 0 || !ReplVolume::aligned(data.len(), offset) {
+                    return Err((Submit::Write { data, offset, fua }, done));
+                }
+                let Ok(_g) = self.vol.rmw.read() else {
+                    done.done(Err(DeviceError::Shutdown));
+                    return Ok(());
+                };
+                let write = AsyncWrite::new(&self.vol);
+                let block = offset / BLOCK;
+                let count = (len / BLOCK) as u32;
+                self.vol.submit(
+                    |id| Event::ClientWrite {
+                        id,
+                        block,
+                        count,
+                        data,
+                        fua,
+                    },
+                    ClientReply::Nbd {
+                        done,
+                        _write: Some(write),
+                    },
+                );
+                Ok(())
+            }
+            Submit::Flush => {
+                self.vol.submit(
+                    |id| Event::ClientFlush { id },
+                    ClientReply::Nbd { done, _write: None },
+                );
+                Ok(())
+            }
+        }
     }
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), DeviceError> {
@@ -843,6 +980,8 @@ struct Driver {
     refreshed: Instant,
     /// Inputs handled since queued peer messages were last written.
     inputs_unwritten: u32,
+    /// The disk state before the last change (a resync that ended drops the page cache).
+    disk_was: wire::Disk,
 }
 
 impl Driver {
@@ -887,7 +1026,7 @@ impl Driver {
         match input {
             Input::Client { id, ev, reply } => {
                 if self.failed.is_some() {
-                    let _ = reply.send(Err(IoError::Disk));
+                    reply.send(Err(IoError::Disk));
                     return;
                 }
                 self.clients.insert(id, reply);
@@ -1132,7 +1271,7 @@ impl Driver {
                                     self.shared.resource
                                 ));
                                 for (_, reply) in self.clients.drain() {
-                                    let _ = reply.send(Err(IoError::Disk));
+                                    reply.send(Err(IoError::Disk));
                                 }
                             }
                             Err(e.to_string())
@@ -1352,7 +1491,7 @@ impl Driver {
             }
         }
         for (_, reply) in self.clients.drain() {
-            let _ = reply.send(Err(IoError::NotPrimary));
+            reply.send(Err(IoError::NotPrimary));
         }
         if let Some(v) = &self.vol {
             let v = v.clone();
@@ -1405,6 +1544,25 @@ impl Driver {
         });
     }
 
+    /// Carries out a flush or a FUA write on this task, the runtime's worker handing
+    /// its other tasks to a new thread meanwhile (`block_in_place`). On the way to the
+    /// disk and back through the blocking pool, a flush cost two thread wake-ups more
+    /// than the flush itself on a fast disk. What the peers were sent before (their
+    /// copy of the same flush) is written first, so that both disks flush at once.
+    fn durable_in_place(&mut self, tag: u64, op: impl FnOnce() -> Result<(), DeviceError>) {
+        self.write_peers();
+        let ok = tokio::task::block_in_place(op)
+            .inspect_err(|e| {
+                tracing::error!(resource = %self.shared.resource, "disk I/O failed: {e}");
+            })
+            .is_ok();
+        self.pending.push_back(Event::DiskDone {
+            tag,
+            ok,
+            data: None,
+        });
+    }
+
     fn act(&mut self, a: Action) {
         if self.failed.is_some()
             && !matches!(
@@ -1437,15 +1595,19 @@ impl Driver {
                         data: None,
                     });
                 }
-                _ => self.disk(tag, move |v| {
-                    v.write_at(&data, block * BLOCK, fua).map(|_| None)
-                }),
+                Some(v) => {
+                    self.durable_in_place(tag, move || v.write_at(&data, block * BLOCK, true))
+                }
+                None => self.disk(tag, |_| Ok(None)),
             },
             Action::DiskRead { tag, block, count } => self.disk(tag, move |v| {
                 let mut buf = vec![0u8; count as usize * BLOCK as usize];
                 v.read_at(&mut buf, block * BLOCK).map(|_| Some(buf))
             }),
-            Action::DiskFlush { tag } => self.disk(tag, |v| v.flush().map(|_| None)),
+            Action::DiskFlush { tag } => match self.vol.clone() {
+                Some(v) => self.durable_in_place(tag, move || v.flush()),
+                None => self.disk(tag, |_| Ok(None)),
+            },
             Action::PersistMd(p) => {
                 if let Some(store) = self.store.as_mut() {
                     let r = tokio::task::block_in_place(|| store.persist(&p));
@@ -1464,7 +1626,7 @@ impl Driver {
                             self.shared.resource
                         ));
                         for (_, reply) in self.clients.drain() {
-                            let _ = reply.send(Err(IoError::Disk));
+                            reply.send(Err(IoError::Disk));
                         }
                     }
                 }
@@ -1496,7 +1658,7 @@ impl Driver {
             }
             Action::Complete { id, result } => {
                 if let Some(reply) = self.clients.remove(&id) {
-                    let _ = reply.send(result);
+                    reply.send(result);
                 }
             }
             Action::PromoteResult(r) => {
@@ -1525,7 +1687,21 @@ impl Driver {
     fn event(&mut self, change: StateChange) {
         let (kind, detail) = match &change {
             StateChange::Role(r) => ("role", serde_json::json!({ "role": role_name(*r) })),
-            StateChange::Disk(d) => ("disk", serde_json::json!({ "disk_state": disk_name(*d) })),
+            StateChange::Disk(d) => {
+                let was = std::mem::replace(&mut self.disk_was, *d);
+                if was == wire::Disk::Inconsistent
+                    && *d == wire::Disk::UpToDate
+                    && let Some(v) = self.vol.clone()
+                {
+                    let resource = self.shared.resource.clone();
+                    self.rt.spawn_blocking(move || {
+                        if let Err(e) = v.drop_cache() {
+                            tracing::warn!(%resource, "dropping the resynced data from the page cache: {e}");
+                        }
+                    });
+                }
+                ("disk", serde_json::json!({ "disk_state": disk_name(*d) }))
+            }
             StateChange::Quorum(q) => ("quorum", serde_json::json!({ "quorum": q })),
             StateChange::Generation(g) => (
                 "generation",

@@ -460,6 +460,11 @@ impl LocalVolume {
                 }
             })?;
         lock(&file, path)?;
+        // No kernel readahead: clients and resyncs read what they need in large
+        // requests already, and readahead fills the page cache with large folios, which
+        // make every later 4 KiB write into them slower (ext4 walks the whole folio).
+        // Only advice: a filesystem that ignores it changes nothing.
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random);
         let size = file_size(&file, path)?;
         let sb = match read_sb(&file, path, size) {
             Ok(sb) => sb,
@@ -716,6 +721,16 @@ impl LocalVolume {
     fn sync(&self) -> Result<(), DeviceError> {
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         self.file.sync_data().map_err(DeviceError::Io)
+    }
+
+    /// Writes back and drops this volume's pages from the page cache (pages written
+    /// meanwhile stay). Called when a resync into this node finished: the copied data
+    /// is not read here, and large writes leave it in large page-cache folios, which
+    /// make every later 4 KiB write into them slower (ext4 walks the whole folio).
+    pub fn drop_cache(&self) -> io::Result<()> {
+        self.file.sync_data()?;
+        rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed)?;
+        Ok(())
     }
 }
 

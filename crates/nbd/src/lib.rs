@@ -8,7 +8,8 @@ pub mod proto;
 pub mod server;
 
 pub use server::{
-    BlockDevice, DeviceError, ExportInfo, Exports, Limits, OpenError, Outcome, Stream, serve,
+    BlockDevice, Completion, DeviceError, ExportInfo, Exports, Limits, OpenError, Outcome, Stream,
+    Submit, serve,
 };
 
 #[cfg(test)]

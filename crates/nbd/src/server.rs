@@ -8,7 +8,7 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, TryLockError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,6 +44,59 @@ impl DeviceError {
     }
 }
 
+/// A request a device may finish later (see `BlockDevice::submit`).
+#[derive(Debug)]
+pub enum Submit {
+    Write { data: Bytes, offset: u64, fua: bool },
+    Flush,
+}
+
+/// Sends the reply to one request a device took with `BlockDevice::submit`. Dropped
+/// without `done`, it replies with an I/O error: no request goes unanswered.
+pub struct Completion {
+    sink: Option<Arc<dyn ReplySink>>,
+    cookie: u64,
+    kind: u16,
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completion")
+            .field("cookie", &self.cookie)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl Completion {
+    /// Replies to the request with its outcome.
+    pub fn done(mut self, result: Result<(), DeviceError>) {
+        let errno = match result {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::warn!(cmd = self.kind, "request failed: {e}");
+                e.errno()
+            }
+        };
+        if let Some(sink) = self.sink.take() {
+            sink.reply_later(self.cookie, errno);
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.reply_later(self.cookie, EIO);
+        }
+    }
+}
+
+/// Where a `Completion` sends its reply: the connection the request came on.
+trait ReplySink: Send + Sync {
+    fn reply_later(&self, cookie: u64, errno: u32);
+}
+
 /// What the NBD server needs from a volume. Calls come from several threads at once.
 pub trait BlockDevice: Send + Sync {
     /// Exported size in bytes.
@@ -62,6 +115,14 @@ pub trait BlockDevice: Send + Sync {
     }
     /// Everything completed before this call is on stable storage when it returns.
     fn flush(&self) -> Result<(), DeviceError>;
+    /// Starts a write or flush that finishes later, on another thread: the device
+    /// calls `done.done(result)` then, which sends the reply, and the worker that
+    /// read the request goes on without waiting (and without being woken for the
+    /// reply). A device that cannot take the request this way hands both back, and
+    /// the worker carries it out with `write_shared` or `flush`.
+    fn submit(&self, req: Submit, done: Completion) -> Result<(), (Submit, Completion)> {
+        Err((req, done))
+    }
     /// Hint that the range is unused; reads of it may return anything afterwards.
     fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), DeviceError>;
     /// The range reads back as zeroes; `may_trim` allows deallocating it.
@@ -146,6 +207,13 @@ where
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
     /// Ends both directions, waking any thread blocked on it.
     fn shutdown(&self);
+    /// Writes what the stream takes without waiting (`WouldBlock` when it takes
+    /// nothing). Replies a device finishes on its own thread go out this way, so
+    /// that a client that stops reading cannot hold up that thread.
+    fn write_nowait(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut w = self;
+        w.write(buf)
+    }
 }
 
 impl Stream for std::os::unix::net::UnixStream {
@@ -155,6 +223,14 @@ impl Stream for std::os::unix::net::UnixStream {
     fn shutdown(&self) {
         let _ = std::os::unix::net::UnixStream::shutdown(self, std::net::Shutdown::Both);
     }
+    fn write_nowait(&self, buf: &[u8]) -> io::Result<usize> {
+        send_nowait(self, buf)
+    }
+}
+
+fn send_nowait(fd: impl std::os::fd::AsFd, buf: &[u8]) -> io::Result<usize> {
+    use rustix::net::SendFlags;
+    rustix::net::send(fd, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL).map_err(io::Error::from)
 }
 
 impl Stream for std::net::TcpStream {
@@ -163,6 +239,9 @@ impl Stream for std::net::TcpStream {
     }
     fn shutdown(&self) {
         let _ = std::net::TcpStream::shutdown(self, std::net::Shutdown::Both);
+    }
+    fn write_nowait(&self, buf: &[u8]) -> io::Result<usize> {
+        send_nowait(self, buf)
     }
 }
 
@@ -384,10 +463,21 @@ fn transmission_flags(dev: &dyn BlockDevice) -> u16 {
     }
 }
 
+/// The read side of a connection, locked by the worker reading requests.
+type Held<'a, S> = std::sync::MutexGuard<'a, BufReader<ArcRead<S>>>;
+
 struct Conn<S> {
     stream: Arc<S>,
     reader: Mutex<BufReader<ArcRead<S>>>,
     writer: Mutex<()>,
+    /// Replies of submitted requests not written yet: whoever holds `writer` next
+    /// writes them (see `write_queued`).
+    queued: Mutex<Vec<u8>>,
+    /// Submitted requests not answered yet; the connection ends after they are.
+    submitted: Mutex<usize>,
+    answered: Condvar,
+    /// A thread is writing queued replies the socket did not take at once.
+    helper: AtomicBool,
     device: Arc<dyn BlockDevice>,
     closing: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
@@ -487,6 +577,10 @@ where
         reader: Mutex::new(BufReader::with_capacity(64 << 10, ArcRead(stream.clone()))),
         stream,
         writer: Mutex::new(()),
+        queued: Mutex::new(Vec::new()),
+        submitted: Mutex::new(0),
+        answered: Condvar::new(),
+        helper: AtomicBool::new(false),
         device,
         closing: AtomicBool::new(false),
         outcome: Mutex::new(None),
@@ -504,6 +598,27 @@ where
         }
         worker(&conn);
     });
+    // Requests a device took with `submit` still get their replies.
+    if let Ok(mut n) = conn.submitted.lock() {
+        let deadline = std::time::Instant::now() + SUBMITTED_WAIT;
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    requests = *n,
+                    "closing the connection with submitted requests unanswered"
+                );
+                break;
+            }
+            n = match conn.answered.wait_timeout(n, left) {
+                Ok((n, _)) => n,
+                Err(_) => break,
+            };
+        }
+    }
+    if let Ok(_g) = conn.writer.lock() {
+        conn.write_queued_locked(true);
+    }
     conn.stream.shutdown();
     let outcome = conn.outcome.lock().map(|mut o| o.take()).ok().flatten();
     outcome.unwrap_or(Outcome::Closed)
@@ -525,8 +640,16 @@ where
     }
 
     /// Reads the next request and, for writes, its payload into `buf`.
-    fn next(&self, buf: &mut Vec<u8>) -> Next {
-        let Ok(mut r) = self.reader.lock() else {
+    /// Reads the next request with the read lock in `held`, taking it first if empty;
+    /// the caller keeps it to read on (after a submitted request) or lets it go.
+    fn next<'a>(&'a self, held: &mut Option<Held<'a, S>>, buf: &mut Vec<u8>) -> Next {
+        if held.is_none() {
+            match self.reader.lock() {
+                Ok(g) => *held = Some(g),
+                Err(_) => return Next::Stop,
+            }
+        }
+        let Some(r) = held.as_mut() else {
             return Next::Stop;
         };
         if self.closing.load(Ordering::SeqCst) {
@@ -639,28 +762,187 @@ where
             return;
         };
         proto::simple_reply_header(hdr, errno, cookie);
-        let Ok(_g) = self.writer.lock() else { return };
+        let Ok(g) = self.writer.lock() else { return };
         let mut w = &*self.stream;
         if let Err(e) = w.write_all(&buf[..REPLY_HDR + data_len]) {
-            drop(_g);
+            drop(g);
             self.end(Outcome::Dropped(format!("write reply: {e}")), true);
+            return;
+        }
+        self.write_queued_locked(true);
+        drop(g);
+        // Replies queued while this one was written, by a thread that found the
+        // writer busy.
+        if self.queued.lock().is_ok_and(|q| !q.is_empty()) {
+            let _ = self.write_queued(true);
+        }
+    }
+
+    /// Writes the queued replies; the caller holds `writer`. Without `wait`, writes
+    /// only what the socket takes now and puts the rest back first in the queue.
+    /// True when nothing is left.
+    fn write_queued_locked(&self, wait: bool) -> bool {
+        let batch = match self.queued.lock() {
+            Ok(mut q) if !q.is_empty() => std::mem::take(&mut *q),
+            _ => return true,
+        };
+        let written = if wait {
+            let mut w = &*self.stream;
+            w.write_all(&batch).map(|()| batch.len())
+        } else {
+            let mut at = 0;
+            loop {
+                match self.stream.write_nowait(&batch[at..]) {
+                    Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                    Ok(n) => {
+                        at += n;
+                        if at == batch.len() {
+                            break Ok(at);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(at),
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        match written {
+            Ok(n) if n == batch.len() => true,
+            Ok(n) => {
+                if let Ok(mut q) = self.queued.lock() {
+                    let later = std::mem::replace(&mut *q, batch[n..].to_vec());
+                    q.extend_from_slice(&later);
+                }
+                false
+            }
+            Err(e) => {
+                self.end(Outcome::Dropped(format!("write reply: {e}")), true);
+                true
+            }
+        }
+    }
+
+    /// Writes the queued replies unless another thread holds the writer (it writes
+    /// them before it lets go). Without `wait`, returns false when the socket did not
+    /// take everything.
+    fn write_queued(&self, wait: bool) -> bool {
+        loop {
+            let g = match self.writer.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::WouldBlock) => return true,
+                Err(TryLockError::Poisoned(_)) => return true,
+            };
+            let all = self.write_queued_locked(wait);
+            drop(g);
+            if !all {
+                return false;
+            }
+            if self.queued.lock().map_or(true, |q| q.is_empty()) {
+                return true;
+            }
+        }
+    }
+}
+
+/// A connection as the reply sink of its submitted requests.
+struct Sink<S>(Arc<Conn<S>>);
+
+impl<S> ReplySink for Sink<S>
+where
+    S: Stream,
+    for<'a> &'a S: Read + Write,
+{
+    fn reply_later(&self, cookie: u64, errno: u32) {
+        let conn = &self.0;
+        let mut hdr = [0u8; REPLY_HDR];
+        proto::simple_reply_header(&mut hdr, errno, cookie);
+        if let Ok(mut q) = conn.queued.lock() {
+            q.extend_from_slice(&hdr);
+        }
+        if !conn.write_queued(false) && !conn.helper.swap(true, Ordering::SeqCst) {
+            // The client is not reading: a thread of its own waits for it, never the
+            // device's.
+            let c = conn.clone();
+            let spawned = std::thread::Builder::new()
+                .name("nbd-replies".into())
+                .spawn(move || {
+                    c.write_queued(true);
+                    c.helper.store(false, Ordering::SeqCst);
+                    // What was queued between the write and the flag.
+                    c.write_queued(true);
+                });
+            if spawned.is_err() {
+                conn.helper.store(false, Ordering::SeqCst);
+                conn.end(
+                    Outcome::Dropped("cannot start a thread to write replies".into()),
+                    true,
+                );
+            }
+        }
+        if let Ok(mut n) = conn.submitted.lock() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                conn.answered.notify_all();
+            }
         }
     }
 }
 
 const REPLY_HDR: usize = 16;
+/// Longest a closing connection waits for the replies of submitted requests.
+const SUBMITTED_WAIT: Duration = Duration::from_secs(60);
 /// Worker buffers above this size are released after use so idle connections stay
 /// small; 4 MiB requests plus the reply header still reuse their buffer.
 const KEEP_BUF: usize = (4 << 20) + REPLY_HDR;
 
-fn worker<S>(conn: &Conn<S>)
+/// Offers a write or flush to the device's `submit`: `None` when it took it (the reply
+/// comes from its completion), else the request back to carry out here.
+fn submit<S>(conn: &Arc<Conn<S>>, req: &Request, sub: Submit) -> Option<Submit>
+where
+    S: Stream,
+    for<'a> &'a S: Read + Write,
+{
+    if let Ok(mut n) = conn.submitted.lock() {
+        *n += 1;
+    }
+    let done = Completion {
+        sink: Some(Arc::new(Sink(conn.clone()))),
+        cookie: req.cookie,
+        kind: req.kind,
+    };
+    match conn.device.submit(sub, done) {
+        Ok(()) => None,
+        Err((sub, mut done)) => {
+            // Not taken: no reply from it, and not counted.
+            done.sink = None;
+            if let Ok(mut n) = conn.submitted.lock() {
+                *n = n.saturating_sub(1);
+            }
+            Some(sub)
+        }
+    }
+}
+
+fn worker<S>(conn: &Arc<Conn<S>>)
 where
     S: Stream,
     for<'a> &'a S: Read + Write,
 {
     let mut buf = vec![0u8; REPLY_HDR];
+    // While the device takes requests with `submit`, this worker keeps the read lock
+    // and reads on: no hand-over to another worker (a thread wake-up) per request.
+    let mut held = None;
     loop {
-        match conn.next(&mut buf) {
+        let next = conn.next(&mut held, &mut buf);
+        let submitted = match &next {
+            Next::Write(..) => true,
+            Next::Request(req) => req.kind == CMD_FLUSH,
+            _ => false,
+        };
+        if !submitted {
+            held = None;
+        }
+        match next {
             Next::Stop => return,
             Next::Reject(req, errno) => {
                 buf.resize(REPLY_HDR, 0);
@@ -670,7 +952,32 @@ where
                 let (req, result) = match next {
                     Next::Write(req, data) => {
                         let fua = req.flags & CMD_FLAG_FUA != 0;
-                        let r = conn.device.write_shared(data, req.offset, fua).map(|()| 0);
+                        let sub = Submit::Write {
+                            data,
+                            offset: req.offset,
+                            fua,
+                        };
+                        let back = submit(conn, &req, sub);
+                        if back.is_some() {
+                            held = None;
+                        }
+                        let r = match back {
+                            None => continue,
+                            Some(Submit::Write { data, .. }) => {
+                                conn.device.write_shared(data, req.offset, fua).map(|()| 0)
+                            }
+                            Some(Submit::Flush) => Err(DeviceError::Io(io::Error::other(
+                                "the device handed back another request",
+                            ))),
+                        };
+                        (req, r)
+                    }
+                    Next::Request(req) if req.kind == CMD_FLUSH => {
+                        if submit(conn, &req, Submit::Flush).is_none() {
+                            continue;
+                        }
+                        held = None;
+                        let r = conn.device.flush().map(|()| 0);
                         (req, r)
                     }
                     Next::Request(req) => {

@@ -262,3 +262,132 @@ fn truncated_sessions_never_panic() {
         let _ = replay_session(&full[..cut]);
     }
 }
+
+mod submitted {
+    //! A device that finishes writes and flushes on threads of its own
+    //! (`BlockDevice::submit`), in another order than they came.
+    use super::*;
+    use crate::mem::{MemDevice, MemStream};
+    use crate::server::{
+        BlockDevice, Completion, DeviceError, ExportInfo, Exports, Limits, OpenError, Submit,
+    };
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[derive(Debug)]
+    struct Deferred {
+        mem: MemDevice,
+        /// Requests taken with `submit`, and whether the last one is dropped unanswered.
+        taken: Mutex<u32>,
+        drop_one: bool,
+    }
+
+    impl BlockDevice for Deferred {
+        fn size(&self) -> u64 {
+            self.mem.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+            self.mem.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
+            self.mem.write_at(buf, offset, fua)
+        }
+        fn flush(&self) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), DeviceError> {
+            self.mem.trim(offset, len, fua)
+        }
+        fn write_zeroes(&self, o: u64, l: u64, t: bool, f: bool) -> Result<(), DeviceError> {
+            self.mem.write_zeroes(o, l, t, f)
+        }
+        fn submit(&self, req: Submit, done: Completion) -> Result<(), (Submit, Completion)> {
+            let n = {
+                let mut t = self.taken.lock().unwrap();
+                *t += 1;
+                *t
+            };
+            if let Submit::Write { data, offset, fua } = &req {
+                // Applied now, answered later: the earlier a request came, the later
+                // its reply.
+                self.mem.write_at(data, *offset, *fua).unwrap();
+            }
+            if self.drop_one && n == 3 {
+                drop(done);
+                return Ok(());
+            }
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(60 - 15 * u64::from(n)));
+                done.done(Ok(()));
+            });
+            Ok(())
+        }
+    }
+
+    struct One(Arc<Deferred>);
+
+    impl Exports for One {
+        fn list(&self) -> Vec<ExportInfo> {
+            vec![ExportInfo {
+                name: "d".into(),
+                description: String::new(),
+            }]
+        }
+        fn describe(&self, _: &str) -> Result<(ExportInfo, u64, bool), OpenError> {
+            Ok((self.list().remove(0), self.0.size(), false))
+        }
+        fn open(&self, _: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn run(drop_one: bool) -> (Vec<(u32, u64)>, Arc<Deferred>) {
+        let dev = Arc::new(Deferred {
+            mem: MemDevice::new(1 << 20),
+            taken: Mutex::new(0),
+            drop_one,
+        });
+        let c = Client::new()
+            .go("d")
+            .cmd(CMD_WRITE, 0, 1, 0, 4096, &[1; 4096])
+            .cmd(CMD_WRITE, CMD_FLAG_FUA, 2, 8192, 4096, &[2; 4096])
+            .cmd(CMD_FLUSH, 0, 3, 0, 0, &[])
+            .cmd(CMD_DISC, 0, 4, 0, 0, &[]);
+        let stream = Arc::new(MemStream::new(c.0));
+        let limits = Limits {
+            workers: 2,
+            ..Limits::default()
+        };
+        // The client left (DISC) before any reply: the connection still answers
+        // every submitted request before it ends.
+        let outcome = crate::serve(stream.clone(), &One(dev.clone()), &limits);
+        assert_eq!(outcome, Outcome::Closed);
+        let out = stream.output();
+        let mut r = Reader(&out);
+        r.greeting();
+        r.until_ack();
+        let mut replies = Vec::new();
+        while !r.0.is_empty() {
+            replies.push(r.simple());
+        }
+        (replies, dev)
+    }
+
+    #[test]
+    fn replies_come_from_the_device_in_its_order_and_before_the_end() {
+        let (replies, dev) = run(false);
+        // Completion order: the flush (taken third) first, the first write last.
+        assert_eq!(replies, vec![(0, 3), (0, 2), (0, 1)]);
+        assert_eq!(*dev.taken.lock().unwrap(), 3);
+        let d = dev.mem.contents();
+        assert!(d[..4096].iter().all(|b| *b == 1));
+        assert!(d[8192..12288].iter().all(|b| *b == 2));
+    }
+
+    #[test]
+    fn a_completion_dropped_unanswered_replies_with_an_error() {
+        let (mut replies, _) = run(true);
+        replies.sort_by_key(|r| r.1);
+        assert_eq!(replies, vec![(0, 1), (0, 2), (EIO, 3)]);
+    }
+}
