@@ -411,6 +411,7 @@ impl ReplVolume {
             refreshed: Instant::now(),
             inputs_unwritten: 0,
             disk_was,
+            replies: Vec::new(),
         };
         let handle = rt.spawn(async move {
             driver.feed(Event::Tick { now: 0 });
@@ -982,6 +983,8 @@ struct Driver {
     inputs_unwritten: u32,
     /// The disk state before the last change (a resync that ended drops the page cache).
     disk_was: wire::Disk,
+    /// NBD replies to send with the next batch (see `answer`).
+    replies: Vec<(Completion, Result<(), DeviceError>, Option<AsyncWrite>)>,
 }
 
 impl Driver {
@@ -1020,6 +1023,7 @@ impl Driver {
                 }
             }
         }
+        self.send_replies();
     }
 
     fn input(&mut self, input: Input) {
@@ -1459,12 +1463,44 @@ impl Driver {
     /// the peers: one write for many messages, and no hop to another task for the
     /// small ones.
     fn write_peers(&mut self) {
+        self.send_replies();
         self.inputs_unwritten = 0;
         for c in self.conns.values_mut() {
             if std::mem::take(&mut c.unwritten) {
                 c.link.kick();
             }
         }
+    }
+
+    /// Answers a completed client request: at once when a thread waits for it, with
+    /// the next batch (`send_replies`) when it is an NBD reply sent from here.
+    fn answer(&mut self, reply: ClientReply, result: Result<Option<Vec<u8>>, IoError>) {
+        match reply {
+            ClientReply::Nbd { done, _write } => {
+                self.replies
+                    .push((done, result.map(|_| ()).map_err(map_err), _write));
+            }
+            wait => wait.send(result),
+        }
+    }
+
+    /// Sends the NBD replies answered since the last batch, one write per connection.
+    fn send_replies(&mut self) {
+        if self.replies.is_empty() {
+            return;
+        }
+        let mut writes = Vec::new();
+        let batch: Vec<_> = self
+            .replies
+            .drain(..)
+            .map(|(done, result, write)| {
+                writes.push(write);
+                (done, result)
+            })
+            .collect();
+        Completion::done_all(batch);
+        // Unaligned writes may go on once the replies are out.
+        drop(writes);
     }
 
     fn close(&mut self, peer: NodeId) {
@@ -1475,7 +1511,9 @@ impl Driver {
     }
 
     async fn stop(&mut self) {
+        self.send_replies();
         self.feed(Event::Admin(Admin::Down));
+        self.send_replies();
         // Let the writers send what is queued (the Leaving notices), briefly.
         let conns = std::mem::take(&mut self.conns);
         for (_, c) in conns {
@@ -1658,7 +1696,7 @@ impl Driver {
             }
             Action::Complete { id, result } => {
                 if let Some(reply) = self.clients.remove(&id) {
-                    reply.send(result);
+                    self.answer(reply, result);
                 }
             }
             Action::PromoteResult(r) => {

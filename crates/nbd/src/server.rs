@@ -70,16 +70,34 @@ impl std::fmt::Debug for Completion {
 
 impl Completion {
     /// Replies to the request with its outcome.
-    pub fn done(mut self, result: Result<(), DeviceError>) {
-        let errno = match result {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::warn!(cmd = self.kind, "request failed: {e}");
-                e.errno()
+    pub fn done(self, result: Result<(), DeviceError>) {
+        Completion::done_all([(self, result)]);
+    }
+
+    /// Replies to many requests, with one write per connection (a write per reply
+    /// costs a system call each).
+    pub fn done_all(items: impl IntoIterator<Item = (Completion, Result<(), DeviceError>)>) {
+        let mut sinks: Vec<(Arc<dyn ReplySink>, usize)> = Vec::new();
+        for (mut c, result) in items {
+            let errno = match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::warn!(cmd = c.kind, "request failed: {e}");
+                    e.errno()
+                }
+            };
+            let Some(sink) = c.sink.take() else { continue };
+            sink.queue(c.cookie, errno);
+            match sinks
+                .iter_mut()
+                .find(|(s, _)| s.conn_id() == sink.conn_id())
+            {
+                Some((_, n)) => *n += 1,
+                None => sinks.push((sink, 1)),
             }
-        };
-        if let Some(sink) = self.sink.take() {
-            sink.reply_later(self.cookie, errno);
+        }
+        for (sink, n) in sinks {
+            sink.send_queued(n);
         }
     }
 }
@@ -87,14 +105,20 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(sink) = self.sink.take() {
-            sink.reply_later(self.cookie, EIO);
+            sink.queue(self.cookie, EIO);
+            sink.send_queued(1);
         }
     }
 }
 
 /// Where a `Completion` sends its reply: the connection the request came on.
 trait ReplySink: Send + Sync {
-    fn reply_later(&self, cookie: u64, errno: u32);
+    /// Adds a reply to those waiting to be written.
+    fn queue(&self, cookie: u64, errno: u32);
+    /// Writes the waiting replies; `answered` requests are done.
+    fn send_queued(&self, answered: usize);
+    /// Tells connections apart (sinks of one connection share its queue).
+    fn conn_id(&self) -> usize;
 }
 
 /// What the NBD server needs from a volume. Calls come from several threads at once.
@@ -852,13 +876,20 @@ where
     S: Stream,
     for<'a> &'a S: Read + Write,
 {
-    fn reply_later(&self, cookie: u64, errno: u32) {
-        let conn = &self.0;
+    fn queue(&self, cookie: u64, errno: u32) {
         let mut hdr = [0u8; REPLY_HDR];
         proto::simple_reply_header(&mut hdr, errno, cookie);
-        if let Ok(mut q) = conn.queued.lock() {
+        if let Ok(mut q) = self.0.queued.lock() {
             q.extend_from_slice(&hdr);
         }
+    }
+
+    fn conn_id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
+    fn send_queued(&self, answered: usize) {
+        let conn = &self.0;
         if !conn.write_queued(false) && !conn.helper.swap(true, Ordering::SeqCst) {
             // The client is not reading: a thread of its own waits for it, never the
             // device's.
@@ -880,7 +911,7 @@ where
             }
         }
         if let Ok(mut n) = conn.submitted.lock() {
-            *n = n.saturating_sub(1);
+            *n = n.saturating_sub(answered);
             if *n == 0 {
                 conn.answered.notify_all();
             }

@@ -928,3 +928,79 @@ impl Drop for Satellite {
         self.kill9();
     }
 }
+
+/// A hand-written NBD client for requests the real clients never send, or send in an
+/// order that needs controlling.
+pub mod nbd_raw {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    pub const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+    pub const REQ_MAGIC: u32 = 0x2560_9513;
+
+    pub fn connect(path: &str) -> UnixStream {
+        let mut s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting[0..8], b"NBDMAGIC");
+        s
+    }
+
+    pub fn option(s: &mut UnixStream, opt: u32, data: &[u8]) {
+        let mut m = IHAVEOPT.to_be_bytes().to_vec();
+        m.extend_from_slice(&opt.to_be_bytes());
+        m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        m.extend_from_slice(data);
+        s.write_all(&m).unwrap();
+    }
+
+    /// Reads one option reply: (reply type, data).
+    pub fn opt_reply(s: &mut UnixStream) -> (u32, Vec<u8>) {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h).unwrap();
+        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+        let mut d = vec![0u8; len];
+        s.read_exact(&mut d).unwrap();
+        (kind, d)
+    }
+
+    /// Handshakes with GO and returns the stream in transmission phase.
+    pub fn go(path: &str) -> UnixStream {
+        let mut s = connect(path);
+        s.write_all(&3u32.to_be_bytes()).unwrap();
+        let mut d = 0u32.to_be_bytes().to_vec();
+        d.extend_from_slice(&0u16.to_be_bytes());
+        option(&mut s, 7, &d);
+        loop {
+            let (kind, _) = opt_reply(&mut s);
+            assert!(kind < 1 << 31, "GO refused");
+            if kind == 1 {
+                return s;
+            }
+        }
+    }
+
+    pub fn request(s: &mut UnixStream, kind: u16, cookie: u64, offset: u64, len: u32) {
+        let mut m = REQ_MAGIC.to_be_bytes().to_vec();
+        m.extend_from_slice(&0u16.to_be_bytes());
+        m.extend_from_slice(&kind.to_be_bytes());
+        m.extend_from_slice(&cookie.to_be_bytes());
+        m.extend_from_slice(&offset.to_be_bytes());
+        m.extend_from_slice(&len.to_be_bytes());
+        s.write_all(&m).unwrap();
+    }
+
+    /// Reads a simple reply: (errno, cookie).
+    pub fn reply(s: &mut UnixStream) -> (u32, u64) {
+        let mut h = [0u8; 16];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(&h[0..4], &0x6744_6698u32.to_be_bytes());
+        (
+            u32::from_be_bytes(h[4..8].try_into().unwrap()),
+            u64::from_be_bytes(h[8..16].try_into().unwrap()),
+        )
+    }
+}
