@@ -5,6 +5,12 @@
 //! request out on the device and writes the reply under the write lock. Requests are
 //! thus in flight concurrently (up to the pool size) and replies go out in completion
 //! order, which the protocol allows since each reply carries the request's cookie.
+//!
+//! A device may instead take a write or flush to finish on its own thread
+//! (`BlockDevice::submit`): the worker keeps the read lock and reads on, and the
+//! device's `Completion` queues the reply, written by whoever holds the write lock
+//! next, without blocking the device's thread (bounded by `MAX_SUBMITTED` and
+//! `MAX_SUBMITTED_BYTES` per connection).
 
 use std::io::{self, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +63,8 @@ pub struct Completion {
     sink: Option<Arc<dyn ReplySink>>,
     cookie: u64,
     kind: u16,
+    /// Payload bytes the request holds (see `MAX_SUBMITTED_BYTES`).
+    bytes: u64,
 }
 
 impl std::fmt::Debug for Completion {
@@ -77,7 +85,7 @@ impl Completion {
     /// Replies to many requests, with one write per connection (a write per reply
     /// costs a system call each).
     pub fn done_all(items: impl IntoIterator<Item = (Completion, Result<(), DeviceError>)>) {
-        let mut sinks: Vec<(Arc<dyn ReplySink>, usize)> = Vec::new();
+        let mut sinks: Vec<(Arc<dyn ReplySink>, usize, u64)> = Vec::new();
         for (mut c, result) in items {
             let errno = match result {
                 Ok(()) => 0,
@@ -90,14 +98,17 @@ impl Completion {
             sink.queue(c.cookie, errno);
             match sinks
                 .iter_mut()
-                .find(|(s, _)| s.conn_id() == sink.conn_id())
+                .find(|(s, ..)| s.conn_id() == sink.conn_id())
             {
-                Some((_, n)) => *n += 1,
-                None => sinks.push((sink, 1)),
+                Some((_, n, b)) => {
+                    *n += 1;
+                    *b += c.bytes;
+                }
+                None => sinks.push((sink, 1, c.bytes)),
             }
         }
-        for (sink, n) in sinks {
-            sink.send_queued(n);
+        for (sink, n, b) in sinks {
+            sink.send_queued(n, b);
         }
     }
 }
@@ -106,7 +117,7 @@ impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(sink) = self.sink.take() {
             sink.queue(self.cookie, EIO);
-            sink.send_queued(1);
+            sink.send_queued(1, self.bytes);
         }
     }
 }
@@ -115,8 +126,8 @@ impl Drop for Completion {
 trait ReplySink: Send + Sync {
     /// Adds a reply to those waiting to be written.
     fn queue(&self, cookie: u64, errno: u32);
-    /// Writes the waiting replies; `answered` requests are done.
-    fn send_queued(&self, answered: usize);
+    /// Writes the waiting replies; `answered` requests holding `bytes` are done.
+    fn send_queued(&self, answered: usize, bytes: u64);
     /// Tells connections apart (sinks of one connection share its queue).
     fn conn_id(&self) -> usize;
 }
@@ -487,6 +498,13 @@ fn transmission_flags(dev: &dyn BlockDevice) -> u16 {
     }
 }
 
+/// Requests a device took with `submit` and has not answered.
+#[derive(Debug, Default)]
+struct Inflight {
+    requests: usize,
+    bytes: u64,
+}
+
 /// The read side of a connection, locked by the worker reading requests.
 type Held<'a, S> = std::sync::MutexGuard<'a, BufReader<ArcRead<S>>>;
 
@@ -498,7 +516,7 @@ struct Conn<S> {
     /// writes them (see `write_queued`).
     queued: Mutex<Vec<u8>>,
     /// Submitted requests not answered yet; the connection ends after they are.
-    submitted: Mutex<usize>,
+    submitted: Mutex<Inflight>,
     answered: Condvar,
     /// A thread is writing queued replies the socket did not take at once.
     helper: AtomicBool,
@@ -602,7 +620,7 @@ where
         stream,
         writer: Mutex::new(()),
         queued: Mutex::new(Vec::new()),
-        submitted: Mutex::new(0),
+        submitted: Mutex::new(Inflight::default()),
         answered: Condvar::new(),
         helper: AtomicBool::new(false),
         device,
@@ -625,11 +643,11 @@ where
     // Requests a device took with `submit` still get their replies.
     if let Ok(mut n) = conn.submitted.lock() {
         let deadline = std::time::Instant::now() + SUBMITTED_WAIT;
-        while *n > 0 {
+        while n.requests > 0 {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 tracing::warn!(
-                    requests = *n,
+                    requests = n.requests,
                     "closing the connection with submitted requests unanswered"
                 );
                 break;
@@ -888,7 +906,7 @@ where
         Arc::as_ptr(&self.0) as usize
     }
 
-    fn send_queued(&self, answered: usize) {
+    fn send_queued(&self, answered: usize, bytes: u64) {
         let conn = &self.0;
         if !conn.write_queued(false) && !conn.helper.swap(true, Ordering::SeqCst) {
             // The client is not reading: a thread of its own waits for it, never the
@@ -911,15 +929,21 @@ where
             }
         }
         if let Ok(mut n) = conn.submitted.lock() {
-            *n = n.saturating_sub(answered);
-            if *n == 0 {
-                conn.answered.notify_all();
-            }
+            n.requests = n.requests.saturating_sub(answered);
+            n.bytes = n.bytes.saturating_sub(bytes);
+            // Workers held back by the limits, and a closing connection, wait for this.
+            conn.answered.notify_all();
         }
     }
 }
 
 const REPLY_HDR: usize = 16;
+/// Submitted requests, and their payload bytes, one connection may have unanswered;
+/// the worker reading requests waits for answers beyond (one request is always let
+/// through). Without the limit a client that keeps sending without reading replies
+/// would hold any amount of memory in write payloads.
+const MAX_SUBMITTED: usize = 128;
+const MAX_SUBMITTED_BYTES: u64 = 64 << 20;
 /// Longest a closing connection waits for the replies of submitted requests.
 const SUBMITTED_WAIT: Duration = Duration::from_secs(60);
 /// Worker buffers above this size are released after use so idle connections stay
@@ -933,13 +957,30 @@ where
     S: Stream,
     for<'a> &'a S: Read + Write,
 {
-    if let Ok(mut n) = conn.submitted.lock() {
-        *n += 1;
+    let bytes = match &sub {
+        Submit::Write { data, .. } => data.len() as u64,
+        Submit::Flush => 0,
+    };
+    {
+        let Ok(mut n) = conn.submitted.lock() else {
+            return Some(sub);
+        };
+        while n.requests > 0
+            && (n.requests >= MAX_SUBMITTED || n.bytes + bytes > MAX_SUBMITTED_BYTES)
+        {
+            n = match conn.answered.wait(n) {
+                Ok(n) => n,
+                Err(_) => return Some(sub),
+            };
+        }
+        n.requests += 1;
+        n.bytes += bytes;
     }
     let done = Completion {
         sink: Some(Arc::new(Sink(conn.clone()))),
         cookie: req.cookie,
         kind: req.kind,
+        bytes,
     };
     match conn.device.submit(sub, done) {
         Ok(()) => None,
@@ -947,7 +988,9 @@ where
             // Not taken: no reply from it, and not counted.
             done.sink = None;
             if let Ok(mut n) = conn.submitted.lock() {
-                *n = n.saturating_sub(1);
+                n.requests = n.requests.saturating_sub(1);
+                n.bytes = n.bytes.saturating_sub(bytes);
+                conn.answered.notify_all();
             }
             Some(sub)
         }

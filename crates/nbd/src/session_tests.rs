@@ -384,6 +384,108 @@ mod submitted {
         assert!(d[8192..12288].iter().all(|b| *b == 2));
     }
 
+    /// Takes every submitted request and holds it until `release`.
+    #[derive(Debug)]
+    struct Holding {
+        mem: MemDevice,
+        held: Mutex<Vec<Completion>>,
+    }
+
+    impl BlockDevice for Holding {
+        fn size(&self) -> u64 {
+            self.mem.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+            self.mem.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
+            self.mem.write_at(buf, offset, fua)
+        }
+        fn flush(&self) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), DeviceError> {
+            self.mem.trim(offset, len, fua)
+        }
+        fn write_zeroes(&self, o: u64, l: u64, t: bool, f: bool) -> Result<(), DeviceError> {
+            self.mem.write_zeroes(o, l, t, f)
+        }
+        fn submit(&self, _req: Submit, done: Completion) -> Result<(), (Submit, Completion)> {
+            self.held.lock().unwrap().push(done);
+            Ok(())
+        }
+    }
+
+    struct HoldingExport(Arc<Holding>);
+
+    impl Exports for HoldingExport {
+        fn list(&self) -> Vec<ExportInfo> {
+            vec![ExportInfo {
+                name: "d".into(),
+                description: String::new(),
+            }]
+        }
+        fn describe(&self, _: &str) -> Result<(ExportInfo, u64, bool), OpenError> {
+            Ok((self.list().remove(0), self.0.size(), false))
+        }
+        fn open(&self, _: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn a_client_that_keeps_sending_is_held_back_at_the_limit() {
+        // 300 writes sent at once to a device that answers nothing yet: the
+        // connection takes no more than its limit, and the rest once answers flow.
+        const SENT: u64 = 300;
+        let dev = Arc::new(Holding {
+            mem: MemDevice::new(1 << 20),
+            held: Mutex::new(Vec::new()),
+        });
+        let mut c = Client::new().go("d");
+        for i in 0..SENT {
+            c = c.cmd(CMD_WRITE, 0, i, (i % 256) * 4096, 4096, &[7; 4096]);
+        }
+        let c = c.cmd(CMD_DISC, 0, SENT, 0, 0, &[]);
+        let stream = Arc::new(MemStream::new(c.0));
+        let server = {
+            let (stream, dev) = (stream.clone(), dev.clone());
+            std::thread::spawn(move || {
+                crate::serve(stream, &HoldingExport(dev), &Limits::default())
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let held = || dev.held.lock().unwrap().len();
+        while held() < 128 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            held(),
+            128,
+            "submitted requests beyond the limit were taken"
+        );
+        let mut answered = 0;
+        while answered < SENT && std::time::Instant::now() < deadline {
+            let batch: Vec<_> = dev.held.lock().unwrap().drain(..).collect();
+            answered += batch.len() as u64;
+            Completion::done_all(batch.into_iter().map(|c| (c, Ok(()))));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(answered, SENT);
+        assert_eq!(server.join().unwrap(), Outcome::Closed);
+        let out = stream.output();
+        let mut r = Reader(&out);
+        r.greeting();
+        r.until_ack();
+        let mut n = 0;
+        while !r.0.is_empty() {
+            assert_eq!(r.simple().0, 0);
+            n += 1;
+        }
+        assert_eq!(n, SENT);
+    }
+
     #[test]
     fn a_completion_dropped_unanswered_replies_with_an_error() {
         let (mut replies, _) = run(true);
