@@ -404,7 +404,7 @@ impl Daemon {
             Request::Adjust { resource } => self.adjust(resource.as_deref()),
             Request::CreateMd { resource, force } => self.create_md(&resource, force),
             Request::Primary { resource, force } => self.with_repl(&resource, |v| {
-                self.rt.block_on(v.promote(force))?;
+                self.rt.block_on(v.promote_patiently(force))?;
                 Ok(format!("{resource}: primary"))
             }),
             Request::Secondary { resource, force } => {

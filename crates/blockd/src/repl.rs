@@ -516,6 +516,21 @@ impl ReplVolume {
         Ok(())
     }
 
+    /// `promote`, tried again for up to `AUTO_PROMOTE_TIMEOUT` while the refusal is a
+    /// passing one (the core says "retry": a peer still handshaking after another node's
+    /// demotion, the primaries changing meanwhile).
+    pub async fn promote_patiently(&self, force: bool) -> Result<(), String> {
+        let deadline = Instant::now() + AUTO_PROMOTE_TIMEOUT;
+        loop {
+            match self.promote(force).await {
+                Err(e) if e.ends_with("; retry") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// No connected peer is in the middle of a handshake. A new primary re-handshakes
     /// with its peers; writes issued before that ends would not reach them and would
     /// be marked for a resync, so promotion waits for it (bounded by the timeout).

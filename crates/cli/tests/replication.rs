@@ -872,3 +872,17 @@ fn an_unaligned_write_sent_right_behind_an_aligned_one_keeps_the_rest_of_the_blo
     }
     assert_same_data(&c, 0, 1);
 }
+
+#[test]
+fn primary_right_after_the_other_node_steps_down_succeeds() {
+    // The peers handshake again when a primary steps down; `primary` on the other
+    // node issued at that moment waits for it instead of failing with "retry".
+    let c = three_nodes("");
+    for round in 0..6 {
+        let (from, to) = if round % 2 == 0 { (0, 1) } else { (1, 0) };
+        c.local_ok(from, &["primary", RES]);
+        c.local_ok(from, &["secondary", RES]);
+        c.local_ok(to, &["primary", RES]);
+        c.local_ok(to, &["secondary", RES]);
+    }
+}
