@@ -350,6 +350,10 @@ def main(argv):
         return cmd_table(argv[2])
     if len(argv) == 3 and argv[1] == "multi":
         return cmd_multi(argv[2])
+    if len(argv) == 3 and argv[1] == "cycle-lat":
+        # mean write + flush (or read) latency of one result, in µs
+        print(f"{cycle_lat_us(summarise(load_fio_json(argv[2]))):.1f}")
+        return 0
     if len(argv) >= 4 and argv[1] == "best":
         cmd_best(argv[2], argv[3:])
         return 0

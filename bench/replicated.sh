@@ -434,6 +434,9 @@ section_fio() {
     run_workloads nbdkit "$nbdkit_uri"
     stop_pids "$WORK/pids/nbdkit"
     rm -f -- "$WORK/nbdkit.img"
+    # The floor under replication on loopback: protocol C waits for one round trip
+    # between two processes per write and one per flush.
+    figure loopback_rtt_us "$(python3 "$BENCH_SRC/rtt.py")"
 
     for c in "${CONFIGS[@]}"; do
         read -r id proto layout label <<<"$c"
@@ -648,12 +651,19 @@ report_figures() {
         why=$(failed_reason "$s")
         case $s in
         fio)
-            local c id
+            local c id rtt base
             for c in $BENCH_CONFIGS; do
                 id=$c
                 [[ -n $(fig "${id}_initial_sync_s") ]] &&
                     echo "| initial full sync of $BENCH_SIZE, config $id | $(fig "${id}_initial_sync_s") s | - |"
             done
+            rtt=$(fig loopback_rtt_us)
+            base=$(python3 "$BENCH_SRC/fio_table.py" cycle-lat "$WORK/results/randwrite-4k-qd1-fsync-nbdkit.json" 2>/dev/null || true)
+            if [[ -n $rtt ]]; then
+                echo "| loopback TCP round trip between two processes (bench/rtt.py) | $rtt µs | - |"
+                [[ -n $base ]] &&
+                    echo "| floor for 4k QD1 write + flush, protocol C: nbdkit's $base µs plus two round trips (the peer's write ack, its flush ack) | $(awk -v b="$base" -v r="$rtt" 'BEGIN { printf "%.0f µs = %.2f× nbdkit", b + 2 * r, (b + 2 * r) / b }') | - |"
+            fi
             ;;
         resync)
             if [[ -n $why ]]; then
