@@ -9,8 +9,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::{
-    Attached, Cluster, FailingDisk, check_test_files, peer, require, require_filesystem_tools, run,
-    stdout, test_files,
+    Attached, Cluster, FailingDisk, check_test_files, fio_verify, peer, require,
+    require_filesystem_tools, run, stdout, test_files,
 };
 
 const RES: &str = "r0";
@@ -788,32 +788,17 @@ fn concurrent_aligned_and_unaligned_writes_verify_and_both_replicas_match() {
     require("fio", "fio");
     let c = three_nodes("");
     let uri0 = c.nodes[0].uri(RES, 0);
-    let out = run(
-        "fio",
+    fio_verify(
+        &uri0,
         &[
-            "--name=mixed",
-            "--ioengine=nbd",
-            &format!("--uri={uri0}"),
-            "--rw=randwrite",
             "--bsrange=512-64k",
             "--blockalign=512",
             "--iodepth=16",
             "--numjobs=2",
             "--size=16M",
             "--offset_increment=16M",
-            "--verify=crc32c",
-            "--do_verify=1",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-            "--group_reporting",
-            "--output-format=json",
         ],
     );
-    let text = stdout(&out);
-    let r: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
-    let job = &r["jobs"][0];
-    assert_eq!(job["error"], 0, "{job:#}");
-    assert!(job["read"]["io_bytes"].as_u64().unwrap() > 0, "{job:#}");
     // A flush, then the last client leaves: both copies hold the same bytes.
     qemu_io(&uri0, &["flush"]);
     c.wait(0, RES, "secondary again", |v| v["role"] == "Secondary");

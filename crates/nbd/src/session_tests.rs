@@ -265,24 +265,30 @@ fn truncated_sessions_never_panic() {
 
 mod submitted {
     //! A device that finishes writes and flushes on threads of its own
-    //! (`BlockDevice::submit`), in another order than they came.
+    //! (`BlockDevice::submit`), in another order than they came, or not yet.
     use super::*;
     use crate::mem::{MemDevice, MemStream};
     use crate::server::{
         BlockDevice, Completion, DeviceError, ExportInfo, Exports, Limits, OpenError, Submit,
     };
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
-    #[derive(Debug)]
-    struct Deferred {
+    type Take = Box<dyn Fn(&MemDevice, Submit, Completion) + Send + Sync>;
+
+    /// A RAM device whose submitted requests go to `take`.
+    struct Taking {
         mem: MemDevice,
-        /// Requests taken with `submit`, and whether the last one is dropped unanswered.
-        taken: Mutex<u32>,
-        drop_one: bool,
+        take: Take,
     }
 
-    impl BlockDevice for Deferred {
+    impl std::fmt::Debug for Taking {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Taking")
+        }
+    }
+
+    impl BlockDevice for Taking {
         fn size(&self) -> u64 {
             self.mem.size()
         }
@@ -302,31 +308,12 @@ mod submitted {
             self.mem.write_zeroes(o, l, t, f)
         }
         fn submit(&self, req: Submit, done: Completion) -> Result<(), (Submit, Completion)> {
-            let n = {
-                let mut t = self.taken.lock().unwrap();
-                *t += 1;
-                *t
-            };
-            if let Submit::Write { data, offset, fua } = &req {
-                // Applied now, answered later: the earlier a request came, the later
-                // its reply.
-                self.mem.write_at(data, *offset, *fua).unwrap();
-            }
-            if self.drop_one && n == 3 {
-                drop(done);
-                return Ok(());
-            }
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(60 - 15 * u64::from(n)));
-                done.done(Ok(()));
-            });
+            (self.take)(&self.mem, req, done);
             Ok(())
         }
     }
 
-    struct One(Arc<Deferred>);
-
-    impl Exports for One {
+    impl Exports for Arc<Taking> {
         fn list(&self) -> Vec<ExportInfo> {
             vec![ExportInfo {
                 name: "d".into(),
@@ -334,19 +321,55 @@ mod submitted {
             }]
         }
         fn describe(&self, _: &str) -> Result<(ExportInfo, u64, bool), OpenError> {
-            Ok((self.list().remove(0), self.0.size(), false))
+            Ok((self.list().remove(0), self.size(), false))
         }
         fn open(&self, _: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
-            Ok(self.0.clone())
+            Ok(self.clone())
         }
     }
 
-    fn run(drop_one: bool) -> (Vec<(u32, u64)>, Arc<Deferred>) {
-        let dev = Arc::new(Deferred {
+    fn device(take: Take) -> Arc<Taking> {
+        Arc::new(Taking {
             mem: MemDevice::new(1 << 20),
-            taken: Mutex::new(0),
-            drop_one,
-        });
+            take,
+        })
+    }
+
+    /// Every simple reply after the handshake: (errno, cookie).
+    fn replies(out: &[u8]) -> Vec<(u32, u64)> {
+        let mut r = Reader(out);
+        r.greeting();
+        r.until_ack();
+        let mut v = Vec::new();
+        while !r.0.is_empty() {
+            v.push(r.simple());
+        }
+        v
+    }
+
+    /// Two writes and a flush, each answered later than the one before it; with
+    /// `drop_third`, the flush's completion is dropped unanswered.
+    fn run(drop_third: bool) -> (Vec<(u32, u64)>, Arc<Taking>) {
+        let taken = Mutex::new(0u64);
+        let dev = device(Box::new(move |mem, req, done| {
+            let n = {
+                let mut t = taken.lock().unwrap();
+                *t += 1;
+                *t
+            };
+            if let Submit::Write { data, offset, fua } = &req {
+                // Applied now, answered later: the earlier a request came, the later
+                // its reply.
+                mem.write_at(data, *offset, *fua).unwrap();
+            }
+            if drop_third && n == 3 {
+                return;
+            }
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(60 - 15 * n));
+                done.done(Ok(()));
+            });
+        }));
         let c = Client::new()
             .go("d")
             .cmd(CMD_WRITE, 0, 1, 0, 4096, &[1; 4096])
@@ -360,17 +383,9 @@ mod submitted {
         };
         // The client left (DISC) before any reply: the connection still answers
         // every submitted request before it ends.
-        let outcome = crate::serve(stream.clone(), &One(dev.clone()), &limits);
+        let outcome = crate::serve(stream.clone(), &dev, &limits);
         assert_eq!(outcome, Outcome::Closed);
-        let out = stream.output();
-        let mut r = Reader(&out);
-        r.greeting();
-        r.until_ack();
-        let mut replies = Vec::new();
-        while !r.0.is_empty() {
-            replies.push(r.simple());
-        }
-        (replies, dev)
+        (replies(&stream.output()), dev)
     }
 
     #[test]
@@ -378,70 +393,28 @@ mod submitted {
         let (replies, dev) = run(false);
         // Completion order: the flush (taken third) first, the first write last.
         assert_eq!(replies, vec![(0, 3), (0, 2), (0, 1)]);
-        assert_eq!(*dev.taken.lock().unwrap(), 3);
         let d = dev.mem.contents();
         assert!(d[..4096].iter().all(|b| *b == 1));
         assert!(d[8192..12288].iter().all(|b| *b == 2));
     }
 
-    /// Takes every submitted request and holds it until `release`.
-    #[derive(Debug)]
-    struct Holding {
-        mem: MemDevice,
-        held: Mutex<Vec<Completion>>,
-    }
-
-    impl BlockDevice for Holding {
-        fn size(&self) -> u64 {
-            self.mem.size()
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
-            self.mem.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<(), DeviceError> {
-            self.mem.write_at(buf, offset, fua)
-        }
-        fn flush(&self) -> Result<(), DeviceError> {
-            Ok(())
-        }
-        fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), DeviceError> {
-            self.mem.trim(offset, len, fua)
-        }
-        fn write_zeroes(&self, o: u64, l: u64, t: bool, f: bool) -> Result<(), DeviceError> {
-            self.mem.write_zeroes(o, l, t, f)
-        }
-        fn submit(&self, _req: Submit, done: Completion) -> Result<(), (Submit, Completion)> {
-            self.held.lock().unwrap().push(done);
-            Ok(())
-        }
-    }
-
-    struct HoldingExport(Arc<Holding>);
-
-    impl Exports for HoldingExport {
-        fn list(&self) -> Vec<ExportInfo> {
-            vec![ExportInfo {
-                name: "d".into(),
-                description: String::new(),
-            }]
-        }
-        fn describe(&self, _: &str) -> Result<(ExportInfo, u64, bool), OpenError> {
-            Ok((self.list().remove(0), self.0.size(), false))
-        }
-        fn open(&self, _: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
-            Ok(self.0.clone())
-        }
+    #[test]
+    fn a_completion_dropped_unanswered_replies_with_an_error() {
+        let (mut replies, _) = run(true);
+        replies.sort_by_key(|r| r.1);
+        assert_eq!(replies, vec![(0, 1), (0, 2), (EIO, 3)]);
     }
 
     #[test]
     fn a_client_that_keeps_sending_is_held_back_at_the_limit() {
-        // 300 writes sent at once to a device that answers nothing yet: the
+        // 300 writes sent at once to a device that answers nothing until told: the
         // connection takes no more than its limit, and the rest once answers flow.
         const SENT: u64 = 300;
-        let dev = Arc::new(Holding {
-            mem: MemDevice::new(1 << 20),
-            held: Mutex::new(Vec::new()),
-        });
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let dev = {
+            let held = held.clone();
+            device(Box::new(move |_, _, done| held.lock().unwrap().push(done)))
+        };
         let mut c = Client::new().go("d");
         for i in 0..SENT {
             c = c.cmd(CMD_WRITE, 0, i, (i % 256) * 4096, 4096, &[7; 4096]);
@@ -450,46 +423,30 @@ mod submitted {
         let stream = Arc::new(MemStream::new(c.0));
         let server = {
             let (stream, dev) = (stream.clone(), dev.clone());
-            std::thread::spawn(move || {
-                crate::serve(stream, &HoldingExport(dev), &Limits::default())
-            })
+            std::thread::spawn(move || crate::serve(stream, &dev, &Limits::default()))
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let held = || dev.held.lock().unwrap().len();
-        while held() < 128 && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let count = || held.lock().unwrap().len();
+        while count() < 128 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(
-            held(),
+            count(),
             128,
             "submitted requests beyond the limit were taken"
         );
         let mut answered = 0;
-        while answered < SENT && std::time::Instant::now() < deadline {
-            let batch: Vec<_> = dev.held.lock().unwrap().drain(..).collect();
+        while answered < SENT && Instant::now() < deadline {
+            let batch: Vec<_> = held.lock().unwrap().drain(..).collect();
             answered += batch.len() as u64;
             Completion::done_all(batch.into_iter().map(|c| (c, Ok(()))));
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(answered, SENT);
         assert_eq!(server.join().unwrap(), Outcome::Closed);
-        let out = stream.output();
-        let mut r = Reader(&out);
-        r.greeting();
-        r.until_ack();
-        let mut n = 0;
-        while !r.0.is_empty() {
-            assert_eq!(r.simple().0, 0);
-            n += 1;
-        }
-        assert_eq!(n, SENT);
-    }
-
-    #[test]
-    fn a_completion_dropped_unanswered_replies_with_an_error() {
-        let (mut replies, _) = run(true);
-        replies.sort_by_key(|r| r.1);
-        assert_eq!(replies, vec![(0, 1), (0, 2), (EIO, 3)]);
+        let replies = replies(&stream.output());
+        assert_eq!(replies.len() as u64, SENT);
+        assert!(replies.iter().all(|r| r.0 == 0));
     }
 }

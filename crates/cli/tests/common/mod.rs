@@ -254,6 +254,41 @@ impl Blockd {
 }
 
 /// A TCP port nobody listens on right now.
+/// Random writes by fio with crc32c verification, then a read-back of everything
+/// written; `extra` sets the block sizes, depth, jobs and region. Jobs write disjoint
+/// regions (`--offset_increment`) so each verifies its own data. Panics unless fio
+/// reports no error and both phases moved data.
+pub fn fio_verify(uri: &str, extra: &[&str]) {
+    let uri = format!("--uri={uri}");
+    let mut args = vec![
+        "--name=verify",
+        "--ioengine=nbd",
+        uri.as_str(),
+        "--rw=randwrite",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--group_reporting",
+        "--output-format=json",
+    ];
+    args.extend_from_slice(extra);
+    let out = run("fio", &args);
+    // fio's nbd engine prints "connected" lines ahead of the JSON.
+    let text = stdout(&out);
+    let start = text
+        .find('{')
+        .unwrap_or_else(|| panic!("fio printed no JSON: {text}"));
+    let r: Value = serde_json::from_str(&text[start..]).unwrap();
+    let job = &r["jobs"][0];
+    assert_eq!(job["error"], 0, "{job:#}");
+    assert!(job["write"]["io_bytes"].as_u64().unwrap() > 0, "{job:#}");
+    assert!(
+        job["read"]["io_bytes"].as_u64().unwrap() > 0,
+        "verify phase read nothing: {job:#}"
+    );
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
