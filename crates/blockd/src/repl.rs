@@ -128,8 +128,12 @@ enum Input {
         admin: Admin,
         reply: oneshot::Sender<()>,
     },
-    /// The last NBD client left a volume that was promoted for it.
+    /// The last NBD client left: demote if the volume was promoted for a client.
     AutoDemote,
+    /// An NBD client opens the volume: counted; the answer is whether it is primary.
+    Open {
+        reply: oneshot::Sender<bool>,
+    },
     DiskDone {
         tag: u64,
         ok: bool,
@@ -577,8 +581,19 @@ impl ReplVolume {
 
     /// An NBD client opens the volume: promote for it unless already primary.
     pub fn open_for_client(self: &Arc<Self>) -> Result<Arc<ReplDevice>, String> {
-        let snap = self.snapshot().ok_or("volume is shutting down")?;
-        if snap.status.role != Role::Primary {
+        // Counted, and the role read, on the volume's task, in order with the demotion
+        // a client that just left asked for: the published status may still show the
+        // role from before it, and a client let in on that would get "not primary".
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Input::Open { reply })
+            .map_err(|_| "volume is shutting down".to_owned())?;
+        let primary = rx
+            .blocking_recv()
+            .map_err(|_| "volume is shutting down".to_owned())?;
+        // The handle gives the count back when dropped, on the error path too.
+        let dev = Arc::new(ReplDevice { vol: self.clone() });
+        if !primary {
             // Called from an NBD connection thread, never from the runtime. A refusal
             // is often brief (a peer still handshaking, another node's client just
             // left and it is demoting): like DRBD's auto-promote-timeout, retry for a
@@ -595,8 +610,7 @@ impl ReplVolume {
             }
             self.auto_promoted.store(true, Ordering::SeqCst);
         }
-        self.opens.fetch_add(1, Ordering::SeqCst);
-        Ok(Arc::new(ReplDevice { vol: self.clone() }))
+        Ok(dev)
     }
 
     fn call(&self, ev: impl FnOnce(u64) -> Event) -> Result<Option<Vec<u8>>, DeviceError> {
@@ -746,10 +760,16 @@ pub struct ReplDevice {
 
 impl Drop for ReplDevice {
     fn drop(&mut self) {
+        // The volume's task decides, in order with the opens: a client may have come
+        // in meanwhile (then the last of those demotes).
         if self.vol.opens.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.vol.auto_promoted.swap(false, Ordering::SeqCst)
+            && let Err(mpsc::error::TrySendError::Full(input)) =
+                self.vol.tx.try_send(Input::AutoDemote)
         {
-            let _ = self.vol.tx.try_send(Input::AutoDemote);
+            let tx = self.vol.tx.clone();
+            self.vol.rt.spawn(async move {
+                let _ = tx.send(input).await;
+            });
         }
     }
 }
@@ -1067,8 +1087,14 @@ impl Driver {
                 self.feed(Event::Admin(admin));
                 let _ = reply.send(());
             }
+            Input::Open { reply } => {
+                self.shared.opens.fetch_add(1, Ordering::SeqCst);
+                let _ = reply.send(self.core.role() == Role::Primary);
+            }
             Input::AutoDemote => {
-                if self.shared.opens.load(Ordering::SeqCst) == 0 {
+                if self.shared.opens.load(Ordering::SeqCst) == 0
+                    && self.shared.auto_promoted.swap(false, Ordering::SeqCst)
+                {
                     self.feed(Event::Admin(Admin::Secondary));
                 }
             }

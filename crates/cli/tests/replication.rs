@@ -800,7 +800,8 @@ fn concurrent_aligned_and_unaligned_writes_verify_and_both_replicas_match() {
         ],
     );
     // A flush, then the last client leaves: both copies hold the same bytes.
-    qemu_io(&uri0, &["flush"]);
+    let (o, ok) = common::qemu_io_try(&uri0, &["flush"]);
+    assert!(ok, "{o}\n{}", c.logs());
     c.wait(0, RES, "secondary again", |v| v["role"] == "Secondary");
     c.wait_in_sync(0, RES);
     c.wait_in_sync(1, RES);
