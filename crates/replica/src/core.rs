@@ -166,6 +166,13 @@ pub struct Persistent {
     pub primary: bool,
     /// Open and not closed cleanly.
     pub dirty: bool,
+    /// `current` was started by a primary (this node, or one it adopted it from) that
+    /// has not confirmed it yet: only a primary holding it with quorum, every peer
+    /// present at the start having acknowledged it, settles a generation (and tells
+    /// its peers, `UuidSettled`); until then it may be undone, and no write under it
+    /// has completed. A node meeting a settled generation that went on from the same
+    /// parent another way knows this one was undone (`decide`).
+    pub unsettled: bool,
 }
 
 impl Persistent {
@@ -202,6 +209,7 @@ impl Persistent {
             al: Vec::new(),
             primary: false,
             dirty: false,
+            unsettled: false,
         }
     }
 }
@@ -587,6 +595,15 @@ struct ResyncDone {
     last_seq: u64,
 }
 
+/// What a primary held before a rotation not yet settled (see `settle_rotation`).
+#[derive(Debug)]
+struct RotationUndo {
+    current: u64,
+    history: Vec<u64>,
+    bitmap_uuids: BTreeMap<NodeId, u64>,
+    unsettled: bool,
+}
+
 /// What a node held before it became a resync target, while no block of that resync
 /// has been written: if the round ends then, nothing changed and it goes back to it.
 #[derive(Debug)]
@@ -690,7 +707,7 @@ pub struct Replica {
     /// Generations before a rotation not yet acknowledged with quorum: if quorum is
     /// lost first, no write under the new generation can have completed, and the
     /// node goes back to these (else a partitioned primary looks like a split brain).
-    rotation_undo: Option<(u64, Vec<u64>, BTreeMap<NodeId, u64>)>,
+    rotation_undo: Option<RotationUndo>,
     /// A resync into this node that has not written a block yet (see `TargetUndo`).
     target_undo: Option<TargetUndo>,
     /// Writes received from the primary that it has not peer-acked: seq -> (block, count).
@@ -711,6 +728,9 @@ pub struct Replica {
     promotion: Option<Promotion>,
     reservation: Option<(NodeId, u64)>,
     known_current: u64,
+    /// The generation this node last learned is settled (`UuidSettled`, or a peer's
+    /// Hello), so that adopting it later (a resync that ends) adopts it settled.
+    settled_seen: u64,
     /// Highest write sequence number held (volatile: a restart starts at 0).
     last_seq: u64,
     /// Highest sequence number seen anywhere, so a new primary starts a new epoch.
@@ -871,6 +891,7 @@ impl Replica {
             promotion: None,
             reservation: None,
             known_current,
+            settled_seen: 0,
             last_seq: 0,
             max_seq: 0,
             last_insync: 0,
@@ -1510,6 +1531,7 @@ impl Replica {
                 }
                 self.md.resync_left.set_all();
                 self.md.current = 0;
+                self.md.unsettled = false;
                 self.md.disk = Disk::Inconsistent;
                 self.persist();
                 self.rehandshake_all();
@@ -1524,6 +1546,7 @@ impl Replica {
                 }
                 self.md.resync_left.set_all();
                 self.md.current = 0;
+                self.md.unsettled = false;
                 self.md.disk = Disk::Inconsistent;
                 self.persist();
                 self.rehandshake_all();
@@ -1584,6 +1607,7 @@ impl Replica {
             if let Some((current, history)) = adopt {
                 self.md.current = current;
                 self.md.history = history;
+                self.md.unsettled = current != self.settled_seen;
                 self.known_current = current;
             }
         }
@@ -1604,6 +1628,7 @@ impl Replica {
                 // Data that never had a generation (a new volume) becomes the first
                 // one; whatever the peers hold is unrelated to it, so they take all of it.
                 self.md.current = self.rand() | 1;
+                self.md.unsettled = false;
                 self.known_current = self.md.current;
                 for bm in self.md.bitmaps.values_mut() {
                     bm.set_all();
@@ -1878,6 +1903,7 @@ impl Replica {
             known_current: self.known_current,
             round,
             last_seq: self.last_seq,
+            unsettled: self.md.unsettled,
         }
     }
 
@@ -2195,6 +2221,11 @@ impl Replica {
             return;
         }
         let d = decide(&mine, &theirs, policy);
+        // A peer with data that holds its generation settled tells this node it is.
+        // (After the decision, which took both Hellos as they were.)
+        if !theirs.unsettled && theirs.disk >= Disk::Outdated {
+            self.learn_settled(theirs.current);
+        }
         if d == Decision::PrimaryWouldBeTarget && mine.role == Role::Primary {
             let mut as_secondary = mine.clone();
             as_secondary.role = Role::Secondary;
@@ -2681,6 +2712,7 @@ impl Replica {
                 if !missing && self.md.disk >= Disk::Outdated && self.md.current == previous {
                     self.push_history(previous);
                     self.md.current = current;
+                    self.md.unsettled = true;
                     adopted = true;
                     // A rotation of this node's own still unsettled (it was primary)
                     // must not be undone now: its generation is the sender's.
@@ -2714,6 +2746,18 @@ impl Replica {
                 self.send(from, Msg::NewUuidAck { current });
                 if adopted {
                     self.restart_pending_handshakes();
+                }
+            }
+            Msg::UuidSettled { current } => self.learn_settled(current),
+            Msg::UuidUndone { current } => {
+                // The sender went back to `current`: a generation this node holds
+                // unsettled that descends from it is one the sender undid. The next
+                // handshake with the sender settles which way the data go (`decide`).
+                if self.md.unsettled
+                    && self.md.current != current
+                    && self.md.history.contains(&current)
+                {
+                    self.new_round(from);
                 }
             }
             Msg::NewUuidAck { current } => {
@@ -3033,6 +3077,19 @@ impl Replica {
         Ok(())
     }
 
+    /// Generation `current` is settled (its primary said so, or a peer holding it
+    /// with a disk does).
+    fn learn_settled(&mut self, current: u64) {
+        if current == 0 {
+            return;
+        }
+        self.settled_seen = current;
+        if self.md.unsettled && self.md.current == current {
+            self.md.unsettled = false;
+            self.persist();
+        }
+    }
+
     fn push_history(&mut self, uuid: u64) {
         if uuid != 0 && !self.md.history.contains(&uuid) {
             self.md.history.insert(0, uuid);
@@ -3183,7 +3240,12 @@ impl Replica {
 
     fn rotate(&mut self) {
         let old = self.md.current;
-        let undo = (old, self.md.history.clone(), self.md.bitmap_uuids.clone());
+        let undo = RotationUndo {
+            current: old,
+            history: self.md.history.clone(),
+            bitmap_uuids: self.md.bitmap_uuids.clone(),
+            unsettled: self.md.unsettled,
+        };
         let mut new = self.rand();
         while new == 0 || new == old {
             new = self.rand();
@@ -3220,6 +3282,7 @@ impl Replica {
         }
         self.push_history(old);
         self.md.current = new;
+        self.md.unsettled = true;
         self.known_current = new;
         self.need_rotation = false;
         self.persist();
@@ -3722,6 +3785,14 @@ impl Replica {
                 let empty = self.md.bitmaps.get(&from).is_none_or(|b| b.is_empty());
                 if ok && empty && !self.diskless() && self.current_target_round(from, round) {
                     self.last_seq = self.last_seq.max(last_seq);
+                    // The source's generation, settled or not as the source said (or
+                    // as its primary told this node since).
+                    let source_unsettled = self
+                        .peers
+                        .get(&from)
+                        .and_then(|p| p.their_hello.as_ref())
+                        .is_none_or(|h| h.current != current || h.unsettled);
+                    self.md.unsettled = source_unsettled && current != self.settled_seen;
                     self.md.current = current;
                     self.md.history = history;
                     self.known_current = current;
@@ -3983,7 +4054,13 @@ impl Replica {
             return;
         }
         if !self.quorum {
-            if let Some((current, history, bitmap_uuids)) = self.rotation_undo.take() {
+            if let Some(RotationUndo {
+                current,
+                history,
+                bitmap_uuids,
+                unsettled,
+            }) = self.rotation_undo.take()
+            {
                 // A peer may have adopted the voided generation (its ack lost with the
                 // link): keeping it in history turns that meeting into a resync from
                 // whoever is newer instead of a split brain.
@@ -3993,17 +4070,28 @@ impl Replica {
                     .collect();
                 self.md.current = current;
                 self.md.history = history;
-                for v in voided.into_iter().rev() {
-                    self.push_history(v);
+                for v in voided.iter().rev() {
+                    self.push_history(*v);
                 }
                 self.md.bitmap_uuids = bitmap_uuids;
+                self.md.unsettled = unsettled;
                 self.known_current = current;
                 self.uuid_waiting.clear();
                 self.need_rotation = true;
                 self.persist();
+                // Peers still connected may hold the undone generation (with the
+                // NewUuid, or from a resync this node served since): they learn it
+                // was undone instead of going on under it.
+                self.send_connected(&Msg::UuidUndone { current });
             }
         } else if self.uuid_waiting.is_empty() {
             self.rotation_undo = None;
+            // Settled: writes under it may complete now, and it is never undone.
+            self.md.unsettled = false;
+            self.persist();
+            self.send_connected(&Msg::UuidSettled {
+                current: self.md.current,
+            });
         }
     }
 
