@@ -568,6 +568,14 @@ enum DiskOp {
         round: u32,
         block: u64,
     },
+    /// Resync (target side): the block as it is here, to learn whether the source's
+    /// `data` changes it (see `Work::Resync`).
+    ResyncCompareRead {
+        from: NodeId,
+        round: u32,
+        block: u64,
+        data: Vec<u8>,
+    },
     ResyncDoneFlush(Box<ResyncDone>),
     ResyncRead {
         peer: NodeId,
@@ -3443,7 +3451,7 @@ impl Replica {
                 };
                 let pending_from = self.disk_ops.values().any(|op| match op {
                     DiskOp::PeerWrite { from: f, .. } => *f == from,
-                    DiskOp::ResyncWrite { .. } => true,
+                    DiskOp::ResyncWrite { .. } | DiskOp::ResyncCompareRead { .. } => true,
                     _ => false,
                 });
                 if pending_from {
@@ -3724,17 +3732,33 @@ impl Replica {
                     self.send(from, Msg::ResyncAck { block, ok: true });
                     return;
                 }
-                // From the first block on, the data is the source's in part.
-                self.target_undo = None;
                 self.start_local(block, 1);
-                let tag = self.tag(DiskOp::ResyncWrite { from, round, block });
-                self.out.push(Action::DiskWrite {
-                    tag,
-                    block,
-                    count: 1,
-                    data: Bytes::from(data),
-                    fua: false,
-                });
+                // The block changes here and on no third node: one that held what this
+                // node held then lacks what the source sends, and the source's bits for
+                // it (`OtherBitmap`) cannot say so, being only the source's half of that
+                // pair's differences. So a block that differs is marked for the other
+                // peers; which one differs, a read first tells, unless it is marked for
+                // all of them already.
+                let unmarked = self
+                    .md
+                    .bitmaps
+                    .iter()
+                    .any(|(n, bm)| *n != from && !bm.get(block));
+                if unmarked {
+                    let tag = self.tag(DiskOp::ResyncCompareRead {
+                        from,
+                        round,
+                        block,
+                        data,
+                    });
+                    self.out.push(Action::DiskRead {
+                        tag,
+                        block,
+                        count: 1,
+                    });
+                } else {
+                    self.resync_write(from, round, block, data);
+                }
             }
             Work::ResyncDone {
                 from,
@@ -3943,6 +3967,42 @@ impl Replica {
                 }
                 self.check_flushes();
             }
+            DiskOp::ResyncCompareRead {
+                from,
+                round,
+                block,
+                data: theirs,
+            } => {
+                if !ok {
+                    self.end_local(block, 1);
+                    self.detach(format!("local disk read of resync block {block} failed"));
+                    return;
+                }
+                if self.diskless() || !self.current_target_round(from, round) {
+                    // Its bit stays set: the next round copies it again.
+                    self.end_local(block, 1);
+                    return;
+                }
+                if data.as_deref() == Some(theirs.as_slice()) {
+                    // Equal already: nothing changes here, for any peer.
+                    self.end_local(block, 1);
+                    if let Some(bm) = self.md.bitmaps.get_mut(&from) {
+                        bm.clear(block);
+                    }
+                    self.resync_same_blocks = self.resync_same_blocks.saturating_add(1);
+                    self.send(from, Msg::ResyncAck { block, ok: true });
+                    return;
+                }
+                // Different: no third node is known to hold the source's block. (A
+                // crash before these bits are persisted marks the whole extent for
+                // every peer, from the activity log `start_local` entered it in.)
+                for (n, bm) in self.md.bitmaps.iter_mut() {
+                    if *n != from {
+                        bm.set(block);
+                    }
+                }
+                self.resync_write(from, round, block, theirs);
+            }
             DiskOp::ResyncWrite { from, round, block } => {
                 self.end_local(block, 1);
                 if !ok {
@@ -4039,6 +4099,21 @@ impl Replica {
                 self.al_flush = false;
             }
         }
+    }
+
+    /// Writes a block of a resync round from `from` (already counted busy by
+    /// `start_local`; the write's completion ends that).
+    fn resync_write(&mut self, from: NodeId, round: u32, block: u64, data: Vec<u8>) {
+        // From the first block on, the data is the source's in part.
+        self.target_undo = None;
+        let tag = self.tag(DiskOp::ResyncWrite { from, round, block });
+        self.out.push(Action::DiskWrite {
+            tag,
+            block,
+            count: 1,
+            data: Bytes::from(data),
+            fua: false,
+        });
     }
 
     /// A flush issued when the stamp was `mark` made every write completed before
@@ -4574,5 +4649,120 @@ impl Replica {
         if self.role == Role::Primary && !self.quorum && !self.io_suspended() {
             self.fail_queued_client(IoError::NoQuorum);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Node 0, Inconsistent, a resync target of node 1 in round 3, block 5 marked.
+    fn target() -> Replica {
+        let c = Config::for_tests(&[(0, true), (1, true), (2, true)]);
+        let mut md = Persistent::new_in_sync(&c, 7);
+        md.disk = Disk::Inconsistent;
+        let mut r = Replica::new(c, md, 1);
+        r.handle(Event::Tick { now: 1 });
+        if let Some(p) = r.peers.get_mut(&1) {
+            p.conn = ConnState::Connected;
+            p.repl = Repl::SyncTarget;
+            p.round = 3;
+        }
+        if let Some(bm) = r.md.bitmaps.get_mut(&1) {
+            bm.set(5);
+        }
+        r
+    }
+
+    fn read_tag(acts: &[Action]) -> Option<u64> {
+        acts.iter().find_map(|a| match a {
+            Action::DiskRead { tag, block: 5, .. } => Some(*tag),
+            _ => None,
+        })
+    }
+
+    fn write_tag(acts: &[Action]) -> Option<u64> {
+        acts.iter().find_map(|a| match a {
+            Action::DiskWrite { tag, block: 5, .. } => Some(*tag),
+            _ => None,
+        })
+    }
+
+    fn acked(acts: &[Action]) -> bool {
+        acts.iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    to: 1,
+                    msg: Msg::ResyncAck { block: 5, ok: true }
+                }
+            )
+        })
+    }
+
+    fn resync_data(r: &mut Replica, byte: u8) -> Vec<Action> {
+        r.handle(Event::Message {
+            from: 1,
+            msg: Msg::ResyncData {
+                block: 5,
+                seq: 0,
+                data: vec![byte; 4096],
+            },
+        })
+    }
+
+    fn disk_done(r: &mut Replica, tag: u64, data: Option<Vec<u8>>) -> Vec<Action> {
+        r.handle(Event::DiskDone {
+            tag,
+            ok: true,
+            data,
+        })
+    }
+
+    /// Node 0, in sync with node 2, takes block 5 from node 1 in a resync. Node 2 may
+    /// hold what node 0 held, which is not what node 1 sends, and node 1's own bits
+    /// for node 2 do not show that (seeds 325 and 1569): node 0 marks the block for
+    /// node 2 itself when it changes it.
+    #[test]
+    fn a_resync_target_marks_a_block_it_changes_for_its_other_peers() {
+        let mut r = target();
+        let acts = resync_data(&mut r, 9);
+        assert_eq!(write_tag(&acts), None, "read first");
+        let tag = read_tag(&acts).expect("the block as it is here is read");
+        let acts = disk_done(&mut r, tag, Some(vec![4; 4096]));
+        let tag = write_tag(&acts).expect("different: written");
+        assert!(r.md.bitmaps[&2].get(5), "marked for the third node");
+        assert_eq!(r.md.bitmaps[&2].count(), 1);
+        let acts = disk_done(&mut r, tag, None);
+        assert!(acked(&acts));
+        assert!(!r.md.bitmaps[&1].get(5), "in sync with the source");
+        assert!(r.md.bitmaps[&2].get(5));
+    }
+
+    /// The same block arriving equal to what node 0 holds changes nothing: not
+    /// written, not marked (else equal copies would mark each other for ever).
+    #[test]
+    fn a_resync_block_equal_already_is_neither_written_nor_marked() {
+        let mut r = target();
+        let acts = resync_data(&mut r, 9);
+        let tag = read_tag(&acts).expect("read first");
+        let acts = disk_done(&mut r, tag, Some(vec![9; 4096]));
+        assert_eq!(write_tag(&acts), None);
+        assert!(acked(&acts));
+        assert!(!r.md.bitmaps[&1].get(5));
+        assert!(r.md.bitmaps[&2].is_empty());
+    }
+
+    /// Marked for every other peer already: nothing to learn, written at once.
+    #[test]
+    fn a_resync_block_marked_for_all_is_written_without_a_read() {
+        let mut r = target();
+        if let Some(bm) = r.md.bitmaps.get_mut(&2) {
+            bm.set(5);
+        }
+        let acts = resync_data(&mut r, 9);
+        assert_eq!(read_tag(&acts), None);
+        let tag = write_tag(&acts).expect("written");
+        assert!(acked(&disk_done(&mut r, tag, None)));
     }
 }
