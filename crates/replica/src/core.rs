@@ -4159,7 +4159,12 @@ impl Replica {
                 // was undone instead of going on under it.
                 self.send_connected(&Msg::UuidUndone { current });
             }
-        } else if self.uuid_waiting.is_empty() {
+        } else if self.uuid_waiting.is_empty() && self.role == Role::Primary {
+            // Only a primary settles: one demoted first (a live migration handed its
+            // writes to another) never confirmed the generation, and the new primary
+            // may start and settle its own from the same parent; settling this one
+            // after all would turn their meeting into a split brain (two-primaries
+            // seed 699). It stays unsettled, so it gives way to that sibling.
             self.rotation_undo = None;
             // Settled: writes under it may complete now, and it is never undone.
             self.md.unsettled = false;
