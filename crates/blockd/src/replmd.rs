@@ -133,6 +133,7 @@ impl MdStore {
             p.resync_from = u8::try_from(sb.resync_from).ok();
             p.al = sb.al.clone();
             p.primary = sb.flags & md::FLAG_PRIMARY != 0;
+            p.unsettled = sb.flags & md::FLAG_UNSETTLED != 0;
             for (peer, slot) in &store.slots {
                 let slot_info = sb.peers.get(*slot as usize).copied().unwrap_or_default();
                 if slot_info.node_id == u32::from(*peer) {
@@ -243,7 +244,8 @@ impl MdStore {
             sb.resync_from = p.resync_from.map(u32::from).unwrap_or(NO_NODE);
             sb.al = p.al.iter().copied().take(md::MAX_AL).collect();
             sb.flags = if p.dirty { md::FLAG_DIRTY } else { 0 }
-                | if p.primary { md::FLAG_PRIMARY } else { 0 };
+                | if p.primary { md::FLAG_PRIMARY } else { 0 }
+                | if p.unsettled { md::FLAG_UNSETTLED } else { 0 };
             for (peer, slot) in &slots {
                 if let Some(s) = sb.peers.get_mut(*slot as usize) {
                     s.node_id = u32::from(*peer);
@@ -343,5 +345,30 @@ mod tests {
         store.persist(&p).unwrap();
         let (back, _) = MdStore::load(vol, &cfg).unwrap();
         assert!(back.bitmaps[&1].is_empty());
+    }
+
+    #[test]
+    fn an_unsettled_generation_stays_unsettled_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, cfg) = setup(dir.path());
+        let (mut p, mut store) = MdStore::load(vol.clone(), &cfg).unwrap();
+        p.disk = Disk::UpToDate;
+        p.current = 0x77;
+        p.history = vec![0x55];
+        p.primary = true;
+        p.unsettled = true;
+        store.persist(&p).unwrap();
+        let (back, _) = MdStore::load(vol.clone(), &cfg).unwrap();
+        assert_eq!(
+            (back.current, back.unsettled, back.primary),
+            (0x77, true, true)
+        );
+        p.unsettled = false;
+        store.persist(&p).unwrap();
+        let (back, _) = MdStore::load(vol, &cfg).unwrap();
+        assert_eq!(
+            (back.current, back.unsettled, back.primary),
+            (0x77, false, true)
+        );
     }
 }

@@ -166,6 +166,13 @@ pub struct Persistent {
     pub primary: bool,
     /// Open and not closed cleanly.
     pub dirty: bool,
+    /// `current` was started by a primary (this node, or one it adopted it from) that
+    /// has not confirmed it yet: only a primary holding it with quorum, every peer
+    /// present at the start having acknowledged it, settles a generation (and tells
+    /// its peers, `UuidSettled`); until then it may be undone, and no write under it
+    /// has completed. A node meeting a settled generation that went on from the same
+    /// parent another way knows this one was undone (`decide`).
+    pub unsettled: bool,
 }
 
 impl Persistent {
@@ -202,6 +209,7 @@ impl Persistent {
             al: Vec::new(),
             primary: false,
             dirty: false,
+            unsettled: false,
         }
     }
 }
@@ -560,6 +568,14 @@ enum DiskOp {
         round: u32,
         block: u64,
     },
+    /// Resync (target side): the block as it is here, to learn whether the source's
+    /// `data` changes it (see `Work::Resync`).
+    ResyncCompareRead {
+        from: NodeId,
+        round: u32,
+        block: u64,
+        data: Vec<u8>,
+    },
     ResyncDoneFlush(Box<ResyncDone>),
     ResyncRead {
         peer: NodeId,
@@ -585,6 +601,15 @@ struct ResyncDone {
     current: u64,
     history: Vec<u64>,
     last_seq: u64,
+}
+
+/// What a primary held before a rotation not yet settled (see `settle_rotation`).
+#[derive(Debug)]
+struct RotationUndo {
+    current: u64,
+    history: Vec<u64>,
+    bitmap_uuids: BTreeMap<NodeId, u64>,
+    unsettled: bool,
 }
 
 /// What a node held before it became a resync target, while no block of that resync
@@ -690,7 +715,7 @@ pub struct Replica {
     /// Generations before a rotation not yet acknowledged with quorum: if quorum is
     /// lost first, no write under the new generation can have completed, and the
     /// node goes back to these (else a partitioned primary looks like a split brain).
-    rotation_undo: Option<(u64, Vec<u64>, BTreeMap<NodeId, u64>)>,
+    rotation_undo: Option<RotationUndo>,
     /// A resync into this node that has not written a block yet (see `TargetUndo`).
     target_undo: Option<TargetUndo>,
     /// Writes received from the primary that it has not peer-acked: seq -> (block, count).
@@ -711,6 +736,9 @@ pub struct Replica {
     promotion: Option<Promotion>,
     reservation: Option<(NodeId, u64)>,
     known_current: u64,
+    /// The generation this node last learned is settled (`UuidSettled`, or a peer's
+    /// Hello), so that adopting it later (a resync that ends) adopts it settled.
+    settled_seen: u64,
     /// Highest write sequence number held (volatile: a restart starts at 0).
     last_seq: u64,
     /// Highest sequence number seen anywhere, so a new primary starts a new epoch.
@@ -871,6 +899,7 @@ impl Replica {
             promotion: None,
             reservation: None,
             known_current,
+            settled_seen: 0,
             last_seq: 0,
             max_seq: 0,
             last_insync: 0,
@@ -1510,6 +1539,7 @@ impl Replica {
                 }
                 self.md.resync_left.set_all();
                 self.md.current = 0;
+                self.md.unsettled = false;
                 self.md.disk = Disk::Inconsistent;
                 self.persist();
                 self.rehandshake_all();
@@ -1524,6 +1554,7 @@ impl Replica {
                 }
                 self.md.resync_left.set_all();
                 self.md.current = 0;
+                self.md.unsettled = false;
                 self.md.disk = Disk::Inconsistent;
                 self.persist();
                 self.rehandshake_all();
@@ -1584,6 +1615,7 @@ impl Replica {
             if let Some((current, history)) = adopt {
                 self.md.current = current;
                 self.md.history = history;
+                self.md.unsettled = current != self.settled_seen;
                 self.known_current = current;
             }
         }
@@ -1604,6 +1636,7 @@ impl Replica {
                 // Data that never had a generation (a new volume) becomes the first
                 // one; whatever the peers hold is unrelated to it, so they take all of it.
                 self.md.current = self.rand() | 1;
+                self.md.unsettled = false;
                 self.known_current = self.md.current;
                 for bm in self.md.bitmaps.values_mut() {
                     bm.set_all();
@@ -1878,6 +1911,7 @@ impl Replica {
             known_current: self.known_current,
             round,
             last_seq: self.last_seq,
+            unsettled: self.md.unsettled,
         }
     }
 
@@ -2195,6 +2229,11 @@ impl Replica {
             return;
         }
         let d = decide(&mine, &theirs, policy);
+        // A peer with data that holds its generation settled tells this node it is.
+        // (After the decision, which took both Hellos as they were.)
+        if !theirs.unsettled && theirs.disk >= Disk::Outdated {
+            self.learn_settled(theirs.current);
+        }
         if d == Decision::PrimaryWouldBeTarget && mine.role == Role::Primary {
             let mut as_secondary = mine.clone();
             as_secondary.role = Role::Secondary;
@@ -2681,6 +2720,7 @@ impl Replica {
                 if !missing && self.md.disk >= Disk::Outdated && self.md.current == previous {
                     self.push_history(previous);
                     self.md.current = current;
+                    self.md.unsettled = true;
                     adopted = true;
                     // A rotation of this node's own still unsettled (it was primary)
                     // must not be undone now: its generation is the sender's.
@@ -2714,6 +2754,18 @@ impl Replica {
                 self.send(from, Msg::NewUuidAck { current });
                 if adopted {
                     self.restart_pending_handshakes();
+                }
+            }
+            Msg::UuidSettled { current } => self.learn_settled(current),
+            Msg::UuidUndone { current } => {
+                // The sender went back to `current`: a generation this node holds
+                // unsettled that descends from it is one the sender undid. The next
+                // handshake with the sender settles which way the data go (`decide`).
+                if self.md.unsettled
+                    && self.md.current != current
+                    && self.md.history.contains(&current)
+                {
+                    self.new_round(from);
                 }
             }
             Msg::NewUuidAck { current } => {
@@ -3033,6 +3085,19 @@ impl Replica {
         Ok(())
     }
 
+    /// Generation `current` is settled (its primary said so, or a peer holding it
+    /// with a disk does).
+    fn learn_settled(&mut self, current: u64) {
+        if current == 0 {
+            return;
+        }
+        self.settled_seen = current;
+        if self.md.unsettled && self.md.current == current {
+            self.md.unsettled = false;
+            self.persist();
+        }
+    }
+
     fn push_history(&mut self, uuid: u64) {
         if uuid != 0 && !self.md.history.contains(&uuid) {
             self.md.history.insert(0, uuid);
@@ -3183,7 +3248,12 @@ impl Replica {
 
     fn rotate(&mut self) {
         let old = self.md.current;
-        let undo = (old, self.md.history.clone(), self.md.bitmap_uuids.clone());
+        let undo = RotationUndo {
+            current: old,
+            history: self.md.history.clone(),
+            bitmap_uuids: self.md.bitmap_uuids.clone(),
+            unsettled: self.md.unsettled,
+        };
         let mut new = self.rand();
         while new == 0 || new == old {
             new = self.rand();
@@ -3220,6 +3290,7 @@ impl Replica {
         }
         self.push_history(old);
         self.md.current = new;
+        self.md.unsettled = true;
         self.known_current = new;
         self.need_rotation = false;
         self.persist();
@@ -3380,7 +3451,7 @@ impl Replica {
                 };
                 let pending_from = self.disk_ops.values().any(|op| match op {
                     DiskOp::PeerWrite { from: f, .. } => *f == from,
-                    DiskOp::ResyncWrite { .. } => true,
+                    DiskOp::ResyncWrite { .. } | DiskOp::ResyncCompareRead { .. } => true,
                     _ => false,
                 });
                 if pending_from {
@@ -3661,17 +3732,33 @@ impl Replica {
                     self.send(from, Msg::ResyncAck { block, ok: true });
                     return;
                 }
-                // From the first block on, the data is the source's in part.
-                self.target_undo = None;
                 self.start_local(block, 1);
-                let tag = self.tag(DiskOp::ResyncWrite { from, round, block });
-                self.out.push(Action::DiskWrite {
-                    tag,
-                    block,
-                    count: 1,
-                    data: Bytes::from(data),
-                    fua: false,
-                });
+                // The block changes here and on no third node: one that held what this
+                // node held then lacks what the source sends, and the source's bits for
+                // it (`OtherBitmap`) cannot say so, being only the source's half of that
+                // pair's differences. So a block that differs is marked for the other
+                // peers; which one differs, a read first tells, unless it is marked for
+                // all of them already.
+                let unmarked = self
+                    .md
+                    .bitmaps
+                    .iter()
+                    .any(|(n, bm)| *n != from && !bm.get(block));
+                if unmarked {
+                    let tag = self.tag(DiskOp::ResyncCompareRead {
+                        from,
+                        round,
+                        block,
+                        data,
+                    });
+                    self.out.push(Action::DiskRead {
+                        tag,
+                        block,
+                        count: 1,
+                    });
+                } else {
+                    self.resync_write(from, round, block, data);
+                }
             }
             Work::ResyncDone {
                 from,
@@ -3722,6 +3809,14 @@ impl Replica {
                 let empty = self.md.bitmaps.get(&from).is_none_or(|b| b.is_empty());
                 if ok && empty && !self.diskless() && self.current_target_round(from, round) {
                     self.last_seq = self.last_seq.max(last_seq);
+                    // The source's generation, settled or not as the source said (or
+                    // as its primary told this node since).
+                    let source_unsettled = self
+                        .peers
+                        .get(&from)
+                        .and_then(|p| p.their_hello.as_ref())
+                        .is_none_or(|h| h.current != current || h.unsettled);
+                    self.md.unsettled = source_unsettled && current != self.settled_seen;
                     self.md.current = current;
                     self.md.history = history;
                     self.known_current = current;
@@ -3872,6 +3967,42 @@ impl Replica {
                 }
                 self.check_flushes();
             }
+            DiskOp::ResyncCompareRead {
+                from,
+                round,
+                block,
+                data: theirs,
+            } => {
+                if !ok {
+                    self.end_local(block, 1);
+                    self.detach(format!("local disk read of resync block {block} failed"));
+                    return;
+                }
+                if self.diskless() || !self.current_target_round(from, round) {
+                    // Its bit stays set: the next round copies it again.
+                    self.end_local(block, 1);
+                    return;
+                }
+                if data.as_deref() == Some(theirs.as_slice()) {
+                    // Equal already: nothing changes here, for any peer.
+                    self.end_local(block, 1);
+                    if let Some(bm) = self.md.bitmaps.get_mut(&from) {
+                        bm.clear(block);
+                    }
+                    self.resync_same_blocks = self.resync_same_blocks.saturating_add(1);
+                    self.send(from, Msg::ResyncAck { block, ok: true });
+                    return;
+                }
+                // Different: no third node is known to hold the source's block. (A
+                // crash before these bits are persisted marks the whole extent for
+                // every peer, from the activity log `start_local` entered it in.)
+                for (n, bm) in self.md.bitmaps.iter_mut() {
+                    if *n != from {
+                        bm.set(block);
+                    }
+                }
+                self.resync_write(from, round, block, theirs);
+            }
             DiskOp::ResyncWrite { from, round, block } => {
                 self.end_local(block, 1);
                 if !ok {
@@ -3970,6 +4101,21 @@ impl Replica {
         }
     }
 
+    /// Writes a block of a resync round from `from` (already counted busy by
+    /// `start_local`; the write's completion ends that).
+    fn resync_write(&mut self, from: NodeId, round: u32, block: u64, data: Vec<u8>) {
+        // From the first block on, the data is the source's in part.
+        self.target_undo = None;
+        let tag = self.tag(DiskOp::ResyncWrite { from, round, block });
+        self.out.push(Action::DiskWrite {
+            tag,
+            block,
+            count: 1,
+            data: Bytes::from(data),
+            fua: false,
+        });
+    }
+
     /// A flush issued when the stamp was `mark` made every write completed before
     /// then durable: extents whose last write is that old are clean.
     fn flush_done(&mut self, mark: u64) {
@@ -3983,7 +4129,13 @@ impl Replica {
             return;
         }
         if !self.quorum {
-            if let Some((current, history, bitmap_uuids)) = self.rotation_undo.take() {
+            if let Some(RotationUndo {
+                current,
+                history,
+                bitmap_uuids,
+                unsettled,
+            }) = self.rotation_undo.take()
+            {
                 // A peer may have adopted the voided generation (its ack lost with the
                 // link): keeping it in history turns that meeting into a resync from
                 // whoever is newer instead of a split brain.
@@ -3993,17 +4145,33 @@ impl Replica {
                     .collect();
                 self.md.current = current;
                 self.md.history = history;
-                for v in voided.into_iter().rev() {
-                    self.push_history(v);
+                for v in voided.iter().rev() {
+                    self.push_history(*v);
                 }
                 self.md.bitmap_uuids = bitmap_uuids;
+                self.md.unsettled = unsettled;
                 self.known_current = current;
                 self.uuid_waiting.clear();
                 self.need_rotation = true;
                 self.persist();
+                // Peers still connected may hold the undone generation (with the
+                // NewUuid, or from a resync this node served since): they learn it
+                // was undone instead of going on under it.
+                self.send_connected(&Msg::UuidUndone { current });
             }
-        } else if self.uuid_waiting.is_empty() {
+        } else if self.uuid_waiting.is_empty() && self.role == Role::Primary {
+            // Only a primary settles: one demoted first (a live migration handed its
+            // writes to another) never confirmed the generation, and the new primary
+            // may start and settle its own from the same parent; settling this one
+            // after all would turn their meeting into a split brain (two-primaries
+            // seed 699). It stays unsettled, so it gives way to that sibling.
             self.rotation_undo = None;
+            // Settled: writes under it may complete now, and it is never undone.
+            self.md.unsettled = false;
+            self.persist();
+            self.send_connected(&Msg::UuidSettled {
+                current: self.md.current,
+            });
         }
     }
 
@@ -4486,5 +4654,120 @@ impl Replica {
         if self.role == Role::Primary && !self.quorum && !self.io_suspended() {
             self.fail_queued_client(IoError::NoQuorum);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Node 0, Inconsistent, a resync target of node 1 in round 3, block 5 marked.
+    fn target() -> Replica {
+        let c = Config::for_tests(&[(0, true), (1, true), (2, true)]);
+        let mut md = Persistent::new_in_sync(&c, 7);
+        md.disk = Disk::Inconsistent;
+        let mut r = Replica::new(c, md, 1);
+        r.handle(Event::Tick { now: 1 });
+        if let Some(p) = r.peers.get_mut(&1) {
+            p.conn = ConnState::Connected;
+            p.repl = Repl::SyncTarget;
+            p.round = 3;
+        }
+        if let Some(bm) = r.md.bitmaps.get_mut(&1) {
+            bm.set(5);
+        }
+        r
+    }
+
+    fn read_tag(acts: &[Action]) -> Option<u64> {
+        acts.iter().find_map(|a| match a {
+            Action::DiskRead { tag, block: 5, .. } => Some(*tag),
+            _ => None,
+        })
+    }
+
+    fn write_tag(acts: &[Action]) -> Option<u64> {
+        acts.iter().find_map(|a| match a {
+            Action::DiskWrite { tag, block: 5, .. } => Some(*tag),
+            _ => None,
+        })
+    }
+
+    fn acked(acts: &[Action]) -> bool {
+        acts.iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    to: 1,
+                    msg: Msg::ResyncAck { block: 5, ok: true }
+                }
+            )
+        })
+    }
+
+    fn resync_data(r: &mut Replica, byte: u8) -> Vec<Action> {
+        r.handle(Event::Message {
+            from: 1,
+            msg: Msg::ResyncData {
+                block: 5,
+                seq: 0,
+                data: vec![byte; 4096],
+            },
+        })
+    }
+
+    fn disk_done(r: &mut Replica, tag: u64, data: Option<Vec<u8>>) -> Vec<Action> {
+        r.handle(Event::DiskDone {
+            tag,
+            ok: true,
+            data,
+        })
+    }
+
+    /// Node 0, in sync with node 2, takes block 5 from node 1 in a resync. Node 2 may
+    /// hold what node 0 held, which is not what node 1 sends, and node 1's own bits
+    /// for node 2 do not show that (seeds 325 and 1569): node 0 marks the block for
+    /// node 2 itself when it changes it.
+    #[test]
+    fn a_resync_target_marks_a_block_it_changes_for_its_other_peers() {
+        let mut r = target();
+        let acts = resync_data(&mut r, 9);
+        assert_eq!(write_tag(&acts), None, "read first");
+        let tag = read_tag(&acts).expect("the block as it is here is read");
+        let acts = disk_done(&mut r, tag, Some(vec![4; 4096]));
+        let tag = write_tag(&acts).expect("different: written");
+        assert!(r.md.bitmaps[&2].get(5), "marked for the third node");
+        assert_eq!(r.md.bitmaps[&2].count(), 1);
+        let acts = disk_done(&mut r, tag, None);
+        assert!(acked(&acts));
+        assert!(!r.md.bitmaps[&1].get(5), "in sync with the source");
+        assert!(r.md.bitmaps[&2].get(5));
+    }
+
+    /// The same block arriving equal to what node 0 holds changes nothing: not
+    /// written, not marked (else equal copies would mark each other for ever).
+    #[test]
+    fn a_resync_block_equal_already_is_neither_written_nor_marked() {
+        let mut r = target();
+        let acts = resync_data(&mut r, 9);
+        let tag = read_tag(&acts).expect("read first");
+        let acts = disk_done(&mut r, tag, Some(vec![9; 4096]));
+        assert_eq!(write_tag(&acts), None);
+        assert!(acked(&acts));
+        assert!(!r.md.bitmaps[&1].get(5));
+        assert!(r.md.bitmaps[&2].is_empty());
+    }
+
+    /// Marked for every other peer already: nothing to learn, written at once.
+    #[test]
+    fn a_resync_block_marked_for_all_is_written_without_a_read() {
+        let mut r = target();
+        if let Some(bm) = r.md.bitmaps.get_mut(&2) {
+            bm.set(5);
+        }
+        let acts = resync_data(&mut r, 9);
+        assert_eq!(read_tag(&acts), None);
+        let tag = write_tag(&acts).expect("written");
+        assert!(acked(&disk_done(&mut r, tag, None)));
     }
 }

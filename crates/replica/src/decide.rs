@@ -146,6 +146,13 @@ fn decide_data(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
         }
         (true, true) => {}
     }
+    // A generation its primary never settled, next to a settled one that went on
+    // from the same parent another way: the first was undone (see `undone_branch`).
+    match (undone_branch(a, b), undone_branch(b, a)) {
+        (true, _) => return Decision::FullTarget,
+        (_, true) => return Decision::FullSource,
+        _ => {}
+    }
     // An Outdated node never outranks an UpToDate one.
     if a.disk != b.disk && a.current == b.current {
         let dirty = a.dirty_blocks > 0 || b.dirty_blocks > 0;
@@ -156,6 +163,31 @@ fn decide_data(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
         };
     }
     from_uuids(a, b, policy).unwrap_or(Decision::Unrelated)
+}
+
+/// `a` holds a generation its primary never confirmed (`unsettled`: a rotation not yet
+/// acknowledged with quorum, perhaps undone since), and `b` a settled one that
+/// descends from `a`'s parent without passing through `a`'s (neither knows the
+/// other's: `b`'s current in `a`'s history would make it an ancestor, `a`'s parent
+/// being in `b`'s history only as a generation `b` undid). `b`'s line was started
+/// by a primary granted with quorum at that parent and settled with quorum; had
+/// `a`'s generation been settled first, a node in both quorums would have refused
+/// `b`'s primary (it had seen a newer generation), and after `b`'s settled no primary
+/// could start one from the parent. So `a`'s was undone (its primary lost quorum, or
+/// crashed before settling it): no write under it completed, and what `a` holds
+/// since the parent is void. Which blocks that is, no bitmap says (`a` may have
+/// received writes under it that `b` never saw): `a` takes all of `b`'s.
+fn undone_branch(a: &Hello, b: &Hello) -> bool {
+    a.unsettled
+        && !b.unsettled
+        && a.current != 0
+        && b.current != 0
+        && b.current != a.current
+        && !knows(b, a.current)
+        && !knows(a, b.current)
+        && a.history.first().is_some_and(|parent| {
+            *parent != 0 && *parent != b.current && b.history.contains(parent)
+        })
 }
 
 trait Force {
@@ -236,12 +268,15 @@ fn from_uuids(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Option<Decision
         (false, true) => return Some(Decision::FullTarget),
         // Each went through the other's generation: one of them is a generation a
         // primary started and undid for lack of quorum (no write under it completed).
-        // The data agree on everything acknowledged; copy all of it from the rank.
+        // The data agree on everything acknowledged; copy all of it from the side
+        // whose generation is settled (the other's is the undone one), else from the
+        // rank.
         (true, true) => {
-            return Some(if a.last_seq >= b.last_seq {
-                Decision::FullSource
-            } else {
-                Decision::FullTarget
+            return Some(match (a.unsettled, b.unsettled) {
+                (false, true) => Decision::FullSource,
+                (true, false) => Decision::FullTarget,
+                _ if a.last_seq >= b.last_seq => Decision::FullSource,
+                _ => Decision::FullTarget,
             });
         }
         (false, false) => {}
@@ -319,6 +354,7 @@ mod tests {
             known_current: current,
             round: 0,
             last_seq: 0,
+            unsettled: false,
         }
     }
 
@@ -437,6 +473,51 @@ mod tests {
         assert_eq!(decide(&a, &h(1, 5), P), Decision::PrimaryWouldBeTarget);
     }
 
+    #[test]
+    fn an_unsettled_generation_next_to_a_settled_sibling_was_undone() {
+        // 5 -> 9 by a primary that lost quorum (or crashed) before settling it, while
+        // node 1 adopted it; 5 -> 11 by the next primary, settled.
+        let mut a = h(0, 9);
+        a.history = vec![5];
+        a.unsettled = true;
+        let mut b = h(1, 11);
+        b.history = vec![5];
+        b.bitmap_uuids = vec![(0, 5)];
+        b.dirty_blocks = 3;
+        assert_eq!(decide(&a, &b, P), Decision::FullTarget);
+        assert_eq!(decide(&b, &a, P), Decision::FullSource);
+        // Settled on both sides: a real split brain.
+        a.unsettled = false;
+        assert_eq!(decide(&a, &b, P), Decision::SplitBrain);
+        // Unsettled on both sides: which one was undone is not known.
+        a.unsettled = true;
+        b.unsettled = true;
+        assert_eq!(decide(&a, &b, P), Decision::SplitBrain);
+        // Next to the parent itself, an unsettled generation may have been settled
+        // without this node hearing it: it stays the newer one.
+        b = h(1, 5);
+        b.unsettled = false;
+        a.bitmap_uuids = vec![(1, 5)];
+        assert_eq!(decide(&a, &b, P), Decision::BitmapSource);
+        // Each knows the other's generation (a primary that undid 9 keeps it in its
+        // history, next to a node that took 9 from a resync it served): the settled
+        // side is the source whatever the rank.
+        let mut undid = h(1, 5);
+        undid.history = vec![9];
+        let mut took = h(0, 9);
+        took.history = vec![5];
+        took.unsettled = true;
+        took.last_seq = 8;
+        assert_eq!(decide(&took, &undid, P), Decision::FullTarget);
+        took.unsettled = false;
+        assert_eq!(decide(&took, &undid, P), Decision::FullSource);
+        // A primary on the undone line steps down rather than become a target.
+        a.role = Role::Primary;
+        let mut b = h(1, 11);
+        b.history = vec![5];
+        assert_eq!(decide(&a, &b, P), Decision::PrimaryWouldBeTarget);
+    }
+
     fn arb_hello(node: NodeId) -> impl Strategy<Value = Hello> {
         (
             0u64..4,
@@ -448,10 +529,23 @@ mod tests {
             any::<bool>(),
             0usize..5,
             0u64..4,
+            any::<bool>(),
         )
             .prop_map(
-                move |(current, history, bm, dirty, discard, crashed, primary, disk, last_seq)| {
+                move |(
+                    current,
+                    history,
+                    bm,
+                    dirty,
+                    discard,
+                    crashed,
+                    primary,
+                    disk,
+                    last_seq,
+                    unsettled,
+                )| {
                     let mut x = h(node, current);
+                    x.unsettled = unsettled;
                     x.history = history;
                     let other = if node == 0 { 1 } else { 0 };
                     if bm != 0 {

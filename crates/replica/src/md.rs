@@ -60,6 +60,10 @@ pub const FLAG_GROWING: u32 = 1 << 2;
 /// Superblock flag (with `FLAG_GROWING`): the bitmaps are in the new layout; the old
 /// metadata area, now part of the data, still has to be cleared.
 pub const FLAG_GROW_MOVED: u32 = 1 << 3;
+/// Superblock flag: the current generation was started by a primary that had not
+/// confirmed it with quorum when this version was written (it may be undone). An
+/// older tandem ignores the flag, taking the generation as settled.
+pub const FLAG_UNSETTLED: u32 = 1 << 4;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum MdError {

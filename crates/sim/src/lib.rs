@@ -201,6 +201,15 @@ fn seed_share(mut x: u64, percent: u64) -> bool {
 
 struct Rng(u64);
 
+/// One message's network latency: mostly short, now and then long.
+fn net_latency(rng: &mut Rng) -> u64 {
+    if rng.chance(2) {
+        rng.range(50 * MS, 300 * MS)
+    } else {
+        rng.range(100, 3 * MS)
+    }
+}
+
 impl Rng {
     fn next(&mut self) -> u64 {
         // xorshift64*
@@ -364,6 +373,10 @@ enum ClientOp {
 
 struct Sim {
     rng: Rng,
+    /// Latencies of the generation-settling messages (`UuidSettled`, `UuidUndone`),
+    /// drawn apart so that adding them left every seed's other draws (the
+    /// schedules) as they were.
+    settle_rng: Rng,
     now: u64,
     seq: u64,
     queue: BTreeMap<(u64, u64), Ev>,
@@ -544,8 +557,10 @@ impl Sim {
                 failing: false,
             });
         }
+        let settle_rng = Rng(rng.0.rotate_left(17) ^ 0x5E77_1ED0_u64 | 1);
         let mut sim = Sim {
             rng,
+            settle_rng,
             now: 0,
             seq: 0,
             queue: BTreeMap::new(),
@@ -658,14 +673,20 @@ impl Sim {
                 if live {
                     match &msg {
                         Msg::Hello(h) => self.log(format!(
-                            "n{to} <- n{from} hello r{} {:?} {:?} cur {:x} known {:x} dirty {} seq {:x} pp {} crashed {} hist {:x?} bm {:x?}",
-                            h.round, h.role, h.disk, h.current, h.known_current, h.dirty_blocks, h.last_seq, h.primary_present, h.crashed_primary, h.history, h.bitmap_uuids
+                            "n{to} <- n{from} hello r{} {:?} {:?} cur {:x}{} known {:x} dirty {} seq {:x} pp {} crashed {} hist {:x?} bm {:x?}",
+                            h.round, h.role, h.disk, h.current, if h.unsettled { " (unsettled)" } else { "" }, h.known_current, h.dirty_blocks, h.last_seq, h.primary_present, h.crashed_primary, h.history, h.bitmap_uuids
                         )),
                         Msg::ResyncDone { current, last_seq, .. } => {
                             self.log(format!("n{to} <- n{from} resync done cur {current:x} seq {last_seq:x}"))
                         }
                         Msg::NewUuid { current, previous, lost } => {
                             self.log(format!("n{to} <- n{from} new uuid {current:x} prev {previous:x} lost {lost:b}"))
+                        }
+                        Msg::UuidSettled { current } => {
+                            self.log(format!("n{to} <- n{from} settled {current:x}"))
+                        }
+                        Msg::UuidUndone { current } => {
+                            self.log(format!("n{to} <- n{from} undone back to {current:x}"))
                         }
                         Msg::InSync { mask } => self.log(format!("n{to} <- n{from} insync {mask:b}")),
                         Msg::VerifyResult { block, equal: false } => {
@@ -887,14 +908,6 @@ impl Sim {
         }
     }
 
-    fn net_latency(&mut self) -> u64 {
-        if self.rng.chance(2) {
-            self.rng.range(50 * MS, 300 * MS)
-        } else {
-            self.rng.range(100, 3 * MS)
-        }
-    }
-
     fn disk_done(&mut self, node: NodeId, inc: u64, tag: u64) {
         let n = &mut self.nodes[node as usize];
         if n.inc != inc || n.core.is_none() {
@@ -987,7 +1000,11 @@ impl Sim {
         if matches!(decoded, Msg::ResyncData { .. }) {
             self.out.resync_blocks += 1;
         }
-        let lat = self.net_latency();
+        let lat = if matches!(decoded, Msg::UuidSettled { .. } | Msg::UuidUndone { .. }) {
+            net_latency(&mut self.settle_rng)
+        } else {
+            net_latency(&mut self.rng)
+        };
         let now = self.now;
         if let Msg::Write {
             seq, block, count, ..

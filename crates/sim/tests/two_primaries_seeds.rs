@@ -9,19 +9,18 @@
 //! primaries until the source is demoted. 1,000 seeds, checked against all six
 //! invariants; invariant 3 then forbids two primaries that both order writes.
 //!
-//! Seeds in `KNOWN_FAILURES` still violate an invariant: 602 ends in a split brain
-//! declared between nodes that never both wrote. Its cause is a known single-primary
-//! one (docs/replication.md, "Known failures"): a generation its primary undid for
-//! lack of quorum after a peer had adopted it; that peer later orders writes from
-//! there. (Before
-//! the fixes for seeds 22, 1197 and 2870 were merged, 279, 298, 548, 552 and 899
-//! failed here too.) The test also asserts the listed seeds still fail, so the list
-//! only shrinks.
+//! Seeds in `KNOWN_FAILURES` still violate an invariant; none today. 602 ended in a
+//! split brain declared between nodes that never both wrote (a generation its
+//! primary undid for lack of quorum after a peer had taken it, from which that peer
+//! later ordered writes) until generations were settled explicitly (`UuidSettled`,
+//! `UuidUndone`, docs/replication.md). (Before the fixes for seeds 22, 1197 and
+//! 2870 were merged, 279, 298, 548, 552 and 899 failed here too.) The test also
+//! asserts the listed seeds still fail, so the list only shrinks.
 
 use sim::{Options, check_known, run};
 
 const SEEDS: u64 = 1000;
-const KNOWN_FAILURES: &[(u64, u8)] = &[(602, 5)];
+const KNOWN_FAILURES: &[(u64, u8)] = &[];
 
 fn check_range(from: u64, to: u64) {
     let opts = Options {

@@ -9,8 +9,10 @@
 pub use bytes::Bytes;
 use thiserror::Error;
 
-/// 3: online grow (`Resize`, `ResizeDone`, `ResizeCommit`).
-pub const VERSION: u8 = 4;
+/// 3: online grow (`Resize`, `ResizeDone`, `ResizeCommit`). 4: allow-two-primaries
+/// (`ForwardWrite`, `ForwardFlush`, `ForwardDone`). 5: settled generations
+/// (`Hello::unsettled`, `UuidSettled`, `UuidUndone`).
+pub const VERSION: u8 = 5;
 /// Frame header: version, kind, payload length (u32).
 pub const HEADER_LEN: usize = 6;
 /// Largest payload accepted: a 32 MiB write plus its header fields.
@@ -66,6 +68,10 @@ pub struct Hello {
     /// Highest write sequence number this node holds (its rank among equal
     /// generations: the longer prefix of the primary's write stream).
     pub last_seq: u64,
+    /// `current` was started by a primary (this node or another) that has not yet
+    /// confirmed it with quorum (`UuidSettled`): it may have been undone since, in
+    /// which case no write under it completed. Its parent is `history[0]`.
+    pub unsettled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +122,16 @@ pub enum Msg {
         lost: u32,
     },
     NewUuidAck {
+        current: u64,
+    },
+    /// The primary holds generation `current` with quorum and every peer present when
+    /// it started acknowledged it: writes under it may complete, it is never undone.
+    UuidSettled {
+        current: u64,
+    },
+    /// The primary lost quorum before settling the generations it started after
+    /// `current`, and went back to it: they are void.
+    UuidUndone {
         current: u64,
     },
     RoleChanged {
@@ -460,6 +476,8 @@ impl Msg {
             Msg::ForwardWrite { .. } => 33,
             Msg::ForwardFlush { .. } => 34,
             Msg::ForwardDone { .. } => 35,
+            Msg::UuidSettled { .. } => 36,
+            Msg::UuidUndone { .. } => 37,
         }
     }
 
@@ -517,6 +535,7 @@ impl Msg {
                 w.u64(h.known_current);
                 w.u32(h.round);
                 w.u64(h.last_seq);
+                w.bool(h.unsettled);
             }
             Msg::Bitmap {
                 round,
@@ -581,7 +600,9 @@ impl Msg {
                 w.u64(*previous);
                 w.u32(*lost);
             }
-            Msg::NewUuidAck { current } => w.u64(*current),
+            Msg::NewUuidAck { current }
+            | Msg::UuidSettled { current }
+            | Msg::UuidUndone { current } => w.u64(*current),
             Msg::RoleChanged { role } => w.u8(*role as u8),
             Msg::PromoteRequest {
                 id,
@@ -717,6 +738,7 @@ impl Msg {
             31 | 32 => "resync digest",
             33 => "forwarded write",
             34 | 35 => "forward",
+            36 | 37 => "control",
             k => return Err(DecodeError::Kind(k)),
         };
         let mut r = R { b, what: name, src };
@@ -748,6 +770,7 @@ impl Msg {
                     known_current: r.u64()?,
                     round: r.u32()?,
                     last_seq: r.u64()?,
+                    unsettled: r.bool()?,
                 })
             }
             2 => Msg::Bitmap {
@@ -781,6 +804,8 @@ impl Msg {
                 lost: r.u32()?,
             },
             10 => Msg::NewUuidAck { current: r.u64()? },
+            36 => Msg::UuidSettled { current: r.u64()? },
+            37 => Msg::UuidUndone { current: r.u64()? },
             11 => Msg::RoleChanged { role: r.role()? },
             12 => Msg::PromoteRequest {
                 id: r.u64()?,
@@ -896,6 +921,7 @@ mod tests {
             known_current: 0xabc,
             round: 9,
             last_seq: 77,
+            unsettled: false,
         }
     }
 
@@ -903,6 +929,20 @@ mod tests {
         let data = proptest::collection::vec(any::<u8>(), 0..600);
         prop_oneof![
             Just(Msg::Hello(hello())),
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u64>(), 0..8),
+                any::<bool>()
+            )
+                .prop_map(|(current, history, unsettled)| Msg::Hello(Hello {
+                    current,
+                    history,
+                    unsettled,
+                    ..hello()
+                })),
+            any::<u64>().prop_map(|current| Msg::UuidSettled { current }),
+            any::<u64>().prop_map(|current| Msg::UuidUndone { current }),
+            any::<u64>().prop_map(|current| Msg::NewUuidAck { current }),
             (
                 any::<u64>(),
                 any::<u64>(),
