@@ -81,9 +81,14 @@ impl ClientReply {
             ClientReply::Wait(tx) => {
                 let _ = tx.send(result);
             }
-            ClientReply::Nbd { done, _write } => done.done(result.map(|_| ()).map_err(map_err)),
+            ClientReply::Nbd { done, _write } => done.done(nbd_result(result)),
         }
     }
+}
+
+/// The outcome of a submitted NBD write or flush (they carry no data back).
+fn nbd_result(result: Result<Option<Vec<u8>>, IoError>) -> Result<(), DeviceError> {
+    result.map(|_| ()).map_err(map_err)
 }
 
 /// A submitted write in flight; unaligned writes wait until none is (see `rmw`).
@@ -415,6 +420,7 @@ impl ReplVolume {
             refreshed: Instant::now(),
             inputs_unwritten: 0,
             disk_was,
+            resynced: false,
             replies: Vec::new(),
         };
         let handle = rt.spawn(async move {
@@ -520,14 +526,14 @@ impl ReplVolume {
         Ok(())
     }
 
-    /// `promote`, tried again for up to `AUTO_PROMOTE_TIMEOUT` while the refusal is a
-    /// passing one (the core says "retry": a peer still handshaking after another node's
-    /// demotion, the primaries changing meanwhile).
+    /// `promote`, tried again for up to `AUTO_PROMOTE_TIMEOUT` while the refusal is one
+    /// the core marks as passing (`replica::core::is_passing`: a peer still handshaking
+    /// after another node's demotion, the primaries changing meanwhile).
     pub async fn promote_patiently(&self, force: bool) -> Result<(), String> {
         let deadline = Instant::now() + AUTO_PROMOTE_TIMEOUT;
         loop {
             match self.promote(force).await {
-                Err(e) if e.ends_with("; retry") && Instant::now() < deadline => {
+                Err(e) if replica::core::is_passing(&e) && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 r => return r,
@@ -1018,6 +1024,8 @@ struct Driver {
     inputs_unwritten: u32,
     /// The disk state before the last change (a resync that ended drops the page cache).
     disk_was: wire::Disk,
+    /// Resync data arrived since the last disk state change.
+    resynced: bool,
     /// NBD replies to send with the next batch (see `answer`).
     replies: Vec<(Completion, Result<(), DeviceError>, Option<AsyncWrite>)>,
 }
@@ -1126,6 +1134,7 @@ impl Driver {
                     if let Msg::ResyncData { data, .. } = &msg {
                         self.counters.entry(peer).or_default().resync_received_bytes +=
                             data.len() as u64;
+                        self.resynced = true;
                     }
                     self.feed(Event::Message { from: peer, msg });
                 }
@@ -1518,8 +1527,7 @@ impl Driver {
     fn answer(&mut self, reply: ClientReply, result: Result<Option<Vec<u8>>, IoError>) {
         match reply {
             ClientReply::Nbd { done, _write } => {
-                self.replies
-                    .push((done, result.map(|_| ()).map_err(map_err), _write));
+                self.replies.push((done, nbd_result(result), _write));
             }
             wait => wait.send(result),
         }
@@ -1768,8 +1776,10 @@ impl Driver {
             StateChange::Role(r) => ("role", serde_json::json!({ "role": role_name(*r) })),
             StateChange::Disk(d) => {
                 let was = std::mem::replace(&mut self.disk_was, *d);
+                let resynced = std::mem::take(&mut self.resynced);
                 if was == wire::Disk::Inconsistent
                     && *d == wire::Disk::UpToDate
+                    && resynced
                     && let Some(v) = self.vol.clone()
                 {
                     let resource = self.shared.resource.clone();

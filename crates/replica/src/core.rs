@@ -48,6 +48,15 @@ use suspend::Held;
 pub use suspend::{OnNoQuorum, Suspended};
 
 pub const HISTORY_LEN: usize = 8;
+
+/// Ends a promotion refusal that passes by itself (a peer still handshaking, the
+/// primaries changing meanwhile): the caller may try again shortly.
+pub const PASSING: &str = "; retry";
+
+/// Whether a promotion refusal is one that passes by itself (see `PASSING`).
+pub fn is_passing(refusal: &str) -> bool {
+    refusal.ends_with(PASSING)
+}
 /// Blocks a resync target remembers as written during one resync round.
 const FRESH_MAX: usize = 1 << 20;
 /// Words of bitmap per Bitmap message.
@@ -1381,7 +1390,7 @@ impl Replica {
             return Err(e);
         }
         if let Some(p) = self.peers.values().find(|p| p.conn == ConnState::Handshake) {
-            return Err(format!("still connecting to node {}; retry", p.id));
+            return Err(format!("still connecting to node {}{PASSING}", p.id));
         }
         if let Some(p) = self.peers.values().find(|p| p.repl == Repl::SyncTarget) {
             return Err(format!("resync from node {} in progress", p.id));
@@ -1597,9 +1606,9 @@ impl Replica {
         if !force && self.primary_peers().first().copied() != second_to {
             // Granted as the second primary next to one that is gone now, or as the
             // only one while a primary appeared: the grants no longer hold.
-            self.out.push(Action::PromoteResult(Err(
-                "the primaries changed during the promotion; retry".into(),
-            )));
+            self.out.push(Action::PromoteResult(Err(format!(
+                "the primaries changed during the promotion{PASSING}"
+            ))));
             return;
         }
         if self.diskless() {
@@ -1607,9 +1616,9 @@ impl Replica {
             // peer holds.
             let now = self.adopt_source();
             if now.as_ref().map(|a| a.0) != adopt.as_ref().map(|a| a.0) {
-                self.out.push(Action::PromoteResult(Err(
-                    "the UpToDate peers changed during the promotion; retry".into(),
-                )));
+                self.out.push(Action::PromoteResult(Err(format!(
+                    "the UpToDate peers changed during the promotion{PASSING}"
+                ))));
                 return;
             }
             if let Some((current, history)) = adopt {

@@ -104,7 +104,7 @@ impl Replica {
         });
         if !in_sync {
             return Some(format!(
-                "node {first} is primary and not yet in sync with node {}; retry",
+                "node {first} is primary and not yet in sync with node {}{PASSING}",
                 self.cfg.node
             ));
         }
