@@ -506,6 +506,7 @@ enum Work {
         current: u64,
         history: Vec<u64>,
         last_seq: u64,
+        tie: NodeId,
     },
     /// Checksum-based resync: compare this block with the source's digest.
     ResyncCheck {
@@ -610,6 +611,7 @@ struct ResyncDone {
     current: u64,
     history: Vec<u64>,
     last_seq: u64,
+    tie: NodeId,
 }
 
 /// What a primary held before a rotation not yet settled (see `settle_rotation`).
@@ -727,6 +729,9 @@ pub struct Replica {
     rotation_undo: Option<RotationUndo>,
     /// A resync into this node that has not written a block yet (see `TargetUndo`).
     target_undo: Option<TargetUndo>,
+    /// Until when a client write waits for peers still in their handshake before it
+    /// starts a new generation without them (ms; see `pump`).
+    handshake_wait: Option<u64>,
     /// Writes received from the primary that it has not peer-acked: seq -> (block, count).
     window: BTreeMap<u64, (u64, u64)>,
     /// The activity log as last persisted (checked against the one in memory).
@@ -750,6 +755,9 @@ pub struct Replica {
     settled_seen: u64,
     /// Highest write sequence number held (volatile: a restart starts at 0).
     last_seq: u64,
+    /// Tie-break among copies of one generation and `last_seq` (`Hello::tie`):
+    /// this node's id, or a lower one its rank came from in a resync (volatile).
+    tie: NodeId,
     /// Highest sequence number seen anywhere, so a new primary starts a new epoch.
     max_seq: u64,
     last_insync: u32,
@@ -872,6 +880,7 @@ impl Replica {
         } else {
             md.current
         };
+        let tie = cfg.node;
         let mut r = Replica {
             cfg,
             md,
@@ -895,6 +904,7 @@ impl Replica {
             writes: BTreeMap::new(),
             flushes: Vec::new(),
             need_rotation: false,
+            handshake_wait: None,
             uuid_waiting: BTreeSet::new(),
             rotation_undo: None,
             target_undo: None,
@@ -910,6 +920,7 @@ impl Replica {
             known_current,
             settled_seen: 0,
             last_seq: 0,
+            tie,
             max_seq: 0,
             last_insync: 0,
             reads: BTreeMap::new(),
@@ -1366,6 +1377,20 @@ impl Replica {
 
     // ---- admin ----
 
+    /// The newest generation this node knows of: its own when its disk is UpToDate
+    /// and it has not heard of a later one, else the one it heard of.
+    fn newest_generation(&self) -> u64 {
+        let current = self.md.current;
+        let k = self.known_current;
+        if self.md.disk == Disk::UpToDate
+            && (k == 0 || k == current || self.md.history.contains(&k))
+        {
+            current
+        } else {
+            k
+        }
+    }
+
     fn promotable(&self, force: bool) -> Result<(), String> {
         if self.diskless() {
             // Its data is a peer's: an UpToDate one must be connected, even when forced.
@@ -1382,6 +1407,15 @@ impl Replica {
         }
         if !self.diskless() && self.md.disk != Disk::UpToDate {
             return Err(format!("data not UpToDate (disk is {:?})", self.md.disk));
+        }
+        if !self.diskless() && self.newest_generation() != self.md.current {
+            // Told of a generation that went on without it (a primary's NewUuid that
+            // named it as missing the writes): those may have completed with quorum.
+            return Err(format!(
+                "data not UpToDate: this node missed generation {:x}; it resyncs when a \
+                 node holding it connects",
+                self.known_current
+            ));
         }
         if !self.quorum {
             return Err("no quorum".into());
@@ -1839,6 +1873,20 @@ impl Replica {
     }
 
     /// Tells secondaries how far every write reached all its targets.
+    /// A resync from a source of rank (`last_seq`, `tie`) ended: this node holds the
+    /// source's blocks wherever the two differed, so it ranks at least as the
+    /// source does. With the tie-break too: a copy that took a lower id's blocks
+    /// must not lose them to a third copy that the lower id itself would outrank
+    /// (else a node taking from each of two differing copies in turn flips for ever).
+    fn adopt_rank(&mut self, last_seq: u64, tie: NodeId) {
+        if last_seq > self.last_seq {
+            self.last_seq = last_seq;
+            self.tie = tie;
+        } else if last_seq == self.last_seq {
+            self.tie = self.tie.min(tie);
+        }
+    }
+
     fn send_peer_ack(&mut self) {
         if self.orderer.is_some() {
             // A forwarder issues no writes of its own.
@@ -1920,6 +1968,7 @@ impl Replica {
             known_current: self.known_current,
             round,
             last_seq: self.last_seq,
+            tie: self.tie,
             unsettled: self.md.unsettled,
         }
     }
@@ -2124,7 +2173,7 @@ impl Replica {
             }
         }
         let mut affected = !marks.is_empty();
-        for (b, c) in marks {
+        for &(b, c) in &marks {
             self.mark(id, b, c);
         }
         if affected {
@@ -2150,12 +2199,12 @@ impl Replica {
             if affected && self.need_rotation && self.quorum {
                 self.rotate();
             }
-            self.broadcast_peer_lost(id);
+            self.broadcast_peer_lost(id, &marks);
         } else if diskful && affected && self.role == Role::Secondary && self.two_primaries() {
             // Demoted next to another primary with writes outstanding (a handover):
             // the primary that took over holds them unconfirmed in its window and
             // must know that this node may lack them.
-            self.broadcast_peer_lost(id);
+            self.broadcast_peer_lost(id, &marks);
         }
         // (A forwarder that lost its orderer steps down first: see below.)
         self.orderer_disconnected(id);
@@ -2192,9 +2241,22 @@ impl Replica {
     }
 
     /// Tells every connected peer that `id` was lost: writes they hold unconfirmed
-    /// may be missing there.
-    fn broadcast_peer_lost(&mut self, id: NodeId) {
-        self.send_connected(&Msg::PeerLost { node: id });
+    /// may be missing there, and so may `ranges`, the writes `id` never confirmed to
+    /// this node. A peer may hold those blocks without holding the writes: a resync
+    /// target copies them from this node while `id` still counts as in sync.
+    fn broadcast_peer_lost(&mut self, id: NodeId, ranges: &[(u64, u64)]) {
+        let mut chunks = ranges.chunks(wire::MAX_LOST_RANGES);
+        let first = chunks.next().unwrap_or_default();
+        self.send_connected(&Msg::PeerLost {
+            node: id,
+            ranges: first.to_vec(),
+        });
+        for chunk in chunks {
+            self.send_connected(&Msg::PeerLost {
+                node: id,
+                ranges: chunk.to_vec(),
+            });
+        }
     }
 
     fn clear_window(&mut self) {
@@ -2268,7 +2330,10 @@ impl Replica {
         p.discard_my_data = false;
         let round = p.round;
         match d {
-            Decision::SplitBrain | Decision::Unrelated | Decision::PrimaryWouldBeTarget => {
+            Decision::SplitBrain
+            | Decision::Unrelated
+            | Decision::PrimaryWouldBeTarget
+            | Decision::NotYet => {
                 let reason = match d {
                     Decision::SplitBrain => format!(
                         "split brain with node {id}: both wrote since they parted; on the node whose changes to \
@@ -2284,8 +2349,9 @@ impl Replica {
                     ),
                 };
                 // A stale primary on the other side steps down by itself (see above),
-                // so that case only drops this connection and tries again later.
-                p.conn = if d == Decision::PrimaryWouldBeTarget {
+                // and an unsettled generation settles or is undone: those cases only
+                // drop this connection and try again later.
+                p.conn = if matches!(d, Decision::PrimaryWouldBeTarget | Decision::NotYet) {
                     ConnState::Connecting
                 } else {
                     ConnState::StandAlone(reason)
@@ -2448,6 +2514,10 @@ impl Replica {
                     p.current = current;
                     p.disk = Disk::UpToDate;
                 }
+                self.persist();
+                self.check_writes();
+                self.check_flushes();
+                return;
             } else if let Some(p) = self.peers.get_mut(&id) {
                 // Waits for the source's ResyncDone to adopt its generations.
                 p.repl = Repl::SyncTarget;
@@ -2705,9 +2775,10 @@ impl Replica {
                     self.unwindow(s);
                 }
             }
-            Msg::PeerLost { node } => {
+            Msg::PeerLost { node, ranges } => {
                 let entries: Vec<(u64, u64)> = self.window.values().copied().collect();
-                for (b, c) in entries {
+                // (Bits past the end of the volume are ignored by the bitmap.)
+                for (b, c) in entries.into_iter().chain(ranges) {
                     self.mark(node, b, c);
                 }
                 self.persist();
@@ -2780,6 +2851,9 @@ impl Replica {
             Msg::NewUuidAck { current } => {
                 if current == self.md.current {
                     self.uuid_waiting.remove(&from);
+                    if let Some(p) = self.peers.get_mut(&from) {
+                        p.current = current;
+                    }
                 }
                 // Writes and flushes both wait for the new generation's acks.
                 self.check_writes();
@@ -2914,6 +2988,7 @@ impl Replica {
                 current,
                 history,
                 last_seq,
+                tie,
             } => {
                 if let Some(round) = self.target_round(from) {
                     self.queue.push_back(Work::ResyncDone {
@@ -2922,6 +2997,7 @@ impl Replica {
                         current,
                         history,
                         last_seq,
+                        tie,
                     });
                 }
             }
@@ -3073,11 +3149,7 @@ impl Replica {
                 self.cfg.node
             ));
         }
-        let newest = if self.md.disk == Disk::UpToDate {
-            self.md.current
-        } else {
-            self.known_current
-        };
+        let newest = self.newest_generation();
         if newest != 0 && newest != current && !history.contains(&newest) {
             return Err(format!(
                 "data not UpToDate: node {} has seen a newer generation",
@@ -3510,6 +3582,29 @@ impl Replica {
                         let _ = leaves_one_behind;
                         false
                     };
+                    // Peers left behind only because their handshake is running (a
+                    // promotion starts one with every secondary) take writes in a
+                    // moment: the write waits for them, up to the promotion timeout,
+                    // rather than start a generation that they must then resync into
+                    // and that no other node holds until they have.
+                    let handshaking_only = !self.need_rotation
+                        && self
+                            .peers
+                            .values()
+                            .filter(|p| {
+                                p.diskful
+                                    && !targets.contains(&p.id)
+                                    && current != 0
+                                    && p.current == current
+                            })
+                            .all(|p| p.conn == ConnState::Handshake);
+                    if leaves_one_behind && handshaking_only {
+                        let limit = self.now + self.cfg.promote_timeout_ms;
+                        if self.now < *self.handshake_wait.get_or_insert(limit) {
+                            break;
+                        }
+                    }
+                    self.handshake_wait = None;
                     if self.need_rotation || leaves_one_behind {
                         self.rotate();
                     }
@@ -3775,6 +3870,7 @@ impl Replica {
                 current,
                 history,
                 last_seq,
+                tie,
             } => {
                 let empty = self.md.bitmaps.get(&from).is_none_or(|b| b.is_empty());
                 if self.current_target_round(from, round) && empty {
@@ -3786,6 +3882,7 @@ impl Replica {
                         current,
                         history,
                         last_seq,
+                        tie,
                     };
                     let tag = self.tag(DiskOp::ResyncDoneFlush(Box::new(done)));
                     self.out.push(Action::DiskFlush { tag });
@@ -3811,13 +3908,14 @@ impl Replica {
                     current,
                     history,
                     last_seq,
+                    tie,
                 } = *done;
                 if !ok {
                     self.detach("local disk flush at the end of a resync failed".into());
                 }
                 let empty = self.md.bitmaps.get(&from).is_none_or(|b| b.is_empty());
                 if ok && empty && !self.diskless() && self.current_target_round(from, round) {
-                    self.last_seq = self.last_seq.max(last_seq);
+                    self.adopt_rank(last_seq, tie);
                     // The source's generation, settled or not as the source said (or
                     // as its primary told this node since).
                     let source_unsettled = self
@@ -3826,10 +3924,41 @@ impl Replica {
                         .and_then(|p| p.their_hello.as_ref())
                         .is_none_or(|h| h.current != current || h.unsettled);
                     self.md.unsettled = source_unsettled && current != self.settled_seen;
+                    // A newer generation this node only heard of (a NewUuid that named
+                    // it as missing the writes) stays known when the source went no
+                    // further than this node's own line: the resync filled blocks
+                    // of a generation this node had, not the one it missed.
+                    let known = self.known_current;
+                    let old = self.md.current;
+                    let heard_newer = known != 0
+                        && known != old
+                        && !self.md.history.contains(&known)
+                        && known != current
+                        && !history.contains(&known);
+                    let same_line = current == old || self.md.history.contains(&current);
+                    // Same generation as before: this node's history may hold
+                    // generations it undid (see `settle_rotation`) that the source never
+                    // had; they stay, so a node that heard of one can still take data
+                    // from this one.
+                    let kept: Vec<u64> = if current == old {
+                        self.md
+                            .history
+                            .iter()
+                            .copied()
+                            .filter(|u| !history.contains(u))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     self.md.current = current;
                     self.md.history = history;
-                    self.known_current = current;
-                    self.md.newest_seen = current;
+                    for u in kept.into_iter().rev() {
+                        self.push_history(u);
+                    }
+                    if !(heard_newer && same_line) {
+                        self.known_current = current;
+                        self.md.newest_seen = current;
+                    }
                     self.md.bitmap_uuids.remove(&from);
                     self.md.disk = Disk::UpToDate;
                     self.md.resync_left.clear_all();
@@ -4133,6 +4262,37 @@ impl Replica {
 
     /// Settles a pending generation: kept once every peer present acknowledged it
     /// with quorum held, undone if quorum went first.
+    /// A majority of the diskful voters (the tiebreaker rule included) holds this
+    /// node's generation: this node, and peers that took it (acknowledged its
+    /// NewUuid, or finished a resync from this node) and are still connected. A peer
+    /// that is merely connected, perhaps still in its handshake with an older
+    /// generation, counts for quorum but not here: a rotation settled without it
+    /// could be followed by a quorum of nodes that never saw it.
+    fn held_by_quorum(&self) -> bool {
+        let mut view = self.quorum_view(false);
+        let current = self.md.current;
+        view.present = usize::from(self.cfg.diskful(self.cfg.node) && !self.diskless())
+            + self
+                .peers
+                .values()
+                .filter(|p| {
+                    p.diskful
+                        && p.connected()
+                        && p.current == current
+                        && !self.uuid_waiting.contains(&p.id)
+                })
+                .count();
+        has_quorum(self.cfg.quorum, view)
+    }
+
+    /// Writes and flushes under a new generation complete once its announcement is
+    /// acknowledged and, on a primary, a majority holds it (see `held_by_quorum`):
+    /// until then the rotation may still be undone.
+    fn rotation_confirmed(&self) -> bool {
+        self.uuid_waiting.is_empty()
+            && (self.rotation_undo.is_none() || self.role != Role::Primary || self.held_by_quorum())
+    }
+
     fn settle_rotation(&mut self) {
         if self.rotation_undo.is_none() {
             return;
@@ -4168,7 +4328,10 @@ impl Replica {
                 // was undone instead of going on under it.
                 self.send_connected(&Msg::UuidUndone { current });
             }
-        } else if self.uuid_waiting.is_empty() && self.role == Role::Primary {
+        } else if self.uuid_waiting.is_empty()
+            && self.role == Role::Primary
+            && self.held_by_quorum()
+        {
             // Only a primary settles: one demoted first (a live migration handed its
             // writes to another) never confirmed the generation, and the new primary
             // may start and settle its own from the same parent; settling this one
@@ -4192,7 +4355,7 @@ impl Replica {
         // disk has no local copy, so it waits for its peers as with protocol C.
         let diskless = self.diskless();
         let proto_a = self.cfg.protocol == Protocol::A && !diskless;
-        let uuid_ok = self.uuid_waiting.is_empty();
+        let uuid_ok = self.rotation_confirmed();
         let mut done = Vec::new();
         for (seq, w) in self.writes.iter_mut() {
             if w.completed || !w.local_done || (suspended && w.client.is_some()) {
@@ -4266,7 +4429,7 @@ impl Replica {
         let mut i = 0;
         while i < self.flushes.len() {
             let f = &self.flushes[i];
-            if f.local_done && f.waiting.is_empty() && self.uuid_waiting.is_empty() {
+            if f.local_done && f.waiting.is_empty() && self.rotation_confirmed() {
                 let f = self.flushes.remove(i);
                 let result = if self.diskless() && !f.peer_ok {
                     Err(IoError::NoData)
@@ -4406,6 +4569,7 @@ impl Replica {
             current: self.md.current,
             history: self.md.history.clone(),
             last_seq: self.last_seq,
+            tie: self.tie,
         };
         self.send(id, msg);
     }
@@ -4525,6 +4689,10 @@ impl Replica {
             p.disk = Disk::UpToDate;
         }
         self.persist();
+        // The target holds this node's generation now: writes waiting for a
+        // majority to hold it may complete.
+        self.check_writes();
+        self.check_flushes();
     }
 
     // ---- online verify ----
@@ -4731,6 +4899,131 @@ mod tests {
             ok: true,
             data,
         })
+    }
+
+    /// Node 0, UpToDate, in sync with nodes 1 and 2 (all connected, past the
+    /// handshake), in a cluster of three diskful nodes.
+    fn in_sync_secondary() -> Replica {
+        let c = Config::for_tests(&[(0, true), (1, true), (2, true)]);
+        let md = Persistent::new_in_sync(&c, 7);
+        let mut r = Replica::new(c, md, 1);
+        r.handle(Event::Tick { now: 1 });
+        for p in r.peers.values_mut() {
+            p.conn = ConnState::Connected;
+            p.repl = Repl::Established;
+            p.current = 7;
+            p.disk = Disk::UpToDate;
+        }
+        r
+    }
+
+    /// Seed 16565: node 0 took blocks from the primary in a resync while the
+    /// primary still counted node 2 as in sync, so no write of those blocks passed
+    /// through node 0's window. When the primary loses node 2, the blocks node 2
+    /// never confirmed come with the loss and node 0 marks them too.
+    #[test]
+    fn a_lost_peer_is_marked_for_the_blocks_the_primary_names() {
+        let mut r = in_sync_secondary();
+        r.handle(Event::Message {
+            from: 1,
+            msg: Msg::PeerLost {
+                node: 2,
+                ranges: vec![(40, 3), (1020, 10)],
+            },
+        });
+        let bm = &r.md.bitmaps[&2];
+        assert!(bm.get(40) && bm.get(41) && bm.get(42));
+        // Clipped at the end of the 1,024-block volume.
+        assert!(bm.get(1020) && bm.get(1023));
+        assert_eq!(bm.count(), 7);
+        assert!(r.md.bitmaps[&1].is_empty(), "nothing for the sender");
+    }
+
+    /// Seed 4088: a node a primary told it missed a new generation (the NewUuid named
+    /// it as lost) still holds UpToDate data of the old one, but writes under the new
+    /// one may have completed with quorum: it does not promote, and it does not grant
+    /// a promotion to a node of the old generation either.
+    #[test]
+    fn a_node_that_missed_a_generation_neither_promotes_nor_grants_it() {
+        let mut r = in_sync_secondary();
+        let before = r.promotable(false);
+        assert!(
+            before.as_ref().is_err_and(|e| !e.contains("missed")) || before.is_ok(),
+            "{before:?}"
+        );
+        r.handle(Event::Message {
+            from: 1,
+            msg: Msg::NewUuid {
+                current: 99,
+                previous: 7,
+                lost: mask(0),
+            },
+        });
+        assert_eq!(r.md.current, 7, "not adopted: it lacks the writes");
+        assert_eq!(r.md.disk, Disk::UpToDate);
+        let e = r.promotable(false).expect_err("missed generation 99");
+        assert!(e.contains("missed generation 63"), "{e}");
+        assert_eq!(r.newest_generation(), 99);
+        // Forced, a human decided: allowed.
+        assert!(r.promotable(true).is_ok());
+    }
+
+    /// A resync source's rank comes with its blocks: a higher `last_seq` with its
+    /// tie-break, an equal one keeping the lower tie-break (seed 16081's flip-flop).
+    #[test]
+    fn a_resync_target_takes_its_sources_rank_and_tie_break() {
+        let mut c = Config::for_tests(&[(0, true), (1, true), (2, true)]);
+        c.node = 2;
+        let md = Persistent::new_in_sync(&c, 7);
+        let mut r = Replica::new(c, md, 1);
+        assert_eq!((r.last_seq, r.tie), (0, 2));
+        r.adopt_rank(5, 1);
+        assert_eq!((r.last_seq, r.tie), (5, 1));
+        r.adopt_rank(5, 0);
+        assert_eq!((r.last_seq, r.tie), (5, 0));
+        r.adopt_rank(5, 2);
+        assert_eq!((r.last_seq, r.tie), (5, 0), "an equal rank keeps the lower");
+        r.adopt_rank(3, 1);
+        assert_eq!((r.last_seq, r.tie), (5, 0), "a lower rank changes nothing");
+        r.adopt_rank(9, 2);
+        assert_eq!((r.last_seq, r.tie), (9, 2), "a higher rank comes whole");
+    }
+
+    /// Seed 19782: a primary's new generation is settled (and writes under it
+    /// complete) only once a majority holds it; a peer merely connected, in its
+    /// handshake with the old generation, does not count.
+    #[test]
+    fn a_rotation_settles_only_when_a_majority_holds_it() {
+        let mut r = in_sync_secondary();
+        r.role = Role::Primary;
+        r.rotation_undo = Some(RotationUndo {
+            current: 7,
+            history: Vec::new(),
+            bitmap_uuids: BTreeMap::new(),
+            unsettled: false,
+        });
+        r.md.current = 8;
+        r.md.unsettled = true;
+        if let Some(p) = r.peers.get_mut(&1) {
+            p.conn = ConnState::Handshake;
+        }
+        if let Some(p) = r.peers.get_mut(&2) {
+            p.conn = ConnState::Connecting;
+        }
+        r.update_quorum();
+        assert!(r.quorum, "node 1 connected: quorum");
+        assert!(!r.held_by_quorum());
+        assert!(!r.rotation_confirmed());
+        r.settle_rotation();
+        assert!(r.md.unsettled, "not settled by node 0 alone");
+        // Node 1 took the generation (a resync from node 0 ended, say).
+        if let Some(p) = r.peers.get_mut(&1) {
+            p.current = 8;
+        }
+        assert!(r.held_by_quorum());
+        assert!(r.rotation_confirmed());
+        r.settle_rotation();
+        assert!(!r.md.unsettled, "settled");
     }
 
     /// Node 0, in sync with node 2, takes block 5 from node 1 in a resync. Node 2 may

@@ -37,6 +37,10 @@ pub enum Decision {
     Unrelated,
     /// Resync would make a primary the target.
     PrimaryWouldBeTarget,
+    /// A split brain as things stand, next to a primary whose generation is not
+    /// settled yet: once it settles (or is undone) the answer may differ, so the
+    /// two try again later instead of giving up.
+    NotYet,
 }
 
 impl Decision {
@@ -82,6 +86,11 @@ fn source_if(me_first: bool) -> Decision {
 
 fn decide_ordered(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
     let d = decide_data(a, b, policy);
+    let unsettled_primary =
+        |h: &Hello| h.role == Role::Primary && h.unsettled && h.disk != Disk::Diskless;
+    if d == Decision::SplitBrain && (unsettled_primary(a) || unsettled_primary(b)) {
+        return Decision::NotYet;
+    }
     // A resync target is Inconsistent until done, which a primary cannot be.
     let a_target = matches!(d, Decision::BitmapTarget | Decision::FullTarget);
     let b_target = matches!(d, Decision::BitmapSource | Decision::FullSource);
@@ -167,16 +176,17 @@ fn decide_data(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
 
 /// `a` holds a generation its primary never confirmed (`unsettled`: a rotation not yet
 /// acknowledged with quorum, perhaps undone since), and `b` a settled one that
-/// descends from `a`'s parent without passing through `a`'s (neither knows the
-/// other's: `b`'s current in `a`'s history would make it an ancestor, `a`'s parent
-/// being in `b`'s history only as a generation `b` undid). `b`'s line was started
-/// by a primary granted with quorum at that parent and settled with quorum; had
-/// `a`'s generation been settled first, a node in both quorums would have refused
-/// `b`'s primary (it had seen a newer generation), and after `b`'s settled no primary
-/// could start one from the parent. So `a`'s was undone (its primary lost quorum, or
-/// crashed before settling it): no write under it completed, and what `a` holds
-/// since the parent is void. Which blocks that is, no bitmap says (`a` may have
-/// received writes under it that `b` never saw): `a` takes all of `b`'s.
+/// descends from an ancestor of `a`'s without passing through `a`'s line (neither
+/// knows the other's current: `b`'s current in `a`'s history would make it an
+/// ancestor). `b`'s line was started by a primary granted with quorum at that
+/// ancestor and settled with quorum; had a generation of `a`'s line after the
+/// ancestor been settled first, a node in both quorums would have refused `b`'s
+/// primary (it had seen a newer generation), and after `b`'s settled no primary
+/// could settle one from the ancestor. So `a`'s line since the ancestor was undone
+/// (its primary lost quorum, or crashed before settling, also after several
+/// rotations in a row, each unsettled): no write under it completed, and what `a`
+/// holds since is void. Which blocks that is, no bitmap says (`a` may have received
+/// writes under it that `b` never saw): `a` takes all of `b`'s.
 fn undone_branch(a: &Hello, b: &Hello) -> bool {
     a.unsettled
         && !b.unsettled
@@ -185,9 +195,9 @@ fn undone_branch(a: &Hello, b: &Hello) -> bool {
         && b.current != a.current
         && !knows(b, a.current)
         && !knows(a, b.current)
-        && a.history.first().is_some_and(|parent| {
-            *parent != 0 && *parent != b.current && b.history.contains(parent)
-        })
+        && a.history
+            .iter()
+            .any(|g| *g != 0 && *g != b.current && b.history.contains(g))
 }
 
 trait Force {
@@ -245,12 +255,14 @@ fn from_uuids(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Option<Decision
         }
         // The source is the primary, else the node holding the longer prefix of the
         // last primary's writes (a target adopts its source's rank, so no copy is
-        // ever overwritten by an older one), else a crashed primary, else the lower id.
+        // ever overwritten by an older one), else a crashed primary, else the lower
+        // tie-break (an id, inherited by a resync target), else the lower id.
         let a_first = match (a.role, b.role) {
             (Role::Primary, _) => true,
             (_, Role::Primary) => false,
             _ if a.last_seq != b.last_seq => a.last_seq > b.last_seq,
             _ if a.crashed_primary != b.crashed_primary => a.crashed_primary,
+            _ if a.tie != b.tie => a.tie < b.tie,
             _ => true,
         };
         return Some(source_if(a_first));
@@ -354,6 +366,7 @@ mod tests {
             known_current: current,
             round: 0,
             last_seq: 0,
+            tie: node,
             unsettled: false,
         }
     }
@@ -486,6 +499,13 @@ mod tests {
         b.dirty_blocks = 3;
         assert_eq!(decide(&a, &b, P), Decision::FullTarget);
         assert_eq!(decide(&b, &a, P), Decision::FullSource);
+        // Two rotations in a row on a primary cut off from its peers (5 -> 7 -> 9,
+        // neither settled), then it crashed: the whole line since 5 was undone.
+        let mut twice = h(0, 9);
+        twice.history = vec![7, 5];
+        twice.unsettled = true;
+        assert_eq!(decide(&twice, &b, P), Decision::FullTarget);
+        assert_eq!(decide(&b, &twice, P), Decision::FullSource);
         // Settled on both sides: a real split brain.
         a.unsettled = false;
         assert_eq!(decide(&a, &b, P), Decision::SplitBrain);
@@ -518,6 +538,50 @@ mod tests {
         assert_eq!(decide(&a, &b, P), Decision::PrimaryWouldBeTarget);
     }
 
+    #[test]
+    fn equal_ranks_go_by_the_inherited_tie_break() {
+        // Nodes 1 and 2 differ on blocks neither marked for the other; node 1 took
+        // node 0's copy of them in a resync (tie 0), node 2 is on its own (tie 2).
+        let mut a = h(1, 5);
+        a.dirty_blocks = 3;
+        a.last_seq = 9;
+        let mut b = h(2, 5);
+        b.dirty_blocks = 3;
+        b.last_seq = 9;
+        assert_eq!(decide(&a, &b, P), Decision::BitmapSource);
+        // Node 2 took node 0's copy instead: it wins although its id is higher.
+        a.tie = 1;
+        b.tie = 0;
+        assert_eq!(decide(&a, &b, P), Decision::BitmapTarget);
+        assert_eq!(decide(&b, &a, P), Decision::BitmapSource);
+        // The longer prefix of the primary's writes still comes first.
+        a.last_seq = 10;
+        assert_eq!(decide(&a, &b, P), Decision::BitmapSource);
+    }
+
+    #[test]
+    fn a_split_brain_next_to_an_unsettled_primary_is_tried_again() {
+        // Seed 14500: 1 -> 9 by a primary that crashed before settling it; 1 -> 4
+        // -> 6 by the live primary, whose 6 is not settled yet.
+        let mut crashed = h(0, 9);
+        crashed.history = vec![1];
+        crashed.unsettled = true;
+        crashed.crashed_primary = true;
+        let mut primary = h(1, 6);
+        primary.history = vec![4, 1];
+        primary.unsettled = true;
+        primary.role = Role::Primary;
+        assert_eq!(decide(&crashed, &primary, P), Decision::NotYet);
+        assert_eq!(decide(&primary, &crashed, P), Decision::NotYet);
+        // Settled: the crashed primary's line was undone and it takes everything.
+        primary.unsettled = false;
+        assert_eq!(decide(&crashed, &primary, P), Decision::FullTarget);
+        // Two secondaries, both unsettled: nobody will settle either, a split brain.
+        primary.unsettled = true;
+        primary.role = Role::Secondary;
+        assert_eq!(decide(&crashed, &primary, P), Decision::SplitBrain);
+    }
+
     fn arb_hello(node: NodeId) -> impl Strategy<Value = Hello> {
         (
             0u64..4,
@@ -530,6 +594,7 @@ mod tests {
             0usize..5,
             0u64..4,
             any::<bool>(),
+            0u8..3,
         )
             .prop_map(
                 move |(
@@ -543,9 +608,11 @@ mod tests {
                     disk,
                     last_seq,
                     unsettled,
+                    tie,
                 )| {
                     let mut x = h(node, current);
                     x.unsettled = unsettled;
+                    x.tie = tie.min(node);
                     x.history = history;
                     let other = if node == 0 { 1 } else { 0 };
                     if bm != 0 {

@@ -11,8 +11,9 @@ use thiserror::Error;
 
 /// 3: online grow (`Resize`, `ResizeDone`, `ResizeCommit`). 4: allow-two-primaries
 /// (`ForwardWrite`, `ForwardFlush`, `ForwardDone`). 5: settled generations
-/// (`Hello::unsettled`, `UuidSettled`, `UuidUndone`).
-pub const VERSION: u8 = 5;
+/// (`Hello::unsettled`, `UuidSettled`, `UuidUndone`). 6: `PeerLost` names the
+/// lost node's unconfirmed block ranges; `Hello::tie` and `ResyncDone::tie`.
+pub const VERSION: u8 = 6;
 /// Frame header: version, kind, payload length (u32).
 pub const HEADER_LEN: usize = 6;
 /// Largest payload accepted: a 32 MiB write plus its header fields.
@@ -21,6 +22,8 @@ pub const MAX_PAYLOAD: usize = (32 << 20) + 4096;
 pub const MAX_LIST: usize = 1 << 16;
 /// Longest human-readable reason carried in a message.
 pub const MAX_REASON: usize = 1024;
+/// The most block ranges one `PeerLost` carries.
+pub const MAX_LOST_RANGES: usize = 4096;
 
 pub type NodeId = u8;
 
@@ -68,6 +71,11 @@ pub struct Hello {
     /// Highest write sequence number this node holds (its rank among equal
     /// generations: the longer prefix of the primary's write stream).
     pub last_seq: u64,
+    /// Breaks a tie between two copies of one generation and `last_seq`: the lower
+    /// wins. A node starts with its own id and, when a resync gives it its source's
+    /// rank, takes the source's tie-break if lower, so a copy that took another's
+    /// blocks also takes its precedence.
+    pub tie: NodeId,
     /// `current` was started by a primary (this node or another) that has not yet
     /// confirmed it with quorum (`UuidSettled`): it may have been undone since, in
     /// which case no write under it completed. Its parent is `history[0]`.
@@ -112,8 +120,13 @@ pub enum Msg {
         seq: u64,
     },
     /// The primary lost `node`: writes not yet peer-acked may be missing there.
+    /// `ranges` are the (first block, count) of the writes `node` never confirmed,
+    /// as the primary marked them: a receiver marks these for `node` too, whether
+    /// it holds them as replicated writes or took them in a resync. A long list
+    /// comes in several messages (at most `MAX_LOST_RANGES` each).
     PeerLost {
         node: NodeId,
+        ranges: Vec<(u64, u64)>,
     },
     /// The primary started a new generation; `lost` are the nodes that missed it.
     NewUuid {
@@ -179,6 +192,7 @@ pub enum Msg {
         current: u64,
         history: Vec<u64>,
         last_seq: u64,
+        tie: NodeId,
     },
     /// The source's bitmap for a third node: where the target, now holding the
     /// source's blocks, may differ from that node.
@@ -535,6 +549,7 @@ impl Msg {
                 w.u64(h.known_current);
                 w.u32(h.round);
                 w.u64(h.last_seq);
+                w.u8(h.tie);
                 w.bool(h.unsettled);
             }
             Msg::Bitmap {
@@ -590,7 +605,14 @@ impl Msg {
                 w.bool(*ok);
             }
             Msg::Flush { seq } | Msg::PeerAck { seq } => w.u64(*seq),
-            Msg::PeerLost { node } => w.u8(*node),
+            Msg::PeerLost { node, ranges } => {
+                w.u8(*node);
+                w.u32(ranges.len() as u32);
+                for (b, c) in ranges {
+                    w.u64(*b);
+                    w.u64(*c);
+                }
+            }
             Msg::NewUuid {
                 current,
                 previous,
@@ -643,10 +665,12 @@ impl Msg {
                 current,
                 history,
                 last_seq,
+                tie,
             } => {
                 w.u64(*current);
                 w.u64s(history);
                 w.u64(*last_seq);
+                w.u8(*tie);
             }
             Msg::OtherBitmap {
                 node,
@@ -770,6 +794,7 @@ impl Msg {
                     known_current: r.u64()?,
                     round: r.u32()?,
                     last_seq: r.u64()?,
+                    tie: r.u8()?,
                     unsettled: r.bool()?,
                 })
             }
@@ -797,7 +822,18 @@ impl Msg {
                 ok: r.bool()?,
             },
             7 => Msg::PeerAck { seq: r.u64()? },
-            8 => Msg::PeerLost { node: r.u8()? },
+            8 => Msg::PeerLost {
+                node: r.u8()?,
+                ranges: {
+                    let n = r.len(16)?;
+                    if n > MAX_LOST_RANGES {
+                        return Err(DecodeError::Malformed(r.what));
+                    }
+                    (0..n)
+                        .map(|_| Ok((r.u64()?, r.u64()?)))
+                        .collect::<Result<Vec<_>, DecodeError>>()?
+                },
+            },
             9 => Msg::NewUuid {
                 current: r.u64()?,
                 previous: r.u64()?,
@@ -849,6 +885,7 @@ impl Msg {
                 current: r.u64()?,
                 history: r.u64s()?,
                 last_seq: r.u64()?,
+                tie: r.u8()?,
             },
             17 => Msg::InSync { mask: r.u32()? },
             18 => Msg::Leaving,
@@ -921,6 +958,7 @@ mod tests {
             known_current: 0xabc,
             round: 9,
             last_seq: 77,
+            tie: 1,
             unsettled: false,
         }
     }
@@ -1000,12 +1038,14 @@ mod tests {
             (
                 any::<u64>(),
                 proptest::collection::vec(any::<u64>(), 0..8),
-                any::<u64>()
+                any::<u64>(),
+                any::<u8>()
             )
-                .prop_map(|(current, history, last_seq)| Msg::ResyncDone {
+                .prop_map(|(current, history, last_seq, tie)| Msg::ResyncDone {
                     current,
                     history,
-                    last_seq
+                    last_seq,
+                    tie
                 }),
             (
                 any::<u8>(),
@@ -1038,6 +1078,11 @@ mod tests {
             Just(Msg::Ping),
             Just(Msg::Pong),
             any::<u32>().prop_map(|mask| Msg::InSync { mask }),
+            (
+                any::<u8>(),
+                proptest::collection::vec((any::<u64>(), any::<u64>()), 0..8)
+            )
+                .prop_map(|(node, ranges)| Msg::PeerLost { node, ranges }),
             any::<u64>().prop_map(|size_blocks| Msg::Resize { size_blocks }),
             any::<u64>().prop_map(|size_blocks| Msg::ResizeCommit { size_blocks }),
             (any::<u64>(), any::<u64>(), any::<[u8; 32]>())
