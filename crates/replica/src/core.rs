@@ -1377,20 +1377,6 @@ impl Replica {
 
     // ---- admin ----
 
-    /// The newest generation this node knows of: its own when its disk is UpToDate
-    /// and it has not heard of a later one, else the one it heard of.
-    fn newest_generation(&self) -> u64 {
-        let current = self.md.current;
-        let k = self.known_current;
-        if self.md.disk == Disk::UpToDate
-            && (k == 0 || k == current || self.md.history.contains(&k))
-        {
-            current
-        } else {
-            k
-        }
-    }
-
     fn promotable(&self, force: bool) -> Result<(), String> {
         if self.diskless() {
             // Its data is a peer's: an UpToDate one must be connected, even when forced.
@@ -1407,15 +1393,6 @@ impl Replica {
         }
         if !self.diskless() && self.md.disk != Disk::UpToDate {
             return Err(format!("data not UpToDate (disk is {:?})", self.md.disk));
-        }
-        if !self.diskless() && self.newest_generation() != self.md.current {
-            // Told of a generation that went on without it (a primary's NewUuid that
-            // named it as missing the writes): those may have completed with quorum.
-            return Err(format!(
-                "data not UpToDate: this node missed generation {:x}; it resyncs when a \
-                 node holding it connects",
-                self.known_current
-            ));
         }
         if !self.quorum {
             return Err("no quorum".into());
@@ -2849,11 +2826,10 @@ impl Replica {
                 }
             }
             Msg::NewUuidAck { current } => {
+                // (Every peer acknowledges, also one named as missing the writes: only
+                // the peers in sync took the generation, see `rotate`.)
                 if current == self.md.current {
                     self.uuid_waiting.remove(&from);
-                    if let Some(p) = self.peers.get_mut(&from) {
-                        p.current = current;
-                    }
                 }
                 // Writes and flushes both wait for the new generation's acks.
                 self.check_writes();
@@ -3149,7 +3125,11 @@ impl Replica {
                 self.cfg.node
             ));
         }
-        let newest = self.newest_generation();
+        let newest = if self.md.disk == Disk::UpToDate {
+            self.md.current
+        } else {
+            self.known_current
+        };
         if newest != 0 && newest != current && !history.contains(&newest) {
             return Err(format!(
                 "data not UpToDate: node {} has seen a newer generation",
@@ -3924,18 +3904,7 @@ impl Replica {
                         .and_then(|p| p.their_hello.as_ref())
                         .is_none_or(|h| h.current != current || h.unsettled);
                     self.md.unsettled = source_unsettled && current != self.settled_seen;
-                    // A newer generation this node only heard of (a NewUuid that named
-                    // it as missing the writes) stays known when the source went no
-                    // further than this node's own line: the resync filled blocks
-                    // of a generation this node had, not the one it missed.
-                    let known = self.known_current;
                     let old = self.md.current;
-                    let heard_newer = known != 0
-                        && known != old
-                        && !self.md.history.contains(&known)
-                        && known != current
-                        && !history.contains(&known);
-                    let same_line = current == old || self.md.history.contains(&current);
                     // Same generation as before: this node's history may hold
                     // generations it undid (see `settle_rotation`) that the source never
                     // had; they stay, so a node that heard of one can still take data
@@ -3955,10 +3924,8 @@ impl Replica {
                     for u in kept.into_iter().rev() {
                         self.push_history(u);
                     }
-                    if !(heard_newer && same_line) {
-                        self.known_current = current;
-                        self.md.newest_seen = current;
-                    }
+                    self.known_current = current;
+                    self.md.newest_seen = current;
                     self.md.bitmap_uuids.remove(&from);
                     self.md.disk = Disk::UpToDate;
                     self.md.resync_left.clear_all();
@@ -4260,11 +4227,10 @@ impl Replica {
         self.extent_dirty.retain(|_, stamp| *stamp > mark);
     }
 
-    /// Settles a pending generation: kept once every peer present acknowledged it
-    /// with quorum held, undone if quorum went first.
     /// A majority of the diskful voters (the tiebreaker rule included) holds this
-    /// node's generation: this node, and peers that took it (acknowledged its
-    /// NewUuid, or finished a resync from this node) and are still connected. A peer
+    /// node's generation: this node, and peers that took it (in sync at the rotation
+    /// and acknowledged its NewUuid, or finished a resync from this node) and are
+    /// still connected. A peer
     /// that is merely connected, perhaps still in its handshake with an older
     /// generation, counts for quorum but not here: a rotation settled without it
     /// could be followed by a quorum of nodes that never saw it.
@@ -4293,6 +4259,8 @@ impl Replica {
             && (self.rotation_undo.is_none() || self.role != Role::Primary || self.held_by_quorum())
     }
 
+    /// Settles a pending generation: kept once every peer present acknowledged it
+    /// and a majority holds it, undone if quorum went first.
     fn settle_rotation(&mut self) {
         if self.rotation_undo.is_none() {
             return;
@@ -4748,6 +4716,13 @@ impl Replica {
             self.reservation = None;
         }
         self.check_promotion();
+        // Writes under an unsettled generation wait for a majority to hold it (see
+        // `rotation_confirmed`), which changes with handshakes, resyncs and roles
+        // elsewhere: looked at again on every tick rather than at each of those.
+        if self.rotation_undo.is_some() && (!self.writes.is_empty() || !self.flushes.is_empty()) {
+            self.check_writes();
+            self.check_flushes();
+        }
         // A handover waits for the old orderer's PeerAcks among other things.
         self.maybe_take_over();
         if self.role == Role::Secondary && self.two_primaries() {
@@ -4937,35 +4912,6 @@ mod tests {
         assert!(bm.get(1020) && bm.get(1023));
         assert_eq!(bm.count(), 7);
         assert!(r.md.bitmaps[&1].is_empty(), "nothing for the sender");
-    }
-
-    /// Seed 4088: a node a primary told it missed a new generation (the NewUuid named
-    /// it as lost) still holds UpToDate data of the old one, but writes under the new
-    /// one may have completed with quorum: it does not promote, and it does not grant
-    /// a promotion to a node of the old generation either.
-    #[test]
-    fn a_node_that_missed_a_generation_neither_promotes_nor_grants_it() {
-        let mut r = in_sync_secondary();
-        let before = r.promotable(false);
-        assert!(
-            before.as_ref().is_err_and(|e| !e.contains("missed")) || before.is_ok(),
-            "{before:?}"
-        );
-        r.handle(Event::Message {
-            from: 1,
-            msg: Msg::NewUuid {
-                current: 99,
-                previous: 7,
-                lost: mask(0),
-            },
-        });
-        assert_eq!(r.md.current, 7, "not adopted: it lacks the writes");
-        assert_eq!(r.md.disk, Disk::UpToDate);
-        let e = r.promotable(false).expect_err("missed generation 99");
-        assert!(e.contains("missed generation 63"), "{e}");
-        assert_eq!(r.newest_generation(), 99);
-        // Forced, a human decided: allowed.
-        assert!(r.promotable(true).is_ok());
     }
 
     /// A resync source's rank comes with its blocks: a higher `last_seq` with its
