@@ -750,6 +750,13 @@ pub struct Replica {
     promotion: Option<Promotion>,
     reservation: Option<(NodeId, u64)>,
     known_current: u64,
+    /// Generations the source of this node's resync started during it (source,
+    /// the generation they follow, the new ones in order, the nodes they named as
+    /// lost): adopted after the source's, when the resync ends.
+    target_next: Option<(NodeId, u64, Vec<u64>, u32)>,
+    /// A generation this node only heard of (a `NewUuid` that named it as missing
+    /// the writes) and its parent: `Hello::known_parent` (volatile).
+    heard: Option<(u64, u64)>,
     /// The generation this node last learned is settled (`UuidSettled`, or a peer's
     /// Hello), so that adopting it later (a resync that ends) adopts it settled.
     settled_seen: u64,
@@ -918,6 +925,8 @@ impl Replica {
             promotion: None,
             reservation: None,
             known_current,
+            target_next: None,
+            heard: None,
             settled_seen: 0,
             last_seq: 0,
             tie,
@@ -1943,6 +1952,10 @@ impl Replica {
                             .map_or(p.diskful, |h| h.disk != Disk::Diskless)
                 }),
             known_current: self.known_current,
+            known_parent: self
+                .heard
+                .filter(|(k, _)| *k == self.known_current)
+                .map_or(0, |(_, p)| p),
             round,
             last_seq: self.last_seq,
             tie: self.tie,
@@ -2772,6 +2785,7 @@ impl Replica {
                 let missing = lost & mask(self.cfg.node) != 0;
                 if missing {
                     self.forwarder_left_behind(from);
+                    self.heard = Some((current, previous));
                 }
                 let mut adopted = false;
                 if !missing && self.md.disk >= Disk::Outdated && self.md.current == previous {
@@ -2794,6 +2808,20 @@ impl Replica {
                         {
                             self.md.bitmap_uuids.insert(n.id, previous);
                         }
+                    }
+                }
+                // A resync target of the sender takes its writes under the new
+                // generation while the sender's ResyncDone, sent before the rotation,
+                // names the previous one: the new one follows when the resync ends (the
+                // sender counts this node as holding it).
+                if !missing && !adopted && self.md.resync_from == Some(from) {
+                    match &mut self.target_next {
+                        Some((src, _, chain, _))
+                            if *src == from && chain.last() == Some(&previous) =>
+                        {
+                            chain.push(current);
+                        }
+                        _ => self.target_next = Some((from, previous, vec![current], lost)),
                     }
                 }
                 // Nodes in sync with the sender take the new generation with it (it
@@ -3924,6 +3952,27 @@ impl Replica {
                     for u in kept.into_iter().rev() {
                         self.push_history(u);
                     }
+                    if let Some((src, prev, chain, lost)) = self.target_next.take()
+                        && src == from
+                        && prev == current
+                    {
+                        // Rotations of the source during the resync (see `NewUuid`).
+                        for next in chain {
+                            let before = self.md.current;
+                            self.push_history(before);
+                            self.md.current = next;
+                            for n in self.cfg.nodes.iter().filter(|n| n.diskful) {
+                                if n.id != self.cfg.node
+                                    && lost & mask(n.id) != 0
+                                    && self.md.bitmap_uuids.get(&n.id).is_none_or(|u| *u == 0)
+                                {
+                                    self.md.bitmap_uuids.insert(n.id, before);
+                                }
+                            }
+                        }
+                        self.md.unsettled = self.md.current != self.settled_seen;
+                    }
+                    let current = self.md.current;
                     self.known_current = current;
                     self.md.newest_seen = current;
                     self.md.bitmap_uuids.remove(&from);
@@ -4912,6 +4961,49 @@ mod tests {
         assert!(bm.get(1020) && bm.get(1023));
         assert_eq!(bm.count(), 7);
         assert!(r.md.bitmaps[&1].is_empty(), "nothing for the sender");
+    }
+
+    /// Seed 11226: the source of a resync started a new generation during it; its
+    /// ResyncDone, sent before, names the previous one. The target takes both, in
+    /// order, instead of ending UpToDate on the generation the source left behind
+    /// while it holds writes of the new one (and the source counts it as holding it).
+    #[test]
+    fn a_resync_target_takes_the_generation_its_source_started_meanwhile() {
+        let mut r = target();
+        r.md.resync_from = Some(1);
+        if let Some(bm) = r.md.bitmaps.get_mut(&1) {
+            bm.clear(5);
+        }
+        r.handle(Event::Message {
+            from: 1,
+            msg: Msg::NewUuid {
+                current: 8,
+                previous: 7,
+                lost: mask(2),
+            },
+        });
+        assert_eq!(r.md.current, 7, "Inconsistent: not adopted yet");
+        let acts = r.handle(Event::Message {
+            from: 1,
+            msg: Msg::ResyncDone {
+                current: 7,
+                history: vec![],
+                last_seq: 3,
+                tie: 1,
+            },
+        });
+        let tag = acts
+            .iter()
+            .find_map(|a| match a {
+                Action::DiskFlush { tag } => Some(*tag),
+                _ => None,
+            })
+            .expect("the copied blocks are flushed first");
+        disk_done(&mut r, tag, None);
+        assert_eq!(r.md.disk, Disk::UpToDate);
+        assert_eq!(r.md.current, 8);
+        assert_eq!(r.md.history.first(), Some(&7));
+        assert_eq!(r.md.bitmap_uuids.get(&2), Some(&7), "node 2 missed 8");
     }
 
     /// A resync source's rank comes with its blocks: a higher `last_seq` with its

@@ -125,12 +125,17 @@ fn decide_data(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
     let b_data = b.disk >= Disk::Outdated;
     // A node without consistent data that was told of a newer generation than the
     // other holds (it got writes the other lacks) takes nothing from it.
-    let behind = |known: u64, src: &Hello| {
-        known != 0 && known != src.current && !src.history.contains(&known)
+    // Unless that generation was undone: `src` holds a settled one that went on
+    // from its parent another way (see `undone_branch` for why both cannot be
+    // settled), so nothing completed under it.
+    let behind = |h: &Hello, src: &Hello| {
+        let known = h.known_current;
+        let parent = h.known_parent;
+        let undone =
+            parent != 0 && !src.unsettled && src.current != parent && src.history.contains(&parent);
+        known != 0 && known != src.current && !src.history.contains(&known) && !undone
     };
-    if (!a_data && b_data && behind(a.known_current, b))
-        || (a_data && !b_data && behind(b.known_current, a))
-    {
+    if (!a_data && b_data && behind(a, b)) || (a_data && !b_data && behind(b, a)) {
         return Decision::NoSync;
     }
     match (a_data, b_data) {
@@ -364,6 +369,7 @@ mod tests {
             crashed_primary: false,
             primary_present: false,
             known_current: current,
+            known_parent: 0,
             round: 0,
             last_seq: 0,
             tie: node,
@@ -557,6 +563,29 @@ mod tests {
         // The longer prefix of the primary's writes still comes first.
         a.last_seq = 10;
         assert_eq!(decide(&a, &b, P), Decision::BitmapSource);
+    }
+
+    #[test]
+    fn a_node_behind_a_generation_it_heard_of_takes_a_settled_sibling() {
+        // Seed 1598: node 2, Inconsistent, heard of 9 (started from 4, naming it as
+        // missing the writes); 9 was undone, and 4 -> 6 was settled since.
+        let mut stuck = h(2, 1);
+        stuck.disk = Disk::Inconsistent;
+        stuck.known_current = 9;
+        let mut up = h(1, 6);
+        up.history = vec![4, 1];
+        // Without the parent nothing proves 9 undone: it takes nothing.
+        assert_eq!(decide(&stuck, &up, P), Decision::NoSync);
+        stuck.known_parent = 4;
+        assert_eq!(decide(&stuck, &up, P), Decision::FullTarget);
+        assert_eq!(decide(&up, &stuck, P), Decision::FullSource);
+        // The sibling not settled (yet): 9 may still be the newer one.
+        up.unsettled = true;
+        assert_eq!(decide(&stuck, &up, P), Decision::NoSync);
+        // A source at the parent itself is behind 9 whatever it settled.
+        let mut parent = h(1, 4);
+        parent.history = vec![1];
+        assert_eq!(decide(&stuck, &parent, P), Decision::NoSync);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use thiserror::Error;
 /// 3: online grow (`Resize`, `ResizeDone`, `ResizeCommit`). 4: allow-two-primaries
 /// (`ForwardWrite`, `ForwardFlush`, `ForwardDone`). 5: settled generations
 /// (`Hello::unsettled`, `UuidSettled`, `UuidUndone`). 6: `PeerLost` names the
-/// lost node's unconfirmed block ranges; `Hello::tie` and `ResyncDone::tie`.
+/// lost node's unconfirmed block ranges; `Hello::tie`, `Hello::known_parent` and
+/// `ResyncDone::tie`.
 pub const VERSION: u8 = 6;
 /// Frame header: version, kind, payload length (u32).
 pub const HEADER_LEN: usize = 6;
@@ -66,6 +67,9 @@ pub struct Hello {
     pub primary_present: bool,
     /// Newest generation this node has seen (for diskless nodes, that has no disk).
     pub known_current: u64,
+    /// The generation `known_current` was started from, when this node only heard
+    /// of it (a `NewUuid` that named it as missing the writes); else 0.
+    pub known_parent: u64,
     /// Handshake round, so a reply to an older round is ignored.
     pub round: u32,
     /// Highest write sequence number this node holds (its rank among equal
@@ -547,6 +551,7 @@ impl Msg {
                 w.bool(h.crashed_primary);
                 w.bool(h.primary_present);
                 w.u64(h.known_current);
+                w.u64(h.known_parent);
                 w.u32(h.round);
                 w.u64(h.last_seq);
                 w.u8(h.tie);
@@ -792,6 +797,7 @@ impl Msg {
                     crashed_primary: r.bool()?,
                     primary_present: r.bool()?,
                     known_current: r.u64()?,
+                    known_parent: r.u64()?,
                     round: r.u32()?,
                     last_seq: r.u64()?,
                     tie: r.u8()?,
@@ -956,6 +962,7 @@ mod tests {
             crashed_primary: true,
             primary_present: false,
             known_current: 0xabc,
+            known_parent: 0xab,
             round: 9,
             last_seq: 77,
             tie: 1,
