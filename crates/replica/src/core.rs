@@ -2235,13 +2235,10 @@ impl Replica {
     /// this node. A peer may hold those blocks without holding the writes: a resync
     /// target copies them from this node while `id` still counts as in sync.
     fn broadcast_peer_lost(&mut self, id: NodeId, ranges: &[(u64, u64)]) {
-        let mut chunks = ranges.chunks(wire::MAX_LOST_RANGES);
-        let first = chunks.next().unwrap_or_default();
-        self.send_connected(&Msg::PeerLost {
-            node: id,
-            ranges: first.to_vec(),
-        });
-        for chunk in chunks {
+        // At least one message, also when there are no ranges (the loss itself).
+        let empty: &[(u64, u64)] = &[];
+        let chunks = ranges.chunks(wire::MAX_LOST_RANGES);
+        for chunk in chunks.chain(ranges.is_empty().then_some(empty)) {
             self.send_connected(&Msg::PeerLost {
                 node: id,
                 ranges: chunk.to_vec(),
@@ -3579,12 +3576,19 @@ impl Replica {
                     // until now, will miss (lost, or connected but not taking writes).
                     let targets = self.write_targets();
                     let current = self.md.current;
-                    let leaves_one_behind = self.peers.values().any(|p| {
-                        p.diskful
-                            && !targets.contains(&p.id)
-                            && current != 0
-                            && p.current == current
-                    });
+                    // Each left behind: whether only its handshake keeps it out.
+                    let left: Vec<bool> = self
+                        .peers
+                        .values()
+                        .filter(|p| {
+                            p.diskful
+                                && !targets.contains(&p.id)
+                                && current != 0
+                                && p.current == current
+                        })
+                        .map(|p| p.conn == ConnState::Handshake)
+                        .collect();
+                    let leaves_one_behind = !left.is_empty();
                     #[cfg(feature = "bug-skip-uuid-rotation")]
                     let leaves_one_behind = {
                         let _ = leaves_one_behind;
@@ -3595,17 +3599,7 @@ impl Replica {
                     // moment: the write waits for them, up to the promotion timeout,
                     // rather than start a generation that they must then resync into
                     // and that no other node holds until they have.
-                    let handshaking_only = !self.need_rotation
-                        && self
-                            .peers
-                            .values()
-                            .filter(|p| {
-                                p.diskful
-                                    && !targets.contains(&p.id)
-                                    && current != 0
-                                    && p.current == current
-                            })
-                            .all(|p| p.conn == ConnState::Handshake);
+                    let handshaking_only = !self.need_rotation && left.iter().all(|h| *h);
                     if leaves_one_behind && handshaking_only {
                         let limit = self.now + self.cfg.promote_timeout_ms;
                         if self.now < *self.handshake_wait.get_or_insert(limit) {
