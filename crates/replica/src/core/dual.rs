@@ -241,13 +241,20 @@ impl Replica {
             return self.maybe_take_over();
         }
         let r = match result {
-            0 => Ok(None),
+            0 => Ok(()),
             code => Err(forward_error(code)),
         };
-        self.out.push(Action::Complete {
-            id: f.client,
-            result: r,
-        });
+        if self.io_suspended() {
+            // Decided, but a suspended node completes nothing: it is held (it is in
+            // memory already, so beyond the bounds too) and answered when the
+            // suspension ends, either way.
+            self.hold(Held::Answer {
+                id: f.client,
+                result: r,
+            });
+        } else {
+            self.answer(f.client, r);
+        }
         self.maybe_take_over();
     }
 

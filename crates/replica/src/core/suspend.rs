@@ -71,12 +71,21 @@ pub(super) enum Held {
     Flush {
         id: u64,
     },
+    /// The orderer's answer to a request this second primary forwarded
+    /// (allow-two-primaries), which came while this node's I/O was suspended.
+    Answer {
+        id: u64,
+        result: Result<(), IoError>,
+    },
 }
 
 impl Held {
     fn id(&self) -> u64 {
         match self {
-            Held::Write { id, .. } | Held::Read { id, .. } | Held::Flush { id } => *id,
+            Held::Write { id, .. }
+            | Held::Read { id, .. }
+            | Held::Flush { id }
+            | Held::Answer { id, .. } => *id,
         }
     }
 
@@ -141,7 +150,7 @@ impl Replica {
             Held::Write { block, count, .. } | Held::Read { block, count, .. } => {
                 Some((*block, *count))
             }
-            Held::Flush { .. } => None,
+            Held::Flush { .. } | Held::Answer { .. } => None,
         };
         if let Some((block, count)) = range {
             let end = block.checked_add(u64::from(count));
@@ -241,10 +250,19 @@ impl Replica {
                 },
                 Held::Read { id, block, count } => self.client_read(id, block, count),
                 Held::Flush { id } => self.client_flush(id),
+                Held::Answer { id, result } => self.answer(id, result),
             }
         }
         self.check_writes();
         self.check_flushes();
+    }
+
+    /// Completes a forwarded request with the orderer's answer.
+    pub(super) fn answer(&mut self, id: u64, result: Result<(), IoError>) {
+        self.out.push(Action::Complete {
+            id,
+            result: result.map(|()| None),
+        });
     }
 
     /// Ends the suspension by failing every held and pending client request with `e`.
@@ -254,7 +272,11 @@ impl Replica {
         }
         self.suspended = false;
         for h in std::mem::take(&mut self.held) {
-            self.fail(h.id(), e);
+            match h {
+                // Already decided by the orderer: the client gets what happened.
+                Held::Answer { id, result } => self.answer(id, result),
+                other => self.fail(other.id(), e),
+            }
         }
         self.held_bytes = 0;
         let mut failed = Vec::new();
@@ -364,6 +386,45 @@ mod tests {
                 "{a:?}"
             );
         }
+    }
+
+    /// Two-primaries seeds 11681, 17585 (and 10552, 13848 with an error): the
+    /// orderer's answer to a request this second primary forwarded came while its own
+    /// I/O was suspended. It is held like the rest and given when the suspension ends.
+    #[test]
+    fn a_forwarded_request_answered_while_suspended_is_held() {
+        // Four nodes: connected to the orderer only, this one has no quorum.
+        let c = Config {
+            on_no_quorum: OnNoQuorum::SuspendIo,
+            ..Config::for_tests(&[(0, true), (1, true), (2, true), (3, true)])
+        };
+        let md = Persistent::new_in_sync(&c, 7);
+        let mut r = Replica::new(c, md, 1);
+        r.handle(Event::Tick { now: 1 });
+        r.handle(Event::Admin(Admin::Primary { force: true }));
+        if let Some(p) = r.peers.get_mut(&1) {
+            p.conn = ConnState::Connected;
+            p.role = Role::Primary;
+        }
+        r.orderer = Some(1);
+        r.update_quorum();
+        assert!(r.io_suspended());
+        r.forwarded.insert(
+            9,
+            dual::Forwarded {
+                client: 4,
+                req: dual::FwdReq::Flush,
+            },
+        );
+        let a = r.handle(Event::Message {
+            from: 1,
+            msg: Msg::ForwardDone { id: 9, result: 0 },
+        });
+        assert!(completions(&a).is_empty(), "{a:?}");
+        assert_eq!(r.status().held_requests, 1);
+        // Demoted: the orderer's answer, not an error of this node.
+        let a = r.handle(Event::Admin(Admin::Secondary));
+        assert_eq!(completions(&a), vec![(4, Ok(()))]);
     }
 
     #[test]
