@@ -1401,6 +1401,11 @@ fn repl_status(st: &mut VolumeStatus, v: &ReplVolume) {
             "the local disk failed ({why}) and was detached; I/O goes through the peers. Repair or replace the backing, then run `tandem local attach {res}` on this node as a secondary (a full resync follows), or restart blockd"
         ));
     }
+    if s.disk == wire::Disk::Consistent {
+        hints.push(format!(
+            "this node stopped uncleanly as a secondary: its recently written blocks may lack writes that only the nodes which stayed up hold, so it is Consistent, not UpToDate, and cannot be promoted; it becomes UpToDate once it connects to one of those (see the peers below). If none of them will come back, run `tandem local primary {res} --force` to take this copy as it is"
+        ));
+    }
     if s.disk == wire::Disk::Inconsistent
         && s.current == 0
         && !s.peers.iter().any(|p| p.disk == wire::Disk::UpToDate)

@@ -182,6 +182,10 @@ pub struct Persistent {
     /// has completed. A node meeting a settled generation that went on from the same
     /// parent another way knows this one was undone (`decide`).
     pub unsettled: bool,
+    /// A generation this node only heard of (a `NewUuid` that named it as missing the
+    /// writes) and its parent: `Hello::known_parent`, which lets a settled sibling of
+    /// that generation prove it undone, also after a restart.
+    pub heard: Option<(u64, u64)>,
 }
 
 impl Persistent {
@@ -219,6 +223,7 @@ impl Persistent {
             primary: false,
             dirty: false,
             unsettled: false,
+            heard: None,
         }
     }
 }
@@ -754,9 +759,6 @@ pub struct Replica {
     /// the generation they follow, the new ones in order, the nodes they named as
     /// lost): adopted after the source's, when the resync ends.
     target_next: Option<(NodeId, u64, Vec<u64>, u32)>,
-    /// A generation this node only heard of (a `NewUuid` that named it as missing
-    /// the writes) and its parent: `Hello::known_parent` (volatile).
-    heard: Option<(u64, u64)>,
     /// The generation this node last learned is settled (`UuidSettled`, or a peer's
     /// Hello), so that adopting it later (a resync that ends) adopts it settled.
     settled_seen: u64,
@@ -868,13 +870,24 @@ impl Replica {
     pub fn new(cfg: Config, md: Persistent, seed: u64) -> Self {
         let mut md = md;
         let crashed_primary = md.dirty && md.primary;
+        // A secondary that stopped uncleanly may have lost writes it acknowledged into
+        // its volatile cache, which flushes made durable on the nodes that stayed up:
+        // Consistent, not UpToDate, until a survivor confirms its hot extents, it is
+        // chosen over a peer with consistent data, or no survivor is left to wait for
+        // (see `decide::unvouched_source` and `vouch_if_no_survivor`). A crashed
+        // primary's copy stays the reference: no flush completed without it.
+        if md.dirty && !md.primary && md.disk == Disk::UpToDate && !md.al.is_empty() {
+            md.disk = Disk::Consistent;
+        }
         if md.dirty {
-            for e in md.al.clone() {
+            for e in std::mem::take(&mut md.al) {
                 let start = e * cfg.extent_blocks;
                 for bm in md.bitmaps.values_mut() {
                     bm.set_range(start, cfg.extent_blocks);
                 }
             }
+            // (The marks replace the log, persisted below: a second crash before any
+            // write here lost nothing more, and must not make this node Consistent.)
         }
         md.dirty = true;
         md.primary = false;
@@ -926,7 +939,6 @@ impl Replica {
             reservation: None,
             known_current,
             target_next: None,
-            heard: None,
             settled_seen: 0,
             last_seq: 0,
             tie,
@@ -1953,6 +1965,7 @@ impl Replica {
                 }),
             known_current: self.known_current,
             known_parent: self
+                .md
                 .heard
                 .filter(|(k, _)| *k == self.known_current)
                 .map_or(0, |(_, p)| p),
@@ -2372,6 +2385,13 @@ impl Replica {
                         bm.or(&left);
                     }
                 }
+                let source = matches!(d, Decision::BitmapSource | Decision::FullSource);
+                if source && self.md.disk == Disk::Consistent {
+                    // Chosen over a peer with consistent data (the decision lets a
+                    // Consistent node serve no Inconsistent one): this copy is the
+                    // reference now.
+                    self.vouch_restored(Some(id));
+                }
                 self.send_bitmap(id, round);
             }
         }
@@ -2379,6 +2399,45 @@ impl Replica {
             self.rehandshake_secondaries();
         }
         self.update_quorum();
+        self.vouch_if_no_survivor();
+    }
+
+    /// A Consistent node connected to every other diskful node, none of which holds
+    /// data that could confirm or outrank its own (all Inconsistent: there is no
+    /// survivor to wait for), holds the best copy there is: it is UpToDate.
+    fn vouch_if_no_survivor(&mut self) {
+        if self.md.disk != Disk::Consistent {
+            return;
+        }
+        let current = self.md.current;
+        let mut diskful = self.peers.values().filter(|p| p.diskful).peekable();
+        let alone = diskful.peek().is_some()
+            && diskful.all(|p| {
+                // (Not one told of a generation newer than ours: it may hold its writes.)
+                let known = p.their_hello.as_ref().map_or(0, |h| h.known_current);
+                let not_newer = known == 0 || known == current || self.md.history.contains(&known);
+                p.live() && p.decision.is_some() && p.disk == Disk::Inconsistent && not_newer
+            });
+        if alone {
+            self.vouch_restored(None);
+        }
+    }
+
+    /// A Consistent node becomes UpToDate without a survivor's word (see
+    /// `decide::unvouched_source`). Peers it stood aside for learn it in a new handshake;
+    /// `starting`, whose resync from here is starting, keeps its own.
+    fn vouch_restored(&mut self, starting: Option<NodeId>) {
+        self.md.disk = Disk::UpToDate;
+        self.persist();
+        let waiting: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| Some(p.id) != starting && p.connected() && p.repl == Repl::Established)
+            .map(|p| p.id)
+            .collect();
+        for peer in waiting {
+            self.new_round(peer);
+        }
     }
 
     fn connected_in_sync(&mut self, id: NodeId) {
@@ -2399,8 +2458,9 @@ impl Replica {
         {
             self.known_current = p.current;
         }
-        // Outdated (e.g. after a clean stop while others stayed up) but equal to an
-        // UpToDate peer: same generation, no block different, no resync unfinished.
+        // Outdated (e.g. after a clean stop while others stayed up) or Consistent
+        // (after an unclean one) but equal to an UpToDate peer: same generation, no
+        // block different, no resync unfinished.
         let equal_to_up = self.peers.get(&id).is_some_and(|p| {
             p.repl == Repl::Established
                 && p.diskful
@@ -2422,7 +2482,7 @@ impl Replica {
                         .is_some_and(|h| h.known_current == self.md.current && h.dirty_blocks == 0)
                     && self.md.bitmaps.get(&p.id).is_none_or(|b| b.is_empty())
             });
-        if self.md.disk == Disk::Outdated
+        if matches!(self.md.disk, Disk::Outdated | Disk::Consistent)
             && self.md.resync_left.is_empty()
             && (equal_to_up || all_outdated_alike)
         {
@@ -2782,7 +2842,7 @@ impl Replica {
                 let missing = lost & mask(self.cfg.node) != 0;
                 if missing {
                     self.forwarder_left_behind(from);
-                    self.heard = Some((current, previous));
+                    self.md.heard = Some((current, previous));
                 }
                 let mut adopted = false;
                 if !missing && self.md.disk >= Disk::Outdated && self.md.current == previous {
@@ -3927,11 +3987,11 @@ impl Replica {
                         .is_none_or(|h| h.current != current || h.unsettled);
                     self.md.unsettled = source_unsettled && current != self.settled_seen;
                     let old = self.md.current;
-                    // Same generation as before: this node's history may hold
-                    // generations it undid (see `settle_rotation`) that the source never
-                    // had; they stay, so a node that heard of one can still take data
-                    // from this one.
-                    let kept: Vec<u64> = if current == old {
+                    // Same generation as before, or one the source went on to from
+                    // it: this node's history may hold generations it undid (see
+                    // `settle_rotation`) that the source never had; they stay, so a
+                    // node that heard of one can still take data from this one.
+                    let kept: Vec<u64> = if current == old || history.contains(&old) {
                         self.md
                             .history
                             .iter()
@@ -4933,6 +4993,87 @@ mod tests {
             p.disk = Disk::UpToDate;
         }
         r
+    }
+
+    /// Node `node` of three diskful nodes, restarted after an unclean stop as a
+    /// secondary with extent 1 in its activity log, generation 7.
+    fn back_from_crash(node: NodeId) -> Replica {
+        let mut c = Config::for_tests(&[(0, true), (1, true), (2, true)]);
+        c.node = node;
+        let mut md = Persistent::new_in_sync(&c, 7);
+        md.dirty = true;
+        md.al = vec![1];
+        let mut r = Replica::new(c, md, 1);
+        r.handle(Event::Tick { now: 1 });
+        r
+    }
+
+    /// The Hello `r` sends `to` when they connect.
+    fn hello_to(r: &mut Replica, to: NodeId) -> Msg {
+        r.handle(Event::PeerConnected { peer: to })
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Send { to: t, msg } if t == to && matches!(msg, Msg::Hello(_)) => Some(msg),
+                _ => None,
+            })
+            .expect("a Hello on connecting")
+    }
+
+    /// Seeds 15974, 34699, 55883: a secondary crashed with acknowledged writes in its
+    /// volatile cache, which a later flush made durable on the nodes that stayed up.
+    /// Back UpToDate, it was the resync source of its hot extents for a node mid-resync
+    /// from a survivor, and overwrote the only other copies. Now it comes back
+    /// Consistent, cannot be promoted, serves no such node, and takes its hot extents
+    /// from a survivor.
+    #[test]
+    fn a_secondary_back_from_a_crash_is_consistent_until_a_survivor_confirms_it() {
+        let mut r = back_from_crash(0);
+        assert_eq!(r.md.disk, Disk::Consistent);
+        let extent = r.cfg.extent_blocks;
+        assert!(
+            r.md.bitmaps[&1].get(extent),
+            "hot extent marked for every peer"
+        );
+        let refused = r
+            .promotable(false)
+            .expect_err("a Consistent node is not promoted");
+        assert!(refused.contains("Consistent"), "{refused}");
+
+        // Node 1 is Inconsistent, mid-resync from a survivor of generation 7.
+        let mut c1 = Config::for_tests(&[(0, true), (1, true), (2, true)]);
+        c1.node = 1;
+        let mut md1 = Persistent::new_in_sync(&c1, 5);
+        md1.disk = Disk::Inconsistent;
+        md1.newest_seen = 7;
+        let mut mid = Replica::new(c1, md1, 2);
+        let h = hello_to(&mut mid, 0);
+        let _ = hello_to(&mut r, 1);
+        r.handle(Event::Message { from: 1, msg: h });
+        assert_eq!(r.peers[&1].decision, Some(Decision::NoSync));
+        assert_eq!(r.md.disk, Disk::Consistent);
+
+        // Node 2 stayed up, UpToDate in generation 7: it is the source.
+        let mut c2 = Config::for_tests(&[(0, true), (1, true), (2, true)]);
+        c2.node = 2;
+        let md2 = Persistent::new_in_sync(&c2, 7);
+        let mut survivor = Replica::new(c2, md2, 3);
+        let h = hello_to(&mut survivor, 0);
+        let _ = hello_to(&mut r, 2);
+        r.handle(Event::Message { from: 2, msg: h });
+        assert_eq!(r.peers[&2].decision, Some(Decision::BitmapTarget));
+    }
+
+    /// Every node that stopped with it is back Consistent too: the usual order picks
+    /// one, which then holds the reference copy, UpToDate.
+    #[test]
+    fn nodes_back_from_a_crash_together_agree_on_one_copy() {
+        let mut a = back_from_crash(0);
+        let mut b = back_from_crash(1);
+        let hb = hello_to(&mut b, 0);
+        let _ = hello_to(&mut a, 1);
+        a.handle(Event::Message { from: 1, msg: hb });
+        assert_eq!(a.peers[&1].decision, Some(Decision::BitmapSource));
+        assert_eq!(a.md.disk, Disk::UpToDate);
     }
 
     /// Seed 16565: node 0 took blocks from the primary in a resync while the

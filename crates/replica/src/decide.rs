@@ -85,7 +85,7 @@ fn source_if(me_first: bool) -> Decision {
 }
 
 fn decide_ordered(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
-    let d = decide_data(a, b, policy);
+    let d = unvouched_source(a, b, decide_data(a, b, policy));
     let unsettled_primary =
         |h: &Hello| h.role == Role::Primary && h.unsettled && h.disk != Disk::Diskless;
     if d == Decision::SplitBrain && (unsettled_primary(a) || unsettled_primary(b)) {
@@ -107,6 +107,27 @@ fn decide_ordered(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
         && !matches!(d, Decision::SplitBrain | Decision::Unrelated)
     {
         return Decision::Deferred;
+    }
+    d
+}
+
+/// A Consistent node restarted after an unclean stop as a secondary: writes it had
+/// acknowledged into its volatile cache may be gone, and later flushes made them
+/// durable on the nodes that stayed up. Its hot extents are no copy to hand to an
+/// Inconsistent node, which may be mid-resync from such a survivor and hold those
+/// writes: it waits for a survivor (or, in the core, until every diskful node is
+/// connected and none is one). Next to a node with consistent data it goes by the
+/// usual order: an UpToDate one of its generation is the source, an older one is
+/// behind anyway. An explicit discard overrides this.
+fn unvouched_source(a: &Hello, b: &Hello, d: Decision) -> Decision {
+    let (src, dst) = match d {
+        Decision::BitmapSource | Decision::FullSource => (a, b),
+        Decision::BitmapTarget | Decision::FullTarget => (b, a),
+        _ => return d,
+    };
+    let explicit = a.discard_my_data || b.discard_my_data;
+    if src.disk == Disk::Consistent && dst.disk == Disk::Inconsistent && !explicit {
+        return Decision::NoSync;
     }
     d
 }
@@ -493,6 +514,40 @@ mod tests {
     }
 
     #[test]
+    fn a_secondary_back_from_a_crash_waits_for_a_survivor() {
+        // Restarted after an unclean stop: Consistent, its hot extents marked for all.
+        let mut back = h(0, 5);
+        back.disk = Disk::Consistent;
+        back.dirty_blocks = 8;
+        // A node mid-resync from a survivor may hold writes the crash lost here.
+        let mut mid = h(1, 3);
+        mid.disk = Disk::Inconsistent;
+        mid.known_current = 5;
+        assert_eq!(decide(&back, &mid, P), Decision::NoSync);
+        assert_eq!(decide(&mid, &back, P), Decision::NoSync);
+        // A survivor of the same generation is the source of the hot extents.
+        assert_eq!(decide(&back, &h(1, 5), P), Decision::BitmapTarget);
+        // One holding an older generation is behind anyway.
+        let mut older = h(1, 3);
+        older.dirty_blocks = 2;
+        let mut ahead = back.clone();
+        ahead.history = vec![3];
+        ahead.bitmap_uuids = vec![(1, 3)];
+        assert_eq!(decide(&ahead, &older, P), Decision::BitmapSource);
+        // Next to another node back from a crash, or an Outdated one, the usual
+        // order applies, and an explicit discard always does.
+        let mut other = back.clone();
+        other.node = 1;
+        other.tie = 1;
+        assert_eq!(decide(&back, &other, P), Decision::BitmapSource);
+        let mut outdated = h(1, 5);
+        outdated.disk = Disk::Outdated;
+        assert_eq!(decide(&back, &outdated, P), Decision::BitmapSource);
+        mid.discard_my_data = true;
+        assert_eq!(decide(&back, &mid, P), Decision::FullSource);
+    }
+
+    #[test]
     fn an_unsettled_generation_next_to_a_settled_sibling_was_undone() {
         // 5 -> 9 by a primary that lost quorum (or crashed) before settling it, while
         // node 1 adopted it; 5 -> 11 by the next primary, settled.
@@ -684,6 +739,15 @@ mod tests {
             let d = decide(&a, &b, P);
             if !a.discard_my_data && !b.discard_my_data && a.disk == Disk::UpToDate && b.disk < Disk::Outdated {
                 prop_assert!(!matches!(d, Decision::BitmapTarget | Decision::FullTarget), "{:?}", d);
+            }
+        }
+
+        #[test]
+        fn a_consistent_node_serves_no_inconsistent_one(a in arb_hello(0), b in arb_hello(1)) {
+            let d = decide(&a, &b, P);
+            let serves = matches!(d, Decision::BitmapSource | Decision::FullSource);
+            if serves && a.disk == Disk::Consistent && !a.discard_my_data && !b.discard_my_data {
+                prop_assert!(b.disk != Disk::Inconsistent, "{:?} to {:?}", d, b.disk);
             }
         }
     }

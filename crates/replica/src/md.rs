@@ -29,8 +29,9 @@ use thiserror::Error;
 
 pub const MAGIC: [u8; 8] = *b"TANDEMMD";
 /// 2: the activity log as 32-bit extent numbers (up to 16 PiB of data), 800 of
-/// them, and `grow_from` (online grow). Version 1 (64-bit log of 128) is still read.
-pub const VERSION: u32 = 2;
+/// them, and `grow_from` (online grow). 3: `heard` (a generation only heard of, and
+/// its parent). Versions 1 (64-bit log of 128) and 2 are still read.
+pub const VERSION: u32 = 3;
 pub const MD_BLOCK: u64 = 4096;
 /// Data bytes per bitmap bit.
 pub const BM_BLOCK: u64 = 4096;
@@ -230,6 +231,9 @@ pub struct Superblock {
     pub al: Vec<u64>,
     /// Backing size before the online grow under way (`FLAG_GROWING`), else 0.
     pub grow_from: u64,
+    /// A generation this node only heard of (named as missing its writes) and its
+    /// parent; (0, 0) when none.
+    pub heard: (u64, u64),
 }
 
 // Field offsets inside a superblock slot.
@@ -249,7 +253,10 @@ const OFF_RESYNC_FROM: usize = OFF_NEWEST + 8;
 const OFF_AL_COUNT: usize = OFF_RESYNC_FROM + 4;
 const OFF_AL: usize = OFF_AL_COUNT + 4;
 const OFF_GROW_FROM: usize = OFF_AL + 4 * MAX_AL;
-const OFF_CRC: usize = OFF_GROW_FROM + 8;
+const OFF_HEARD: usize = OFF_GROW_FROM + 8; // generation, parent
+const OFF_CRC: usize = OFF_HEARD + 16;
+/// Where version 2 kept its checksum (it had no `heard`).
+const OFF_CRC_V2: usize = OFF_GROW_FROM + 8;
 /// Where version 1 kept its checksum (its log was 64-bit, and it had no `grow_from`).
 const OFF_CRC_V1: usize = OFF_AL + 8 * MAX_AL_V1;
 const _: () = assert!(OFF_CRC + 4 <= MD_BLOCK as usize);
@@ -270,6 +277,7 @@ impl Superblock {
             resync_from: NO_NODE,
             al: Vec::new(),
             grow_from: 0,
+            heard: (0, 0),
         }
     }
 
@@ -329,6 +337,8 @@ impl Superblock {
             put32(&mut b, OFF_AL + 4 * i, *e);
         }
         put64(&mut b, OFF_GROW_FROM, self.grow_from);
+        put64(&mut b, OFF_HEARD, self.heard.0);
+        put64(&mut b, OFF_HEARD + 8, self.heard.1);
         let crc = crc32c::crc32c(&b[..OFF_CRC]);
         put32(&mut b, OFF_CRC, crc);
         b
@@ -354,18 +364,24 @@ impl Superblock {
         let version = get32(OFF_VERSION);
         let (crc_at, al_max) = match version {
             1 => (OFF_CRC_V1, MAX_AL_V1),
+            2 => (OFF_CRC_V2, MAX_AL),
             _ => (OFF_CRC, MAX_AL),
         };
         if crc32c::crc32c(&b[..crc_at]) != get32(crc_at) {
             return Err(MdError::NotFound);
         }
-        if version != VERSION && version != 1 {
+        if !(1..=VERSION).contains(&version) {
             return Err(MdError::Version(version));
         }
         let grow_from = if version == 1 {
             0
         } else {
             get64(OFF_GROW_FROM)
+        };
+        let heard = if version >= 3 {
+            (get64(OFF_HEARD), get64(OFF_HEARD + 8))
+        } else {
+            (0, 0)
         };
         let f = |i: usize| get64(OFF_LAYOUT + 8 * i);
         let narrow = |v: u64| u32::try_from(v).map_err(|_| MdError::Corrupt("count out of range"));
@@ -434,6 +450,7 @@ impl Superblock {
             resync_from: get32(OFF_RESYNC_FROM),
             al,
             grow_from,
+            heard,
         })
     }
 
@@ -523,6 +540,7 @@ mod tests {
         sb.resync_from = 1;
         sb.al = vec![5, 9, 3];
         sb.flags = FLAG_PRIMARY;
+        sb.heard = (78, 77);
         sb
     }
 
@@ -561,8 +579,21 @@ mod tests {
     }
 
     #[test]
+    fn version_2_without_heard_is_still_read() {
+        let mut sb = sample();
+        sb.heard = (0, 0);
+        let mut b = sb.encode();
+        b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&2u32.to_le_bytes());
+        b[OFF_CRC_V2..].fill(0);
+        let crc = crc32c::crc32c(&b[..OFF_CRC_V2]);
+        b[OFF_CRC_V2..OFF_CRC_V2 + 4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+    }
+
+    #[test]
     fn version_1_with_its_64_bit_activity_log_is_still_read() {
-        let sb = sample();
+        let mut sb = sample();
+        sb.heard = (0, 0);
         let mut b = sb.encode();
         b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
         b[OFF_AL..].fill(0);
