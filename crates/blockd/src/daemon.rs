@@ -434,7 +434,7 @@ impl Daemon {
                             "{resource} is held open by {conns} NBD client(s); stop them (the last one to leave demotes the node) and try again{suspended}"
                         ));
                     }
-                    self.rt.block_on(v.admin(replica::core::Admin::Secondary))?;
+                    self.rt.block_on(v.demote())?;
                     let mut msg = format!("{resource}: secondary");
                     if let Some(n) = held {
                         msg.push_str(&format!(

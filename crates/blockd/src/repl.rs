@@ -526,6 +526,19 @@ impl ReplVolume {
         Ok(())
     }
 
+    /// Steps down, and waits (bounded by the timeout) for the handshakes that follow
+    /// with the connected peers: once they are done every peer has seen this node
+    /// as a secondary, so a `primary` on another node right after is not refused
+    /// with "node N is primary" on a role it has not heard of yet.
+    pub async fn demote(&self) -> Result<(), String> {
+        self.admin(Admin::Secondary).await?;
+        let deadline = Instant::now() + Duration::from_millis(self.cfg().timeout_ms);
+        while !self.handshakes_done() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
     /// `promote`, tried again for up to `AUTO_PROMOTE_TIMEOUT` while the refusal is one
     /// the core marks as passing (`replica::core::is_passing`: a peer still handshaking
     /// after another node's demotion, the primaries changing meanwhile).
