@@ -575,6 +575,52 @@ fn a_failing_disk_on_the_primary_is_detached_and_io_goes_on_through_the_peer() {
     drop(disk);
 }
 
+/// A secondary killed after taking writes comes back Consistent: its volatile cache
+/// may have lost writes that the primary made durable later. Without the node that
+/// stayed up it is not promoted, and status says what to do; once that node is back
+/// it takes the changes and its hot extents from it and is UpToDate.
+#[test]
+fn a_secondary_back_from_a_crash_waits_for_the_node_that_stayed_up() {
+    require("qemu-io", "qemu-utils");
+    let mut c = three_nodes("");
+    let uri0 = c.nodes[0].uri(RES, 0);
+    qemu_io(&uri0, &["write -P 0x41 0 1M", "flush"]);
+    c.wait_in_sync(1, RES);
+    c.nodes[1].kill9();
+    c.wait(0, RES, "node 1 gone", |v| {
+        peer(v, "n1")["connection"] != "Connected"
+    });
+    // Node 0 goes on with the tiebreaker, then stops cleanly.
+    qemu_io(&uri0, &["write -P 0x42 2M 64k", "flush"]);
+    c.wait(0, RES, "demotion after the last client", |v| {
+        v["role"] == "Secondary"
+    });
+    c.nodes[0].stop();
+
+    c.nodes[1].start();
+    let v = c.wait(1, RES, "node 1 back, Consistent", |v| {
+        v["disk_state"] == "Consistent" && peer(v, "n2")["connection"] == "Connected"
+    });
+    assert_eq!(v["may_promote"], false, "{v:#}");
+    let hint = v["hint"].as_str().unwrap_or("");
+    assert!(hint.contains("primary r0 --force"), "{v:#}");
+    let out = c.nodes[1].local(&["primary", RES]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Consistent"), "{err}");
+
+    c.nodes[0].start();
+    let v1 = c.wait_in_sync(1, RES);
+    c.wait_in_sync(0, RES);
+    assert_eq!(v1["disk_state"], "UpToDate", "{v1:#}");
+    let received = peer(&v1, "n0")["resync_received_bytes"].as_u64().unwrap();
+    assert!(
+        received >= 64 << 10,
+        "node 1 received {received} bytes by resync"
+    );
+    assert_same_data(&c, 0, 1);
+}
+
 #[test]
 fn a_cluster_shut_down_cleanly_at_once_comes_back_up_to_date() {
     require("qemu-io", "qemu-utils");

@@ -876,7 +876,9 @@ impl Replica {
         // chosen over a peer with consistent data, or no survivor is left to wait for
         // (see `decide::unvouched_source` and `vouch_if_no_survivor`). A crashed
         // primary's copy stays the reference: no flush completed without it.
-        if md.dirty && !md.primary && md.disk == Disk::UpToDate && !md.al.is_empty() {
+        // (With no other diskful node there is no survivor: it stays UpToDate.)
+        let survivors = cfg.peers().any(|p| p.diskful);
+        if md.dirty && !md.primary && md.disk == Disk::UpToDate && !md.al.is_empty() && survivors {
             md.disk = Disk::Consistent;
         }
         if md.dirty {
@@ -2403,8 +2405,8 @@ impl Replica {
     }
 
     /// A Consistent node connected to every other diskful node, none of which holds
-    /// data that could confirm or outrank its own (all Inconsistent: there is no
-    /// survivor to wait for), holds the best copy there is: it is UpToDate.
+    /// data that could confirm or outrank its own (all Inconsistent, or detached:
+    /// there is no survivor to wait for), holds the best copy there is: UpToDate.
     fn vouch_if_no_survivor(&mut self) {
         if self.md.disk != Disk::Consistent {
             return;
@@ -2416,7 +2418,8 @@ impl Replica {
                 // (Not one told of a generation newer than ours: it may hold its writes.)
                 let known = p.their_hello.as_ref().map_or(0, |h| h.known_current);
                 let not_newer = known == 0 || known == current || self.md.history.contains(&known);
-                p.live() && p.decision.is_some() && p.disk == Disk::Inconsistent && not_newer
+                let no_data = matches!(p.disk, Disk::Inconsistent | Disk::Diskless);
+                p.live() && p.decision.is_some() && no_data && not_newer
             });
         if alone {
             self.vouch_restored(None);
