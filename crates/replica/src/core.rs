@@ -186,6 +186,9 @@ pub struct Persistent {
     /// writes) and its parent: `Hello::known_parent`, which lets a settled sibling of
     /// that generation prove it undone, also after a restart.
     pub heard: Option<(u64, u64)>,
+    /// The newest generation of this node's line (`current` or in `history`) known
+    /// to be settled, 0 when none is known: `Hello::settled`.
+    pub settled: u64,
 }
 
 impl Persistent {
@@ -195,6 +198,7 @@ impl Persistent {
         let mut p = Self::new_fresh(cfg);
         p.disk = Disk::UpToDate;
         p.current = current;
+        p.settled = current;
         p
     }
 
@@ -224,6 +228,7 @@ impl Persistent {
             dirty: false,
             unsettled: false,
             heard: None,
+            settled: 0,
         }
     }
 }
@@ -1203,7 +1208,22 @@ impl Replica {
         self.out.push(Action::Send { to, msg });
     }
 
+    /// The newest generation of this node's line known to be settled: `current` when
+    /// settled, else the one recorded when it left `current`, if still in the
+    /// history (0: not known, e.g. after taking another line by a full resync).
+    fn line_settled(&self) -> u64 {
+        let m = &self.md;
+        if !m.unsettled && m.current != 0 {
+            m.current
+        } else if m.settled != 0 && m.history.contains(&m.settled) {
+            m.settled
+        } else {
+            0
+        }
+    }
+
     fn persist(&mut self) {
+        self.md.settled = self.line_settled();
         self.persisted_al = self.md.al.iter().copied().collect();
         let mut md = self.md.clone();
         if self.detached.is_some() {
@@ -1975,6 +1995,7 @@ impl Replica {
             last_seq: self.last_seq,
             tie: self.tie,
             unsettled: self.md.unsettled,
+            settled: self.line_settled(),
         }
     }
 
@@ -3248,6 +3269,11 @@ impl Replica {
     }
 
     fn push_history(&mut self, uuid: u64) {
+        // The current generation leaves for the history: if settled, it is the newest
+        // settled one of this line until a newer one settles.
+        if uuid != 0 && uuid == self.md.current && !self.md.unsettled {
+            self.md.settled = uuid;
+        }
         if uuid != 0 && !self.md.history.contains(&uuid) {
             self.md.history.insert(0, uuid);
             self.md.history.truncate(HISTORY_LEN);
@@ -4393,7 +4419,10 @@ impl Replica {
                 }
                 self.md.bitmap_uuids = bitmap_uuids;
                 self.md.unsettled = unsettled;
+                // Also across a restart: a node that kept the voided generation as the
+                // newest it has seen would refuse every source that never had it.
                 self.known_current = current;
+                self.md.newest_seen = current;
                 self.uuid_waiting.clear();
                 self.need_rotation = true;
                 self.persist();
@@ -5200,6 +5229,35 @@ mod tests {
         assert!(r.rotation_confirmed());
         r.settle_rotation();
         assert!(!r.md.unsettled, "settled");
+    }
+
+    /// Seed 687: a primary that undid its rotation for lack of quorum kept the
+    /// undone generation as the newest it had seen (persisted), so after a restart
+    /// it refused every source that never had it.
+    #[test]
+    fn an_undone_rotation_is_not_the_newest_generation_seen() {
+        let mut r = in_sync_secondary();
+        r.role = Role::Primary;
+        r.rotation_undo = Some(RotationUndo {
+            current: 7,
+            history: Vec::new(),
+            bitmap_uuids: BTreeMap::new(),
+            unsettled: false,
+        });
+        r.md.current = 8;
+        r.md.history = vec![7];
+        r.md.unsettled = true;
+        r.md.newest_seen = 8;
+        r.known_current = 8;
+        for p in r.peers.values_mut() {
+            p.conn = ConnState::Connecting;
+        }
+        r.update_quorum();
+        r.settle_rotation();
+        assert_eq!(r.md.current, 7, "undone");
+        assert_eq!((r.known_current, r.md.newest_seen), (7, 7));
+        assert_eq!(r.md.history, vec![8], "kept as a voided generation");
+        assert_eq!(r.line_settled(), 7, "7 was settled before the rotation");
     }
 
     /// Node 0, in sync with node 2, takes block 5 from node 1 in a resync. Node 2 may

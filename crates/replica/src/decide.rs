@@ -183,7 +183,8 @@ fn decide_data(a: &Hello, b: &Hello, policy: SplitBrainPolicy) -> Decision {
     }
     // A generation its primary never settled, next to a settled one that went on
     // from the same parent another way: the first was undone (see `undone_branch`).
-    match (undone_branch(a, b), undone_branch(b, a)) {
+    let undone = |x: &Hello, y: &Hello| undone_branch(x, y) || undone_line(x, y);
+    match (undone(a, b), undone(b, a)) {
         (true, _) => return Decision::FullTarget,
         (_, true) => return Decision::FullSource,
         _ => {}
@@ -224,6 +225,39 @@ fn undone_branch(a: &Hello, b: &Hello) -> bool {
         && a.history
             .iter()
             .any(|g| *g != 0 && *g != b.current && b.history.contains(g))
+}
+
+/// `a`'s line, newest first: `current`, then the history.
+fn line(h: &Hello) -> impl Iterator<Item = u64> + '_ {
+    std::iter::once(h.current)
+        .chain(h.history.iter().copied())
+        .filter(|g| *g != 0)
+}
+
+/// Whether `h` knows of a settled generation of its line strictly newer than `g`
+/// (None: it knows no settled one, or `g` is not in its line).
+fn settled_after(h: &Hello, g: u64) -> Option<bool> {
+    let at = |x: u64| line(h).position(|y| y == x);
+    let (s, g) = (at(h.settled)?, at(g)?);
+    Some(s < g)
+}
+
+/// The lines of `a` and `b` parted after their newest common generation `g`; `b`
+/// knows of a generation settled on its side since, `a` knows of none on its side
+/// (its newest settled one is `g` or older). By the argument of `undone_branch`
+/// (which is the case where `b`'s settled generation is its current), no generation
+/// of `a`'s side settled before `b`'s did, and none could after: `a`'s side was
+/// undone, also when `b`'s current went on unsettled from the settled one (seed
+/// 1248: a crashed primary's new rotation on top of a settled generation, next to
+/// a node holding a sibling its primary undid).
+fn undone_line(a: &Hello, b: &Hello) -> bool {
+    let Some(g) = line(a).find(|g| *g == b.current || b.history.contains(g)) else {
+        return false;
+    };
+    g != a.current
+        && g != b.current
+        && settled_after(b, g) == Some(true)
+        && settled_after(a, g) == Some(false)
 }
 
 trait Force {
@@ -395,6 +429,7 @@ mod tests {
             last_seq: 0,
             tie: node,
             unsettled: false,
+            settled: current,
         }
     }
 
@@ -511,6 +546,34 @@ mod tests {
         a.disk = Disk::Outdated;
         a.dirty_blocks = 1;
         assert_eq!(decide(&a, &h(1, 5), P), Decision::PrimaryWouldBeTarget);
+    }
+
+    /// Seed 1248: node 0, a crashed primary, holds 3, an unsettled rotation on top
+    /// of 2, which it had settled; 2 went on from 1. Node 1 holds 5, a sibling from 1
+    /// its primary undid while node 1 was cut off. Both current generations are
+    /// unsettled, yet 2 settled after 1: 5 was undone, and node 1 takes all of
+    /// node 0's data. Without knowing any settled generation it stays a split brain.
+    #[test]
+    fn an_unsettled_line_next_to_one_settled_since_the_fork_was_undone() {
+        let mut a = h(0, 3);
+        a.history = vec![2, 1];
+        a.unsettled = true;
+        a.settled = 2;
+        a.dirty_blocks = 4;
+        let mut b = h(1, 5);
+        b.history = vec![1];
+        b.unsettled = true;
+        b.settled = 1;
+        b.dirty_blocks = 4;
+        assert_eq!(decide(&a, &b, P), Decision::FullSource);
+        assert_eq!(decide(&b, &a, P), Decision::FullTarget);
+        // Node 1 had heard 5 settled: a real split brain.
+        b.settled = 5;
+        assert_eq!(decide(&a, &b, P), Decision::SplitBrain);
+        // Nothing known settled on node 0's side: no proof either way.
+        b.settled = 1;
+        a.settled = 0;
+        assert_eq!(decide(&a, &b, P), Decision::SplitBrain);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use thiserror::Error;
 pub const MAGIC: [u8; 8] = *b"TANDEMMD";
 /// 2: the activity log as 32-bit extent numbers (up to 16 PiB of data), 800 of
 /// them, and `grow_from` (online grow). 3: `heard` (a generation only heard of, and
-/// its parent). Versions 1 (64-bit log of 128) and 2 are still read.
+/// its parent) and `settled`. Versions 1 (64-bit log of 128) and 2 are still read.
 pub const VERSION: u32 = 3;
 pub const MD_BLOCK: u64 = 4096;
 /// Data bytes per bitmap bit.
@@ -234,6 +234,8 @@ pub struct Superblock {
     /// A generation this node only heard of (named as missing its writes) and its
     /// parent; (0, 0) when none.
     pub heard: (u64, u64),
+    /// The newest generation of the line known to be settled (0: not known).
+    pub settled: u64,
 }
 
 // Field offsets inside a superblock slot.
@@ -254,7 +256,8 @@ const OFF_AL_COUNT: usize = OFF_RESYNC_FROM + 4;
 const OFF_AL: usize = OFF_AL_COUNT + 4;
 const OFF_GROW_FROM: usize = OFF_AL + 4 * MAX_AL;
 const OFF_HEARD: usize = OFF_GROW_FROM + 8; // generation, parent
-const OFF_CRC: usize = OFF_HEARD + 16;
+const OFF_SETTLED: usize = OFF_HEARD + 16;
+const OFF_CRC: usize = OFF_SETTLED + 8;
 /// Where version 2 kept its checksum (it had no `heard`).
 const OFF_CRC_V2: usize = OFF_GROW_FROM + 8;
 /// Where version 1 kept its checksum (its log was 64-bit, and it had no `grow_from`).
@@ -278,6 +281,7 @@ impl Superblock {
             al: Vec::new(),
             grow_from: 0,
             heard: (0, 0),
+            settled: 0,
         }
     }
 
@@ -339,6 +343,7 @@ impl Superblock {
         put64(&mut b, OFF_GROW_FROM, self.grow_from);
         put64(&mut b, OFF_HEARD, self.heard.0);
         put64(&mut b, OFF_HEARD + 8, self.heard.1);
+        put64(&mut b, OFF_SETTLED, self.settled);
         let crc = crc32c::crc32c(&b[..OFF_CRC]);
         put32(&mut b, OFF_CRC, crc);
         b
@@ -378,10 +383,10 @@ impl Superblock {
         } else {
             get64(OFF_GROW_FROM)
         };
-        let heard = if version >= 3 {
-            (get64(OFF_HEARD), get64(OFF_HEARD + 8))
+        let (heard, settled) = if version >= 3 {
+            ((get64(OFF_HEARD), get64(OFF_HEARD + 8)), get64(OFF_SETTLED))
         } else {
-            (0, 0)
+            ((0, 0), 0)
         };
         let f = |i: usize| get64(OFF_LAYOUT + 8 * i);
         let narrow = |v: u64| u32::try_from(v).map_err(|_| MdError::Corrupt("count out of range"));
@@ -451,6 +456,7 @@ impl Superblock {
             al,
             grow_from,
             heard,
+            settled,
         })
     }
 
@@ -541,6 +547,7 @@ mod tests {
         sb.al = vec![5, 9, 3];
         sb.flags = FLAG_PRIMARY;
         sb.heard = (78, 77);
+        sb.settled = 3;
         sb
     }
 
@@ -582,6 +589,7 @@ mod tests {
     fn version_2_without_heard_is_still_read() {
         let mut sb = sample();
         sb.heard = (0, 0);
+        sb.settled = 0;
         let mut b = sb.encode();
         b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&2u32.to_le_bytes());
         b[OFF_CRC_V2..].fill(0);
@@ -594,6 +602,7 @@ mod tests {
     fn version_1_with_its_64_bit_activity_log_is_still_read() {
         let mut sb = sample();
         sb.heard = (0, 0);
+        sb.settled = 0;
         let mut b = sb.encode();
         b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
         b[OFF_AL..].fill(0);

@@ -673,8 +673,8 @@ impl Sim {
                 if live {
                     match &msg {
                         Msg::Hello(h) => self.log(format!(
-                            "n{to} <- n{from} hello r{} {:?} {:?} cur {:x}{} known {:x} dirty {} seq {:x} pp {} crashed {} hist {:x?} bm {:x?}",
-                            h.round, h.role, h.disk, h.current, if h.unsettled { " (unsettled)" } else { "" }, h.known_current, h.dirty_blocks, h.last_seq, h.primary_present, h.crashed_primary, h.history, h.bitmap_uuids
+                            "n{to} <- n{from} hello r{} {:?} {:?} cur {:x}{} known {:x} (parent {:x}) settled {:x} dirty {} seq {:x} pp {} crashed {} hist {:x?} bm {:x?}",
+                            h.round, h.role, h.disk, h.current, if h.unsettled { " (unsettled)" } else { "" }, h.known_current, h.known_parent, h.settled, h.dirty_blocks, h.last_seq, h.primary_present, h.crashed_primary, h.history, h.bitmap_uuids
                         )),
                         Msg::ResyncDone { current, last_seq, .. } => {
                             self.log(format!("n{to} <- n{from} resync done cur {current:x} seq {last_seq:x}"))

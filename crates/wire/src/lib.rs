@@ -13,8 +13,8 @@ use thiserror::Error;
 /// (`ForwardWrite`, `ForwardFlush`, `ForwardDone`). 5: settled generations
 /// (`Hello::unsettled`, `UuidSettled`, `UuidUndone`). 6: `PeerLost` names the
 /// lost node's unconfirmed block ranges; `Hello::tie`, `Hello::known_parent` and
-/// `ResyncDone::tie`.
-pub const VERSION: u8 = 6;
+/// `ResyncDone::tie`. 7: `Hello::settled`.
+pub const VERSION: u8 = 7;
 /// Frame header: version, kind, payload length (u32).
 pub const HEADER_LEN: usize = 6;
 /// Largest payload accepted: a 32 MiB write plus its header fields.
@@ -84,6 +84,9 @@ pub struct Hello {
     /// confirmed it with quorum (`UuidSettled`): it may have been undone since, in
     /// which case no write under it completed. Its parent is `history[0]`.
     pub unsettled: bool,
+    /// The newest generation of this node's line (`current` or one in `history`)
+    /// that it knows was settled; 0 when not known.
+    pub settled: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -556,6 +559,7 @@ impl Msg {
                 w.u64(h.last_seq);
                 w.u8(h.tie);
                 w.bool(h.unsettled);
+                w.u64(h.settled);
             }
             Msg::Bitmap {
                 round,
@@ -802,6 +806,7 @@ impl Msg {
                     last_seq: r.u64()?,
                     tie: r.u8()?,
                     unsettled: r.bool()?,
+                    settled: r.u64()?,
                 })
             }
             2 => Msg::Bitmap {
@@ -967,6 +972,7 @@ mod tests {
             last_seq: 77,
             tie: 1,
             unsettled: false,
+            settled: 2,
         }
     }
 
