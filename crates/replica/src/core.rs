@@ -5194,11 +5194,9 @@ mod tests {
         assert_eq!((r.last_seq, r.tie), (9, 2), "a higher rank comes whole");
     }
 
-    /// Seed 19782: a primary's new generation is settled (and writes under it
-    /// complete) only once a majority holds it; a peer merely connected, in its
-    /// handshake with the old generation, does not count.
-    #[test]
-    fn a_rotation_settles_only_when_a_majority_holds_it() {
+    /// `in_sync_secondary` promoted, that rotated from generation 7 (settled) to 8,
+    /// not settled yet.
+    fn rotated_primary() -> Replica {
         let mut r = in_sync_secondary();
         r.role = Role::Primary;
         r.rotation_undo = Some(RotationUndo {
@@ -5209,6 +5207,15 @@ mod tests {
         });
         r.md.current = 8;
         r.md.unsettled = true;
+        r
+    }
+
+    /// Seed 19782: a primary's new generation is settled (and writes under it
+    /// complete) only once a majority holds it; a peer merely connected, in its
+    /// handshake with the old generation, does not count.
+    #[test]
+    fn a_rotation_settles_only_when_a_majority_holds_it() {
+        let mut r = rotated_primary();
         if let Some(p) = r.peers.get_mut(&1) {
             p.conn = ConnState::Handshake;
         }
@@ -5231,22 +5238,13 @@ mod tests {
         assert!(!r.md.unsettled, "settled");
     }
 
-    /// Seed 687: a primary that undid its rotation for lack of quorum kept the
-    /// undone generation as the newest it had seen (persisted), so after a restart
-    /// it refused every source that never had it.
+    /// From seed 687's trace: a primary that undid its rotation for lack of quorum
+    /// kept the undone generation as the newest it had seen (persisted), so after
+    /// a restart it refused every source that never had it.
     #[test]
     fn an_undone_rotation_is_not_the_newest_generation_seen() {
-        let mut r = in_sync_secondary();
-        r.role = Role::Primary;
-        r.rotation_undo = Some(RotationUndo {
-            current: 7,
-            history: Vec::new(),
-            bitmap_uuids: BTreeMap::new(),
-            unsettled: false,
-        });
-        r.md.current = 8;
+        let mut r = rotated_primary();
         r.md.history = vec![7];
-        r.md.unsettled = true;
         r.md.newest_seen = 8;
         r.known_current = 8;
         for p in r.peers.values_mut() {
