@@ -136,6 +136,7 @@ impl MdStore {
             p.unsettled = sb.flags & md::FLAG_UNSETTLED != 0;
             p.heard = (sb.heard.0 != 0).then_some(sb.heard);
             p.settled = sb.settled;
+            p.parent = sb.parent;
             for (peer, slot) in &store.slots {
                 let slot_info = sb.peers.get(*slot as usize).copied().unwrap_or_default();
                 if slot_info.node_id == u32::from(*peer) {
@@ -245,6 +246,7 @@ impl MdStore {
             sb.newest_seen = p.newest_seen;
             sb.heard = p.heard.unwrap_or((0, 0));
             sb.settled = p.settled;
+            sb.parent = p.parent;
             sb.resync_from = p.resync_from.map(u32::from).unwrap_or(NO_NODE);
             sb.al = p.al.iter().copied().take(md::MAX_AL).collect();
             sb.flags = if p.dirty { md::FLAG_DIRTY } else { 0 }

@@ -189,6 +189,10 @@ pub struct Persistent {
     /// The newest generation of this node's line (`current` or in `history`) known
     /// to be settled, 0 when none is known: `Hello::settled`.
     pub settled: u64,
+    /// The generation `current` was started from (0: not known): `Hello::parent`.
+    /// The history's first entry is not always that: undone generations are kept
+    /// there too.
+    pub parent: u64,
 }
 
 impl Persistent {
@@ -229,6 +233,7 @@ impl Persistent {
             unsettled: false,
             heard: None,
             settled: 0,
+            parent: 0,
         }
     }
 }
@@ -628,6 +633,7 @@ struct ResyncDone {
 #[derive(Debug)]
 struct RotationUndo {
     current: u64,
+    parent: u64,
     history: Vec<u64>,
     bitmap_uuids: BTreeMap<NodeId, u64>,
     unsettled: bool,
@@ -1602,6 +1608,7 @@ impl Replica {
                 }
                 self.md.resync_left.set_all();
                 self.md.current = 0;
+                self.md.parent = 0;
                 self.md.unsettled = false;
                 self.md.disk = Disk::Inconsistent;
                 self.persist();
@@ -1617,6 +1624,7 @@ impl Replica {
                 }
                 self.md.resync_left.set_all();
                 self.md.current = 0;
+                self.md.parent = 0;
                 self.md.unsettled = false;
                 self.md.disk = Disk::Inconsistent;
                 self.persist();
@@ -1677,6 +1685,7 @@ impl Replica {
             }
             if let Some((current, history)) = adopt {
                 self.md.current = current;
+                self.md.parent = 0;
                 self.md.history = history;
                 self.md.unsettled = current != self.settled_seen;
                 self.known_current = current;
@@ -1699,6 +1708,7 @@ impl Replica {
                 // Data that never had a generation (a new volume) becomes the first
                 // one; whatever the peers hold is unrelated to it, so they take all of it.
                 self.md.current = self.rand() | 1;
+                self.md.parent = 0;
                 self.md.unsettled = false;
                 self.known_current = self.md.current;
                 for bm in self.md.bitmaps.values_mut() {
@@ -1996,6 +2006,7 @@ impl Replica {
             tie: self.tie,
             unsettled: self.md.unsettled,
             settled: self.line_settled(),
+            parent: self.md.parent,
         }
     }
 
@@ -2626,16 +2637,21 @@ impl Replica {
             // From now on we hold blocks of the source's generation: no older source
             // may overwrite them, even if this resync does not finish.
             // Only forward: a newer generation learned from a NewUuid stays.
-            let (source_current, source_history) = p
+            let (source_current, source_history, source_parent) = p
                 .their_hello
                 .as_ref()
-                .map(|h| (h.current, h.history.clone()))
-                .unwrap_or((p.current, Vec::new()));
+                .map(|h| (h.current, h.history.clone(), h.parent))
+                .unwrap_or((p.current, Vec::new(), 0));
             let known = self.known_current;
             let forward = known == 0 || known == self.md.current || source_history.contains(&known);
             if source_current != 0 && forward {
                 self.known_current = source_current;
                 self.md.newest_seen = source_current;
+                // Should the resync not finish, this node only heard of it, and its
+                // parent lets a settled sibling prove it undone (`known_parent`).
+                if source_parent != 0 {
+                    self.md.heard = Some((source_current, source_parent));
+                }
             }
             self.target_undo = undo.map(|u| TargetUndo {
                 set_known: self.known_current,
@@ -2872,6 +2888,7 @@ impl Replica {
                 if !missing && self.md.disk >= Disk::Outdated && self.md.current == previous {
                     self.push_history(previous);
                     self.md.current = current;
+                    self.md.parent = previous;
                     self.md.unsettled = true;
                     adopted = true;
                     // A rotation of this node's own still unsettled (it was primary)
@@ -3425,6 +3442,7 @@ impl Replica {
         let old = self.md.current;
         let undo = RotationUndo {
             current: old,
+            parent: self.md.parent,
             history: self.md.history.clone(),
             bitmap_uuids: self.md.bitmap_uuids.clone(),
             unsettled: self.md.unsettled,
@@ -3465,6 +3483,7 @@ impl Replica {
         }
         self.push_history(old);
         self.md.current = new;
+        self.md.parent = old;
         self.md.unsettled = true;
         self.known_current = new;
         self.need_rotation = false;
@@ -4030,6 +4049,15 @@ impl Replica {
                     } else {
                         Vec::new()
                     };
+                    if current != old {
+                        // The source's parent, if its Hello was of this generation.
+                        self.md.parent = self
+                            .peers
+                            .get(&from)
+                            .and_then(|p| p.their_hello.as_ref())
+                            .filter(|h| h.current == current)
+                            .map_or(0, |h| h.parent);
+                    }
                     self.md.current = current;
                     self.md.history = history;
                     for u in kept.into_iter().rev() {
@@ -4044,6 +4072,7 @@ impl Replica {
                             let before = self.md.current;
                             self.push_history(before);
                             self.md.current = next;
+                            self.md.parent = before;
                             for n in self.cfg.nodes.iter().filter(|n| n.diskful) {
                                 if n.id != self.cfg.node
                                     && lost & mask(n.id) != 0
@@ -4400,6 +4429,7 @@ impl Replica {
         if !self.quorum {
             if let Some(RotationUndo {
                 current,
+                parent,
                 history,
                 bitmap_uuids,
                 unsettled,
@@ -4413,6 +4443,7 @@ impl Replica {
                     .filter(|u| *u != current && !history.contains(u))
                     .collect();
                 self.md.current = current;
+                self.md.parent = parent;
                 self.md.history = history;
                 for v in voided.iter().rev() {
                     self.push_history(*v);
@@ -5194,6 +5225,38 @@ mod tests {
         assert_eq!((r.last_seq, r.tie), (9, 2), "a higher rank comes whole");
     }
 
+    /// Seed 687: a generation's parent is kept with it, not read from the history
+    /// (which also holds undone generations), and a Hello names it.
+    #[test]
+    fn a_generation_keeps_its_parent() {
+        let mut r = in_sync_secondary();
+        r.md.history = vec![5];
+        r.handle(Event::Message {
+            from: 1,
+            msg: Msg::NewUuid {
+                current: 8,
+                previous: 7,
+                lost: 0,
+            },
+        });
+        assert_eq!((r.md.current, r.md.parent), (8, 7));
+        assert_eq!(r.hello(1, 1).parent, 7);
+        let mut p = rotated_primary();
+        p.md.parent = 3;
+        p.rotate();
+        assert_eq!(p.md.parent, 8, "rotated from 8");
+        for peer in p.peers.values_mut() {
+            peer.conn = ConnState::Connecting;
+        }
+        p.update_quorum();
+        p.settle_rotation();
+        assert_eq!(
+            (p.md.current, p.md.parent),
+            (7, 0),
+            "undone back to 7 and its parent"
+        );
+    }
+
     /// `in_sync_secondary` promoted, that rotated from generation 7 (settled) to 8,
     /// not settled yet.
     fn rotated_primary() -> Replica {
@@ -5201,6 +5264,7 @@ mod tests {
         r.role = Role::Primary;
         r.rotation_undo = Some(RotationUndo {
             current: 7,
+            parent: 0,
             history: Vec::new(),
             bitmap_uuids: BTreeMap::new(),
             unsettled: false,

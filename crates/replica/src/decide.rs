@@ -430,6 +430,7 @@ mod tests {
             tie: node,
             unsettled: false,
             settled: current,
+            parent: 0,
         }
     }
 

@@ -30,7 +30,7 @@ use thiserror::Error;
 pub const MAGIC: [u8; 8] = *b"TANDEMMD";
 /// 2: the activity log as 32-bit extent numbers (up to 16 PiB of data), 800 of
 /// them, and `grow_from` (online grow). 3: `heard` (a generation only heard of, and
-/// its parent) and `settled`. Versions 1 (64-bit log of 128) and 2 are still read.
+/// its parent), `settled` and `parent`. Versions 1 (64-bit log of 128) and 2 are still read.
 pub const VERSION: u32 = 3;
 pub const MD_BLOCK: u64 = 4096;
 /// Data bytes per bitmap bit.
@@ -236,6 +236,8 @@ pub struct Superblock {
     pub heard: (u64, u64),
     /// The newest generation of the line known to be settled (0: not known).
     pub settled: u64,
+    /// The generation the current one was started from (0: not known).
+    pub parent: u64,
 }
 
 // Field offsets inside a superblock slot.
@@ -257,7 +259,8 @@ const OFF_AL: usize = OFF_AL_COUNT + 4;
 const OFF_GROW_FROM: usize = OFF_AL + 4 * MAX_AL;
 const OFF_HEARD: usize = OFF_GROW_FROM + 8; // generation, parent
 const OFF_SETTLED: usize = OFF_HEARD + 16;
-const OFF_CRC: usize = OFF_SETTLED + 8;
+const OFF_PARENT: usize = OFF_SETTLED + 8;
+const OFF_CRC: usize = OFF_PARENT + 8;
 /// Where version 2 kept its checksum (it had no `heard`).
 const OFF_CRC_V2: usize = OFF_GROW_FROM + 8;
 /// Where version 1 kept its checksum (its log was 64-bit, and it had no `grow_from`).
@@ -282,6 +285,7 @@ impl Superblock {
             grow_from: 0,
             heard: (0, 0),
             settled: 0,
+            parent: 0,
         }
     }
 
@@ -344,6 +348,7 @@ impl Superblock {
         put64(&mut b, OFF_HEARD, self.heard.0);
         put64(&mut b, OFF_HEARD + 8, self.heard.1);
         put64(&mut b, OFF_SETTLED, self.settled);
+        put64(&mut b, OFF_PARENT, self.parent);
         let crc = crc32c::crc32c(&b[..OFF_CRC]);
         put32(&mut b, OFF_CRC, crc);
         b
@@ -383,10 +388,14 @@ impl Superblock {
         } else {
             get64(OFF_GROW_FROM)
         };
-        let (heard, settled) = if version >= 3 {
-            ((get64(OFF_HEARD), get64(OFF_HEARD + 8)), get64(OFF_SETTLED))
+        let (heard, settled, parent) = if version >= 3 {
+            (
+                (get64(OFF_HEARD), get64(OFF_HEARD + 8)),
+                get64(OFF_SETTLED),
+                get64(OFF_PARENT),
+            )
         } else {
-            ((0, 0), 0)
+            ((0, 0), 0, 0)
         };
         let f = |i: usize| get64(OFF_LAYOUT + 8 * i);
         let narrow = |v: u64| u32::try_from(v).map_err(|_| MdError::Corrupt("count out of range"));
@@ -457,6 +466,7 @@ impl Superblock {
             grow_from,
             heard,
             settled,
+            parent,
         })
     }
 
@@ -548,6 +558,7 @@ mod tests {
         sb.flags = FLAG_PRIMARY;
         sb.heard = (78, 77);
         sb.settled = 3;
+        sb.parent = 2;
         sb
     }
 
@@ -590,6 +601,7 @@ mod tests {
         let mut sb = sample();
         sb.heard = (0, 0);
         sb.settled = 0;
+        sb.parent = 0;
         let mut b = sb.encode();
         b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&2u32.to_le_bytes());
         b[OFF_CRC_V2..].fill(0);
@@ -603,6 +615,7 @@ mod tests {
         let mut sb = sample();
         sb.heard = (0, 0);
         sb.settled = 0;
+        sb.parent = 0;
         let mut b = sb.encode();
         b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
         b[OFF_AL..].fill(0);

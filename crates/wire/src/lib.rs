@@ -13,7 +13,7 @@ use thiserror::Error;
 /// (`ForwardWrite`, `ForwardFlush`, `ForwardDone`). 5: settled generations
 /// (`Hello::unsettled`, `UuidSettled`, `UuidUndone`). 6: `PeerLost` names the
 /// lost node's unconfirmed block ranges; `Hello::tie`, `Hello::known_parent` and
-/// `ResyncDone::tie`. 7: `Hello::settled`.
+/// `ResyncDone::tie`. 7: `Hello::settled`, `Hello::parent`.
 pub const VERSION: u8 = 7;
 /// Frame header: version, kind, payload length (u32).
 pub const HEADER_LEN: usize = 6;
@@ -87,6 +87,8 @@ pub struct Hello {
     /// The newest generation of this node's line (`current` or one in `history`)
     /// that it knows was settled; 0 when not known.
     pub settled: u64,
+    /// The generation `current` was started from; 0 when not known.
+    pub parent: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -560,6 +562,7 @@ impl Msg {
                 w.u8(h.tie);
                 w.bool(h.unsettled);
                 w.u64(h.settled);
+                w.u64(h.parent);
             }
             Msg::Bitmap {
                 round,
@@ -807,6 +810,7 @@ impl Msg {
                     tie: r.u8()?,
                     unsettled: r.bool()?,
                     settled: r.u64()?,
+                    parent: r.u64()?,
                 })
             }
             2 => Msg::Bitmap {
@@ -973,6 +977,7 @@ mod tests {
             tie: 1,
             unsettled: false,
             settled: 2,
+            parent: 1,
         }
     }
 
