@@ -519,10 +519,7 @@ impl ReplVolume {
             .map_err(|_| "volume is shutting down".to_owned())?;
         rx.await
             .map_err(|_| "volume is shutting down".to_owned())??;
-        let deadline = Instant::now() + Duration::from_millis(self.cfg().timeout_ms);
-        while !self.handshakes_done() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        self.await_handshakes().await;
         Ok(())
     }
 
@@ -532,10 +529,7 @@ impl ReplVolume {
     /// with "node N is primary" on a role it has not heard of yet.
     pub async fn demote(&self) -> Result<(), String> {
         self.admin(Admin::Secondary).await?;
-        let deadline = Instant::now() + Duration::from_millis(self.cfg().timeout_ms);
-        while !self.handshakes_done() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        self.await_handshakes().await;
         Ok(())
     }
 
@@ -551,6 +545,14 @@ impl ReplVolume {
                 }
                 r => return r,
             }
+        }
+    }
+
+    /// Waits, bounded by the timeout, until no connected peer is in its handshake.
+    async fn await_handshakes(&self) {
+        let deadline = Instant::now() + Duration::from_millis(self.cfg().timeout_ms);
+        while !self.handshakes_done() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 

@@ -1441,6 +1441,14 @@ impl Replica {
             return Ok(());
         }
         if !self.diskless() && self.md.disk != Disk::UpToDate {
+            if self.md.disk == Disk::Consistent {
+                return Err(
+                    "data not UpToDate (disk is Consistent: this node stopped uncleanly as \
+                     a secondary and waits for a peer that stayed up to confirm its recent \
+                     writes; `primary --force` takes this copy as it is)"
+                        .into(),
+                );
+            }
             return Err(format!("data not UpToDate (disk is {:?})", self.md.disk));
         }
         if !self.quorum {
